@@ -1,0 +1,297 @@
+package envelope
+
+import (
+	"crypto/sha256"
+	"encoding/hex"
+	"encoding/json"
+	"errors"
+	"fmt"
+	"slices"
+	"time"
+	"unicode/utf8"
+
+	"github.com/oklog/ulid/v2"
+)
+
+// Codec encodes envelopes in one track and decodes both. The zero value writes v1, accepts
+// every schema_id and neither signs nor verifies. A Codec is safe for concurrent use; its fields
+// must not change after first use.
+type Codec struct {
+	// Track is what Encode writes; "" means DefaultTrack.
+	Track Track
+	// Schemas validates payloads on Decode (and Encode). Nil accepts any schema_id.
+	Schemas *Schemas
+	// Signer, when non-nil, signs on Encode and requires a valid signature on Decode.
+	Signer *Signer
+	// Now is the clock for envelope timestamps; nil means time.Now.
+	Now func() time.Time
+}
+
+// NewID returns a new producer id: a ULID, unique and sortable by creation time.
+func NewID() string { return ulid.Make().String() }
+
+func (c *Codec) track() Track {
+	if c.Track == "" {
+		return DefaultTrack
+	}
+	return c.Track
+}
+
+func (c *Codec) now() time.Time {
+	if c.Now != nil {
+		return c.Now()
+	}
+	return time.Now()
+}
+
+// Encode returns the wire bytes of e in the codec's track. It fills in what the caller left
+// unset — on v2 a new ID, a zero TS with the current time — and writes those back into e, so
+// that publishing the same *Envelope again (a retry) sends the same id. Meta.Track and
+// Meta.Hash are set from the codec; the signature header, if any, is added to a copy of
+// Meta.Headers. e.Payload must be valid JSON.
+func (c *Codec) Encode(e *Envelope) ([]byte, error) {
+	if e.Meta.SchemaID == "" {
+		return nil, errors.New("envelope: encode: empty schema_id")
+	}
+	if len(e.Payload) == 0 {
+		return nil, errors.New("envelope: encode: empty payload")
+	}
+	if err := c.Schemas.Validate(e.Meta.SchemaID, e.Payload); err != nil {
+		return nil, fmt.Errorf("envelope: encode: %w", err)
+	}
+	track := c.track()
+	if e.TS == 0 {
+		e.TS = float64(c.now().UnixNano()) / 1e9
+	}
+	compact, err := compactJSON(e.Payload)
+	if err != nil {
+		return nil, fmt.Errorf("envelope: encode: payload is not valid JSON: %w", err)
+	}
+	var payload []byte
+	switch track {
+	case TrackV1:
+		// The Python core sends the payload with json.dumps' spacing and hashes pydantic's
+		// compact dump of it.
+		payload = appendPySpaced(make([]byte, 0, len(compact)+len(compact)/8), compact)
+	case TrackV2:
+		if e.ID == "" {
+			e.ID = NewID()
+		}
+		payload = compact
+	default:
+		return nil, fmt.Errorf("envelope: encode: unknown track %q (accepted: v1, v2)", track)
+	}
+	e.Meta.Track = track
+	e.Meta.Hash = hashHex(compact)
+	if c.Signer != nil {
+		headers := make(map[string]string, len(e.Meta.Headers)+1)
+		for k, v := range e.Meta.Headers {
+			headers[k] = v
+		}
+		if headers[SignatureHeader], err = c.Signer.sign(e, payload); err != nil {
+			return nil, err
+		}
+		e.Meta.Headers = headers
+	}
+	return appendEnvelope(make([]byte, 0, len(payload)+256), e, payload, track == TrackV1)
+}
+
+// appendEnvelope writes the envelope; py selects Python's spacing and ASCII-only strings.
+func appendEnvelope(b []byte, e *Envelope, payload []byte, py bool) ([]byte, error) {
+	sep, colon := ",", ":"
+	if py {
+		sep, colon = ", ", ": "
+	}
+	field := func(name string, first bool) {
+		if !first {
+			b = append(b, sep...)
+		}
+		b = append(b, '"')
+		b = append(b, name...)
+		b = append(b, '"')
+		b = append(b, colon...)
+	}
+	var err error
+	b = append(b, '{')
+	first := true
+	if !py {
+		field("id", true)
+		b = appendString(b, e.ID, false)
+		first = false
+	}
+	field("ts", first)
+	if b, err = appendPyFloat(b, e.TS); err != nil {
+		return nil, err
+	}
+	field("key", false)
+	if e.Key == nil {
+		b = append(b, "null"...)
+	} else {
+		b = appendString(b, *e.Key, py)
+	}
+	field("meta", false)
+	b = append(b, '{')
+	field("schema_id", true)
+	b = appendString(b, e.Meta.SchemaID, py)
+	field("track", false)
+	b = appendString(b, string(e.Meta.Track), py)
+	field("headers", false)
+	b = append(b, '{')
+	keys := make([]string, 0, len(e.Meta.Headers))
+	for k := range e.Meta.Headers {
+		keys = append(keys, k)
+	}
+	slices.Sort(keys)
+	for i, k := range keys {
+		if i > 0 {
+			b = append(b, sep...)
+		}
+		b = appendString(b, k, py)
+		b = append(b, colon...)
+		b = appendString(b, e.Meta.Headers[k], py)
+	}
+	b = append(b, '}')
+	field("hash", false)
+	b = appendString(b, e.Meta.Hash, py)
+	b = append(b, '}')
+	field("payload", false)
+	b = append(b, payload...)
+	b = append(b, '}')
+	return b, nil
+}
+
+// appendString appends s as a JSON string; asciiOnly escapes every non-ASCII character as
+// Python's ensure_ascii does. Invalid UTF-8 becomes U+FFFD, as encoding/json does.
+func appendString(b []byte, s string, asciiOnly bool) []byte {
+	const hex = "0123456789abcdef"
+	b = append(b, '"')
+	for i := 0; i < len(s); {
+		c := s[i]
+		if c < utf8.RuneSelf {
+			switch {
+			case c == '"' || c == '\\':
+				b = append(b, '\\', c)
+			case c == '\n':
+				b = append(b, '\\', 'n')
+			case c == '\r':
+				b = append(b, '\\', 'r')
+			case c == '\t':
+				b = append(b, '\\', 't')
+			case c < 0x20:
+				b = append(b, '\\', 'u', '0', '0', hex[c>>4], hex[c&0xf])
+			default:
+				b = append(b, c)
+			}
+			i++
+			continue
+		}
+		r, size := utf8.DecodeRuneInString(s[i:])
+		switch {
+		case asciiOnly:
+			b = appendUnicodeEscape(b, r)
+		case r == utf8.RuneError && size == 1:
+			b = append(b, "\ufffd"...)
+		default:
+			b = append(b, s[i:i+size]...)
+		}
+		i += size
+	}
+	return append(b, '"')
+}
+
+func hashHex(b []byte) string {
+	sum := sha256.Sum256(b)
+	return hex.EncodeToString(sum[:])
+}
+
+type wireEnvelope struct {
+	ID      *string         `json:"id"`
+	TS      *float64        `json:"ts"`
+	Key     *string         `json:"key"`
+	Meta    *wireMeta       `json:"meta"`
+	Payload json.RawMessage `json:"payload"`
+}
+
+type wireMeta struct {
+	SchemaID string            `json:"schema_id"`
+	Track    string            `json:"track"`
+	Headers  map[string]string `json:"headers"`
+	Hash     *string           `json:"hash"`
+}
+
+// Decode parses wire bytes of either track. A double-wrapped envelope (schema_id
+// WrappedSchemaID) is unwrapped and the inner envelope returned. Every error wraps ErrPoison
+// and one of ErrMalformed, ErrUnknownTrack, ErrUnknownSchema, ErrInvalidPayload,
+// ErrHashMismatch or ErrUnauthenticated. The returned Payload aliases b.
+func (c *Codec) Decode(b []byte) (*Envelope, error) {
+	e, err := decodeWire(b)
+	if err != nil {
+		return nil, err
+	}
+	if e.Meta.SchemaID == WrappedSchemaID {
+		inner, err := decodeWire(e.Payload)
+		if err != nil {
+			return nil, fmt.Errorf("inner envelope: %w", err)
+		}
+		if inner.Meta.SchemaID == WrappedSchemaID {
+			return nil, fmt.Errorf("%w: envelope wrapped more than twice", ErrMalformed)
+		}
+		e = inner
+	}
+	if err := c.Schemas.Validate(e.Meta.SchemaID, e.Payload); err != nil {
+		return nil, err
+	}
+	if c.Signer != nil {
+		if err := c.Signer.verify(e); err != nil {
+			return nil, err
+		}
+	}
+	return e, nil
+}
+
+func decodeWire(b []byte) (*Envelope, error) {
+	var w wireEnvelope
+	if err := json.Unmarshal(b, &w); err != nil {
+		return nil, fmt.Errorf("%w: %v", ErrMalformed, err)
+	}
+	switch {
+	case w.Meta == nil:
+		return nil, fmt.Errorf("%w: missing meta", ErrMalformed)
+	case w.TS == nil:
+		return nil, fmt.Errorf("%w: missing ts", ErrMalformed)
+	case w.Meta.SchemaID == "":
+		return nil, fmt.Errorf("%w: missing meta.schema_id", ErrMalformed)
+	case len(w.Payload) == 0 || w.Payload[0] != '{':
+		return nil, fmt.Errorf("%w: payload must be a JSON object", ErrMalformed)
+	}
+	e := &Envelope{
+		TS:      *w.TS,
+		Key:     w.Key,
+		Payload: w.Payload,
+		Meta: Meta{
+			SchemaID: w.Meta.SchemaID,
+			Track:    Track(w.Meta.Track),
+			Headers:  w.Meta.Headers,
+		},
+	}
+	if w.ID != nil {
+		e.ID = *w.ID
+	}
+	if w.Meta.Hash != nil {
+		e.Meta.Hash = *w.Meta.Hash
+	}
+	switch e.Meta.Track {
+	case TrackV1:
+		// The Python core's hash never matches its own payload text; v1 readers ignore it.
+	case TrackV2:
+		if e.ID == "" {
+			return nil, fmt.Errorf("%w: v2 envelope without id", ErrMalformed)
+		}
+		if got := hashHex(w.Payload); got != e.Meta.Hash {
+			return nil, fmt.Errorf("%w: meta.hash %q, payload hashes to %q", ErrHashMismatch, e.Meta.Hash, got)
+		}
+	default:
+		return nil, fmt.Errorf("%w %q (accepted: v1, v2)", ErrUnknownTrack, e.Meta.Track)
+	}
+	return e, nil
+}

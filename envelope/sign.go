@@ -1,0 +1,87 @@
+package envelope
+
+import (
+	"bytes"
+	"crypto/hmac"
+	"crypto/sha256"
+	"encoding/hex"
+	"fmt"
+	"hash"
+)
+
+// SignatureHeader is the meta.headers entry that carries a publisher signature.
+const SignatureHeader = "signature"
+
+// signatureDomain is the first line of the signed text; it versions the canonical form.
+const signatureDomain = "pulse-hmac-sha256-v1"
+
+// Signer signs and verifies envelopes with a shared PUBLISHER_TOKEN (CONTRACT.md §4).
+//
+// The signature is the lower-case hex HMAC-SHA256, keyed with the token's UTF-8 bytes, of the
+// canonical text: these six lines joined by "\n" (no trailing newline)
+//
+//	pulse-hmac-sha256-v1
+//	<meta.schema_id>
+//	<meta.track>
+//	<id, or empty>
+//	<key, or empty when null>
+//	<the payload's JSON text exactly as it appears in the message, with insignificant
+//	 whitespace removed (what Python's json.dumps(payload, separators=(",", ":")) writes)>
+//
+// It is carried in meta.headers["signature"]. Any other header, and ts, are not covered: a
+// replayed event is harmless because feedback applies only the newest event per coordinator.
+type Signer struct{ key []byte }
+
+// NewSigner returns a Signer for token, or nil (signing off) when token is "" or "unset".
+func NewSigner(token string) *Signer {
+	if token == "" || token == "unset" {
+		return nil
+	}
+	return &Signer{key: []byte(token)}
+}
+
+func (s *Signer) mac(e *Envelope, payloadCompact []byte) []byte {
+	var m hash.Hash = hmac.New(sha256.New, s.key)
+	for _, part := range []string{signatureDomain, e.Meta.SchemaID, string(e.Meta.Track), e.ID, e.KeyOf()} {
+		m.Write([]byte(part))
+		m.Write([]byte{'\n'})
+	}
+	m.Write(payloadCompact)
+	return m.Sum(nil)
+}
+
+// sign returns the signature of e whose payload goes on the wire as payload.
+func (s *Signer) sign(e *Envelope, payload []byte) (string, error) {
+	compact, err := compactJSON(payload)
+	if err != nil {
+		return "", fmt.Errorf("envelope: sign: %w", err)
+	}
+	return hex.EncodeToString(s.mac(e, compact)), nil
+}
+
+func (s *Signer) verify(e *Envelope) error {
+	sig := e.Meta.Headers[SignatureHeader]
+	if sig == "" {
+		return fmt.Errorf("%w: no %q header", ErrUnauthenticated, SignatureHeader)
+	}
+	got, err := hex.DecodeString(sig)
+	if err != nil {
+		return fmt.Errorf("%w: signature is not hex", ErrUnauthenticated)
+	}
+	compact, err := compactJSON(e.Payload)
+	if err != nil {
+		return fmt.Errorf("%w: %v", ErrMalformed, err)
+	}
+	if !hmac.Equal(got, s.mac(e, compact)) {
+		return fmt.Errorf("%w: signature does not match", ErrUnauthenticated)
+	}
+	return nil
+}
+
+// Equal reports whether two signers use the same token (for tests and config printing).
+func (s *Signer) Equal(o *Signer) bool {
+	if s == nil || o == nil {
+		return s == o
+	}
+	return bytes.Equal(s.key, o.key)
+}

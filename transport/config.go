@@ -1,0 +1,240 @@
+package transport
+
+import (
+	"fmt"
+	"log/slog"
+	"regexp"
+	"strconv"
+	"strings"
+	"time"
+
+	"github.com/pulse-bus/pulse/envelope"
+	"github.com/pulse-bus/pulse/internal/envconf"
+)
+
+// Defaults, defined once. A zero field in Config means its default.
+const (
+	DefaultBackend         = "jetstream"
+	DefaultNamespace       = "mdp"
+	DefaultGroup           = "pipeline"
+	DefaultConsumer        = "pipeline_w1"
+	DefaultMaxDeliveries   = 5
+	DefaultAckWait         = 30 * time.Second
+	DefaultRetryBackoffMin = 500 * time.Millisecond
+	DefaultRetryBackoffMax = 30 * time.Second
+	DefaultDrainTimeout    = 10 * time.Second
+	DefaultBatchSize       = 256
+	DefaultIdempotencySize = 100_000
+	DefaultIdempotencyTTL  = 15 * time.Minute
+	DefaultRedisURL        = "redis://localhost:6379/0"
+	DefaultNATSListen      = "127.0.0.1:4223"
+	DefaultDataDir         = "./.pulse"
+	DefaultStreamMaxAge    = 7 * 24 * time.Hour
+	DefaultStreamReplicas  = 1
+)
+
+// DLQSuffix is appended to a logical stream name to name its dead-letter stream.
+const DLQSuffix = ".dlq"
+
+// Dead-letter metadata keys (Redis entry fields; JetStream headers).
+const (
+	DLQOriginalID = "original_id"
+	DLQReason     = "reason"
+	DLQError      = "error"
+	DLQAttempts   = "attempts"
+	DLQFailedAt   = "failed_at"
+	DLQStream     = "stream"
+)
+
+var namespaceRE = regexp.MustCompile(`^[a-z0-9_-]+$`)
+
+// Config configures a Bus and its driver. The zero value means every default; FromEnv reads
+// it from the environment of CONTRACT.md §5.
+type Config struct {
+	Backend   string         // EVENT_BUS_BACKEND
+	Namespace string         // MD_NAMESPACE
+	Track     envelope.Track // SCHEMA_TRACK: what Publish writes
+	// PublisherToken (PUBLISHER_TOKEN) signs what is published and is required of what is
+	// consumed; "" or "unset" turns authentication off.
+	PublisherToken string
+	Group          string        // PULSE_GROUP
+	Consumer       string        // PULSE_CONSUMER_NAME
+	MaxDeliveries  int           // PULSE_MAX_DELIVERIES
+	AckWait        time.Duration // PULSE_ACK_WAIT
+
+	// RetryBackoffMin and RetryBackoffMax bound the delay before a failed message is tried
+	// again: Min × 2^(attempt-1), capped at Max.
+	RetryBackoffMin time.Duration
+	RetryBackoffMax time.Duration
+	// DrainTimeout bounds how long closing a subscription waits for in-flight handlers.
+	DrainTimeout time.Duration
+	// BatchSize is the most deliveries fetched at once.
+	BatchSize int
+	// IdempotencySize and IdempotencyTTL bound the in-process record of handled ids.
+	IdempotencySize int
+	IdempotencyTTL  time.Duration
+	// SharedIdempotency keeps the record in the broker (when the driver can) so that replicas
+	// and restarts share it.
+	SharedIdempotency bool
+
+	// Backend settings.
+	RedisURL       string        // REDIS_URL
+	NATSURL        string        // NATS_URL; "" = the embedded server
+	NATSCredsFile  string        // PULSE_NATS_CREDS
+	NATSListen     string        // PULSE_NATS_LISTEN
+	DataDir        string        // PULSE_DATA_DIR
+	StreamMaxAge   time.Duration // PULSE_STREAM_MAX_AGE
+	StreamMaxBytes int64         // PULSE_STREAM_MAX_BYTES (0 = unlimited)
+	StreamMaxLen   int64         // PULSE_STREAM_MAX_LEN (0 = unlimited)
+	Replicas       int           // PULSE_STREAM_REPLICAS
+
+	// Schemas validates payloads (nil accepts every schema_id).
+	Schemas *envelope.Schemas
+	// Logger receives operational logs; nil discards them.
+	Logger *slog.Logger
+	// Observer receives metrics events; nil drops them.
+	Observer Observer
+	// Idempotency overrides the record of handled ids (tests, custom stores).
+	Idempotency IdempotencyStore
+}
+
+func (c Config) withDefaults() Config {
+	def := func(v *string, d string) {
+		if *v == "" {
+			*v = d
+		}
+	}
+	def(&c.Backend, DefaultBackend)
+	def(&c.Namespace, DefaultNamespace)
+	def((*string)(&c.Track), string(envelope.DefaultTrack))
+	def(&c.Group, DefaultGroup)
+	def(&c.Consumer, DefaultConsumer)
+	def(&c.RedisURL, DefaultRedisURL)
+	def(&c.NATSListen, DefaultNATSListen)
+	def(&c.DataDir, DefaultDataDir)
+	defInt := func(v *int, d int) {
+		if *v == 0 {
+			*v = d
+		}
+	}
+	defInt(&c.MaxDeliveries, DefaultMaxDeliveries)
+	defInt(&c.BatchSize, DefaultBatchSize)
+	defInt(&c.IdempotencySize, DefaultIdempotencySize)
+	defInt(&c.Replicas, DefaultStreamReplicas)
+	defDur := func(v *time.Duration, d time.Duration) {
+		if *v == 0 {
+			*v = d
+		}
+	}
+	defDur(&c.AckWait, DefaultAckWait)
+	defDur(&c.RetryBackoffMin, DefaultRetryBackoffMin)
+	defDur(&c.RetryBackoffMax, DefaultRetryBackoffMax)
+	defDur(&c.DrainTimeout, DefaultDrainTimeout)
+	defDur(&c.IdempotencyTTL, DefaultIdempotencyTTL)
+	defDur(&c.StreamMaxAge, DefaultStreamMaxAge)
+	if c.Logger == nil {
+		c.Logger = slog.New(slog.DiscardHandler)
+	}
+	if c.Observer == nil {
+		c.Observer = nopObserver{}
+	}
+	return c
+}
+
+// ConfigError is a setting with a value that is not accepted. Its message names the
+// variable, the value and what is accepted.
+type ConfigError = envconf.Error
+
+// Validate checks the configuration; errors are *ConfigError.
+func (c Config) Validate() error {
+	c = c.withDefaults()
+	switch {
+	case !namespaceRE.MatchString(c.Namespace):
+		return &ConfigError{Var: "MD_NAMESPACE", Value: c.Namespace, Accepted: "lower-case letters, digits, '_' and '-' ([a-z0-9_-]+)"}
+	case c.Track != envelope.TrackV1 && c.Track != envelope.TrackV2:
+		return &ConfigError{Var: "SCHEMA_TRACK", Value: string(c.Track), Accepted: "v1, v2"}
+	case c.MaxDeliveries < 1:
+		return &ConfigError{Var: "PULSE_MAX_DELIVERIES", Value: strconv.Itoa(c.MaxDeliveries), Accepted: "an integer ≥ 1"}
+	case c.AckWait < 0:
+		return &ConfigError{Var: "PULSE_ACK_WAIT", Value: c.AckWait.String(), Accepted: "a positive duration such as 30s"}
+	case !validName(c.Group):
+		return &ConfigError{Var: "PULSE_GROUP", Value: c.Group, Accepted: "letters, digits, '_' and '-'"}
+	case !validName(c.Consumer):
+		return &ConfigError{Var: "PULSE_CONSUMER_NAME", Value: c.Consumer, Accepted: "letters, digits, '_' and '-'"}
+	case c.RetryBackoffMin < 0 || c.RetryBackoffMax < c.RetryBackoffMin:
+		return &ConfigError{Var: "PULSE_RETRY_BACKOFF", Value: fmt.Sprintf("%s..%s", c.RetryBackoffMin, c.RetryBackoffMax), Accepted: "0 ≤ min ≤ max"}
+	case c.BatchSize < 1:
+		return &ConfigError{Var: "PULSE_BATCH_SIZE", Value: strconv.Itoa(c.BatchSize), Accepted: "an integer ≥ 1"}
+	case c.Replicas < 1 || c.Replicas > 5:
+		return &ConfigError{Var: "PULSE_STREAM_REPLICAS", Value: strconv.Itoa(c.Replicas), Accepted: "1 to 5"}
+	case c.StreamMaxBytes < 0:
+		return &ConfigError{Var: "PULSE_STREAM_MAX_BYTES", Value: strconv.FormatInt(c.StreamMaxBytes, 10), Accepted: "0 (unlimited) or a positive number of bytes"}
+	case c.StreamMaxLen < 0:
+		return &ConfigError{Var: "PULSE_STREAM_MAX_LEN", Value: strconv.FormatInt(c.StreamMaxLen, 10), Accepted: "0 (unlimited) or a positive number of messages"}
+	}
+	return nil
+}
+
+// validName accepts names that are safe as Redis group names, JetStream durable names and
+// NATS subject tokens.
+func validName(s string) bool {
+	if s == "" {
+		return false
+	}
+	for _, r := range s {
+		if !(r == '_' || r == '-' || r >= '0' && r <= '9' || r >= 'a' && r <= 'z' || r >= 'A' && r <= 'Z') {
+			return false
+		}
+	}
+	return true
+}
+
+// ValidStreamName reports whether s can be a logical stream name: dot-separated tokens of
+// letters, digits, '_' and '-'.
+func ValidStreamName(s string) bool {
+	if s == "" {
+		return false
+	}
+	for _, tok := range strings.Split(s, ".") {
+		if !validName(tok) {
+			return false
+		}
+	}
+	return true
+}
+
+// FromEnv reads the bus settings of CONTRACT.md §5 through lookup (os.LookupEnv in
+// production). Unset variables keep their defaults. The first invalid value is returned as a
+// *ConfigError.
+func FromEnv(lookup func(string) (string, bool)) (Config, error) {
+	var c Config
+	p := envconf.Reader{Lookup: lookup}
+	p.String("EVENT_BUS_BACKEND", &c.Backend)
+	p.String("MD_NAMESPACE", &c.Namespace)
+	p.String("SCHEMA_TRACK", (*string)(&c.Track))
+	p.String("PUBLISHER_TOKEN", &c.PublisherToken)
+	p.String("PULSE_GROUP", &c.Group)
+	p.String("PULSE_CONSUMER_NAME", &c.Consumer)
+	p.PositiveInt("PULSE_MAX_DELIVERIES", &c.MaxDeliveries)
+	p.Duration("PULSE_ACK_WAIT", &c.AckWait)
+	p.Duration("PULSE_DRAIN_TIMEOUT", &c.DrainTimeout)
+	p.PositiveInt("PULSE_BATCH_SIZE", &c.BatchSize)
+	p.String("REDIS_URL", &c.RedisURL)
+	p.String("NATS_URL", &c.NATSURL)
+	p.String("PULSE_NATS_CREDS", &c.NATSCredsFile)
+	p.String("PULSE_NATS_LISTEN", &c.NATSListen)
+	p.String("PULSE_DATA_DIR", &c.DataDir)
+	p.Duration("PULSE_STREAM_MAX_AGE", &c.StreamMaxAge)
+	p.Int64("PULSE_STREAM_MAX_BYTES", &c.StreamMaxBytes)
+	p.Int64("PULSE_STREAM_MAX_LEN", &c.StreamMaxLen)
+	p.PositiveInt("PULSE_STREAM_REPLICAS", &c.Replicas)
+	p.Bool("PULSE_SHARED_IDEMPOTENCY", &c.SharedIdempotency)
+	if p.Err != nil {
+		return Config{}, p.Err
+	}
+	if err := c.Validate(); err != nil {
+		return Config{}, err
+	}
+	return c, nil
+}
+

@@ -1,0 +1,51 @@
+package transport
+
+import (
+	"errors"
+	"fmt"
+
+	"github.com/pulse-bus/pulse/envelope"
+)
+
+// Sentinel errors, matched with errors.Is.
+var (
+	// ErrClosed is returned by anything used after Close.
+	ErrClosed = errors.New("transport: closed")
+	// ErrUnknownBackend is returned by Open for a name no driver registered.
+	ErrUnknownBackend = errors.New("transport: unknown backend")
+	// ErrUnavailable wraps errors that mean the broker cannot be reached right now; the
+	// operation may succeed when it is back.
+	ErrUnavailable = errors.New("transport: broker unavailable")
+	// ErrStale is returned (wrapped) by a Handler that received a message it deliberately did
+	// not apply because newer state already won. The message is acked and counted `stale`.
+	ErrStale = errors.New("transport: stale message")
+	// ErrPoison is returned (wrapped) by a Handler for a message that can never succeed; it is
+	// dead-lettered at once without retries. Codec errors already wrap it.
+	ErrPoison = envelope.ErrPoison
+)
+
+// Poison marks err as permanent: the message is dead-lettered at once with reason.
+func Poison(reason string, err error) error { return &poisonError{reason: reason, err: err} }
+
+type poisonError struct {
+	reason string
+	err    error
+}
+
+func (e *poisonError) Error() string {
+	return fmt.Sprintf("%s: %v", e.reason, e.err)
+}
+func (e *poisonError) Unwrap() error        { return e.err }
+func (e *poisonError) Is(target error) bool { return target == ErrPoison }
+
+// poisonReason is the dead-letter reason of a poison error.
+func poisonReason(err error) string {
+	var p *poisonError
+	if errors.As(err, &p) {
+		return p.reason
+	}
+	if r := envelope.Reason(err); r != "" {
+		return r
+	}
+	return "poison"
+}

@@ -1,0 +1,410 @@
+package transport
+
+import (
+	"context"
+	"errors"
+	"fmt"
+	"log/slog"
+	"runtime/debug"
+	"strconv"
+	"sync"
+	"time"
+
+	"golang.org/x/sync/errgroup"
+
+	"github.com/pulse-bus/pulse/envelope"
+)
+
+// settleTimeout bounds one ack, nak, term or dead-letter publish. Settling uses its own
+// context so that work finished while the subscription drains is still acknowledged.
+const settleTimeout = 5 * time.Second
+
+// Receive errors are retried with this backoff while the broker is away.
+const (
+	receiveRetryMin = 100 * time.Millisecond
+	receiveRetryMax = 5 * time.Second
+)
+
+// Handler processes one delivery. Returning nil acks it. Returning an error fails it: it is
+// redelivered with backoff until its last attempt, then dead-lettered — unless the error wraps
+// ErrPoison (dead-lettered at once, see Poison) or ErrStale (acked, counted stale). A handler
+// should return promptly once ctx is done (the subscription is draining past its deadline);
+// a delivery whose handler returns a context error then is released for redelivery. A panic
+// in a handler is recovered and treated as a failure.
+type Handler func(ctx context.Context, d *Delivery) error
+
+// Delivery is one message handed to a Handler. It must not be retained after the handler
+// returns (Raw aliases the driver's buffer).
+type Delivery struct {
+	// Envelope is the decoded (and, for double-wrapped messages, unwrapped) envelope.
+	Envelope *envelope.Envelope
+	// Stream is the logical stream it came from.
+	Stream string
+	// TransportID is the broker's id for the stored message.
+	TransportID string
+	// Attempt counts deliveries of this message to the group, from 1, as the broker counts.
+	Attempt int
+	// Raw is the message exactly as stored.
+	Raw []byte
+}
+
+// ID is the delivery's identity for de-duplication: the producer id (v2), else the
+// transport id (v1, whose producers assign none).
+func (d *Delivery) ID() string {
+	if d.Envelope != nil && d.Envelope.ID != "" {
+		return d.Envelope.ID
+	}
+	return d.TransportID
+}
+
+// SubscribeOptions tune one subscription; zero fields take the bus configuration.
+type SubscribeOptions struct {
+	Group    string
+	Consumer string
+	// Concurrency is how many handlers run at once (default 1: in stream order).
+	Concurrency   int
+	BatchSize     int
+	AckWait       time.Duration
+	MaxDeliveries int
+	DrainTimeout  time.Duration
+}
+
+// Subscription is one running member of a group. It fetches in batches, runs the handler,
+// and settles each delivery; acks of one batch go to the broker together.
+type Subscription struct {
+	bus    *Bus
+	stream string
+	opts   SubscribeOptions
+	h      Handler
+	ds     DriverSubscription
+	log    *slog.Logger
+
+	fetchCtx     context.Context // cancelled to stop fetching
+	cancelFetch  context.CancelFunc
+	handleCtx    context.Context // cancelled when the drain deadline passes
+	cancelHandle context.CancelFunc
+	stopWatch    func() bool
+	done         chan struct{}
+
+	errMu   sync.Mutex
+	lastErr error
+
+	closeOnce sync.Once
+	closeErr  error
+}
+
+// Subscribe joins a group on stream and starts handling deliveries with h. The group is
+// created if needed, from the start of the retained stream. The subscription lives until ctx
+// is cancelled or Close is called; either drains it.
+func (b *Bus) Subscribe(ctx context.Context, stream string, h Handler, opts SubscribeOptions) (*Subscription, error) {
+	if h == nil {
+		return nil, errors.New("transport: Subscribe with nil handler")
+	}
+	if !ValidStreamName(stream) {
+		return nil, fmt.Errorf("transport: invalid stream name %q (accepted: dot-separated tokens of letters, digits, '_' and '-')", stream)
+	}
+	opts = b.resolve(opts)
+	if !validName(opts.Group) || !validName(opts.Consumer) {
+		return nil, fmt.Errorf("transport: invalid group %q or consumer %q (accepted: letters, digits, '_' and '-')", opts.Group, opts.Consumer)
+	}
+	b.mu.Lock()
+	if b.closed {
+		b.mu.Unlock()
+		return nil, ErrClosed
+	}
+	b.mu.Unlock()
+	ds, err := b.drv.Subscribe(ctx, stream, DriverSubscribeOptions{
+		Group:         opts.Group,
+		Consumer:      opts.Consumer,
+		AckWait:       opts.AckWait,
+		MaxDeliveries: opts.MaxDeliveries,
+		BatchSize:     opts.BatchSize,
+	})
+	if err != nil {
+		return nil, fmt.Errorf("transport: subscribe to %s as %s/%s: %w", stream, opts.Group, opts.Consumer, err)
+	}
+	s := &Subscription{
+		bus:    b,
+		stream: stream,
+		opts:   opts,
+		h:      h,
+		ds:     ds,
+		log:    b.cfg.Logger.With("stream", stream, "group", opts.Group, "consumer", opts.Consumer),
+		done:   make(chan struct{}),
+	}
+	s.fetchCtx, s.cancelFetch = context.WithCancel(context.WithoutCancel(ctx))
+	s.handleCtx, s.cancelHandle = context.WithCancel(context.WithoutCancel(ctx))
+	b.mu.Lock()
+	if b.closed {
+		b.mu.Unlock()
+		ds.Close()
+		return nil, ErrClosed
+	}
+	b.subs[s] = struct{}{}
+	b.mu.Unlock()
+	go s.run()
+	s.stopWatch = context.AfterFunc(ctx, func() { s.Close() })
+	return s, nil
+}
+
+func (b *Bus) resolve(o SubscribeOptions) SubscribeOptions {
+	if o.Group == "" {
+		o.Group = b.cfg.Group
+	}
+	if o.Consumer == "" {
+		o.Consumer = b.cfg.Consumer
+	}
+	if o.Concurrency < 1 {
+		o.Concurrency = 1
+	}
+	if o.BatchSize < 1 {
+		o.BatchSize = b.cfg.BatchSize
+	}
+	if o.AckWait <= 0 {
+		o.AckWait = b.cfg.AckWait
+	}
+	if o.MaxDeliveries < 1 {
+		o.MaxDeliveries = b.cfg.MaxDeliveries
+	}
+	if o.DrainTimeout <= 0 {
+		o.DrainTimeout = b.cfg.DrainTimeout
+	}
+	return o
+}
+
+// Stream is the logical stream this subscription reads.
+func (s *Subscription) Stream() string { return s.stream }
+
+// Options are the resolved options.
+func (s *Subscription) Options() SubscribeOptions { return s.opts }
+
+// Done is closed once the subscription has stopped.
+func (s *Subscription) Done() <-chan struct{} { return s.done }
+
+// Err is the last error fetching from the broker, nil while fetching works: the
+// subscription's health.
+func (s *Subscription) Err() error {
+	s.errMu.Lock()
+	defer s.errMu.Unlock()
+	return s.lastErr
+}
+
+func (s *Subscription) setErr(err error) {
+	s.errMu.Lock()
+	prev := s.lastErr
+	s.lastErr = err
+	s.errMu.Unlock()
+	switch {
+	case err != nil && prev == nil:
+		s.log.Warn("fetching failed; retrying", "err", err)
+	case err == nil && prev != nil:
+		s.log.Warn("fetching recovered", "after", prev)
+	}
+}
+
+// Close stops fetching, lets in-flight handlers finish and settle for up to the drain
+// timeout, then cancels their context and leaves the group; deliveries not settled by then
+// are redelivered after AckWait. Close is idempotent and safe to call concurrently; it waits
+// at most about twice the drain timeout even if a handler ignores its context.
+func (s *Subscription) Close() error {
+	s.closeOnce.Do(func() {
+		s.stopWatch()
+		s.cancelFetch()
+		drain := time.NewTimer(s.opts.DrainTimeout)
+		defer drain.Stop()
+		select {
+		case <-s.done:
+		case <-drain.C:
+			s.log.Warn("drain deadline passed; cancelling handlers", "drain_timeout", s.opts.DrainTimeout)
+			s.cancelHandle()
+			drain.Reset(s.opts.DrainTimeout)
+			select {
+			case <-s.done:
+			case <-drain.C:
+				s.log.Error("a handler ignores cancellation; leaving it behind")
+			}
+		}
+		s.cancelHandle()
+		s.closeErr = s.ds.Close()
+		s.bus.forget(s)
+	})
+	return s.closeErr
+}
+
+func (s *Subscription) run() {
+	defer close(s.done)
+	retry := receiveRetryMin
+	for {
+		batch, err := s.ds.Receive(s.fetchCtx, s.opts.BatchSize)
+		if len(batch) > 0 {
+			s.setErr(nil)
+			retry = receiveRetryMin
+			s.process(batch)
+		}
+		if s.fetchCtx.Err() != nil || errors.Is(err, ErrClosed) {
+			return
+		}
+		if err != nil && len(batch) == 0 {
+			s.setErr(err)
+			if !sleepCtx(s.fetchCtx, retry) {
+				return
+			}
+			retry = min(retry*2, receiveRetryMax)
+		}
+	}
+}
+
+// sleepCtx waits for d or ctx; it reports whether d passed.
+func sleepCtx(ctx context.Context, d time.Duration) bool {
+	t := time.NewTimer(d)
+	defer t.Stop()
+	select {
+	case <-t.C:
+		return true
+	case <-ctx.Done():
+		return false
+	}
+}
+
+// process handles one batch and acks its successes in one call.
+func (s *Subscription) process(batch []*RawDelivery) {
+	acks := make([]*RawDelivery, 0, len(batch))
+	if s.opts.Concurrency == 1 {
+		for _, d := range batch {
+			if s.handleCtx.Err() != nil {
+				break // past the drain deadline: leave the rest for redelivery
+			}
+			if s.handleOne(d) {
+				acks = append(acks, d)
+			}
+		}
+	} else {
+		var mu sync.Mutex
+		var g errgroup.Group
+		g.SetLimit(s.opts.Concurrency)
+		for _, d := range batch {
+			if s.handleCtx.Err() != nil {
+				break
+			}
+			g.Go(func() error {
+				if s.handleOne(d) {
+					mu.Lock()
+					acks = append(acks, d)
+					mu.Unlock()
+				}
+				return nil
+			})
+		}
+		g.Wait()
+	}
+	if len(acks) == 0 {
+		return
+	}
+	ctx, cancel := s.settleCtx()
+	defer cancel()
+	if err := s.ds.Ack(ctx, acks); err != nil {
+		// Handled ids are recorded, so the redeliveries this causes are absorbed as duplicates.
+		s.log.Warn("ack failed; the messages will be redelivered and de-duplicated", "count", len(acks), "err", err)
+	}
+}
+
+func (s *Subscription) settleCtx() (context.Context, context.CancelFunc) {
+	return context.WithTimeout(context.WithoutCancel(s.handleCtx), settleTimeout)
+}
+
+// handleOne runs the policies for one delivery. It reports whether the delivery is to be
+// acked; every other settlement (nak, dead-letter) is done here.
+func (s *Subscription) handleOne(d *RawDelivery) (ack bool) {
+	obs := s.bus.cfg.Observer
+	if d.Attempt > 1 {
+		obs.Redelivered(s.stream)
+	}
+	env, err := s.bus.codec.Decode(d.Body)
+	if err != nil {
+		s.deadLetter(d, poisonReason(err), err, "unknown", OutcomeRejected)
+		return false
+	}
+	obs.Lag(s.stream, time.Since(time.Unix(0, int64(env.TS*1e9))))
+	del := &Delivery{Envelope: env, Stream: s.stream, TransportID: d.TransportID, Attempt: d.Attempt, Raw: d.Body}
+	key := s.stream + "/" + s.opts.Group + "/" + del.ID()
+	track := env.Meta.Track
+	if seen, err := s.bus.idem.Seen(s.handleCtx, key); err != nil {
+		s.log.Warn("idempotency record unavailable; handling anyway (at least once)", "err", err)
+	} else if seen {
+		obs.Consumed(s.stream, track, OutcomeDuplicate)
+		return true
+	}
+
+	err = s.callHandler(del)
+	switch {
+	case err == nil, errors.Is(err, ErrStale):
+		if derr := s.bus.idem.Done(s.handleCtx, key); derr != nil {
+			s.log.Warn("could not record handled id", "id", del.ID(), "err", derr)
+		}
+		outcome := OutcomeSuccess
+		if err != nil {
+			outcome = OutcomeStale
+		}
+		obs.Consumed(s.stream, track, outcome)
+		return true
+	case s.handleCtx.Err() != nil && (errors.Is(err, context.Canceled) || errors.Is(err, context.DeadlineExceeded)):
+		// Cut off by the drain deadline: hand it back for another member.
+		s.nak(d, 0)
+		return false
+	case errors.Is(err, ErrPoison):
+		s.deadLetter(d, poisonReason(err), err, string(track), OutcomeRejected)
+		return false
+	case d.Attempt >= s.opts.MaxDeliveries:
+		s.deadLetter(d, "max_deliveries", err, string(track), OutcomeDeadLetter)
+		return false
+	default:
+		obs.Consumed(s.stream, track, OutcomeError)
+		s.log.Debug("handler failed; will retry", "id", del.ID(), "attempt", d.Attempt, "err", err)
+		s.nak(d, s.bus.backoff(d.Attempt))
+		return false
+	}
+}
+
+func (s *Subscription) callHandler(d *Delivery) (err error) {
+	defer func() {
+		if r := recover(); r != nil {
+			err = fmt.Errorf("transport: handler panicked: %v\n%s", r, debug.Stack())
+		}
+	}()
+	return s.h(s.handleCtx, d)
+}
+
+func (s *Subscription) nak(d *RawDelivery, delay time.Duration) {
+	ctx, cancel := s.settleCtx()
+	defer cancel()
+	if err := s.ds.Nak(ctx, d, delay); err != nil {
+		s.log.Warn("nak failed; the message comes back after ack-wait", "transport_id", d.TransportID, "err", err)
+	}
+}
+
+// deadLetter copies d, bytes unchanged, to the stream's DLQ with why, then terminates the
+// original. If the DLQ cannot be written, the original is retried later instead: nothing is
+// lost.
+func (s *Subscription) deadLetter(d *RawDelivery, reason string, cause error, track string, outcome Outcome) {
+	ctx, cancel := s.settleCtx()
+	defer cancel()
+	dl := RawMessage{Body: d.Body, Headers: map[string]string{
+		DLQOriginalID: d.TransportID,
+		DLQReason:     reason,
+		DLQError:      cause.Error(),
+		DLQAttempts:   strconv.Itoa(d.Attempt),
+		DLQFailedAt:   time.Now().UTC().Format(time.RFC3339Nano),
+		DLQStream:     s.stream,
+	}}
+	if _, err := s.bus.drv.Publish(ctx, s.stream+DLQSuffix, []RawMessage{dl}); err != nil {
+		s.log.Error("dead-lettering failed; will retry the message", "transport_id", d.TransportID, "reason", reason, "err", err)
+		s.nak(d, s.bus.backoff(d.Attempt))
+		return
+	}
+	if err := s.ds.Term(ctx, d); err != nil {
+		s.log.Warn("terminating a dead-lettered message failed; it may be dead-lettered twice", "transport_id", d.TransportID, "err", err)
+	}
+	s.log.Warn("dead-lettered", "transport_id", d.TransportID, "reason", reason, "attempts", d.Attempt, "err", cause)
+	s.bus.cfg.Observer.DeadLettered(s.stream, reason)
+	s.bus.cfg.Observer.Consumed(s.stream, envelope.Track(track), outcome)
+}
