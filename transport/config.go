@@ -237,4 +237,3 @@ func FromEnv(lookup func(string) (string, bool)) (Config, error) {
 	}
 	return c, nil
 }
-

@@ -32,7 +32,7 @@ type Observer interface {
 type nopObserver struct{}
 
 func (nopObserver) Published(string, envelope.Track, error, time.Duration) {}
-func (nopObserver) Consumed(string, envelope.Track, Outcome)                {}
-func (nopObserver) Redelivered(string)                                      {}
-func (nopObserver) DeadLettered(string, string)                             {}
-func (nopObserver) Lag(string, time.Duration)                               {}
+func (nopObserver) Consumed(string, envelope.Track, Outcome)               {}
+func (nopObserver) Redelivered(string)                                     {}
+func (nopObserver) DeadLettered(string, string)                            {}
+func (nopObserver) Lag(string, time.Duration)                              {}
