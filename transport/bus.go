@@ -107,7 +107,7 @@ func (b *Bus) Publish(ctx context.Context, stream string, envs ...*envelope.Enve
 
 func (b *Bus) observePublish(stream string, n int, err error, latency time.Duration) {
 	for range n {
-		b.cfg.Observer.Published(stream, b.cfg.Track, err, latency)
+		b.cfg.Observer.Published(stream, string(b.cfg.Track), err, latency)
 	}
 }
 

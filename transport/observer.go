@@ -1,13 +1,10 @@
 package transport
 
-import (
-	"time"
+import "time"
 
-	"github.com/pulse-bus/pulse/envelope"
-)
-
-// Outcome is how one delivery ended, as counted in pulse_consume_total.
-type Outcome string
+// Outcome is how one delivery ended, as counted in pulse_consume_total. It is a plain string
+// so that telemetry, a leaf package, implements Observer without importing transport.
+type Outcome = string
 
 // The outcomes.
 const (
@@ -22,17 +19,22 @@ const (
 // Observer receives what the transport does, for metrics. Implementations must be safe for
 // concurrent use and must not block. telemetry.Metrics implements it.
 type Observer interface {
-	Published(stream string, track envelope.Track, err error, latency time.Duration)
-	Consumed(stream string, track envelope.Track, outcome Outcome)
+	// Published reports one message published (err nil) or not.
+	Published(stream, track string, err error, latency time.Duration)
+	// Consumed reports how one delivery ended.
+	Consumed(stream, track string, outcome Outcome)
+	// Redelivered reports a delivery with attempt > 1.
 	Redelivered(stream string)
+	// DeadLettered reports a message written to the stream's DLQ.
 	DeadLettered(stream, reason string)
+	// Lag reports how old (by envelope ts) a message was when it was received.
 	Lag(stream string, lag time.Duration)
 }
 
 type nopObserver struct{}
 
-func (nopObserver) Published(string, envelope.Track, error, time.Duration) {}
-func (nopObserver) Consumed(string, envelope.Track, Outcome)               {}
-func (nopObserver) Redelivered(string)                                     {}
-func (nopObserver) DeadLettered(string, string)                            {}
-func (nopObserver) Lag(string, time.Duration)                              {}
+func (nopObserver) Published(string, string, error, time.Duration) {}
+func (nopObserver) Consumed(string, string, Outcome)               {}
+func (nopObserver) Redelivered(string)                             {}
+func (nopObserver) DeadLettered(string, string)                    {}
+func (nopObserver) Lag(string, time.Duration)                      {}

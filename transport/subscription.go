@@ -327,7 +327,7 @@ func (s *Subscription) handleOne(d *RawDelivery) (ack bool) {
 	obs.Lag(s.stream, time.Since(time.Unix(0, int64(env.TS*1e9))))
 	del := &Delivery{Envelope: env, Stream: s.stream, TransportID: d.TransportID, Attempt: d.Attempt, Raw: d.Body}
 	key := s.stream + "/" + s.opts.Group + "/" + del.ID()
-	track := env.Meta.Track
+	track := string(env.Meta.Track)
 	if seen, err := s.bus.idem.Seen(s.handleCtx, key); err != nil {
 		s.log.Warn("idempotency record unavailable; handling anyway (at least once)", "err", err)
 	} else if seen {
@@ -352,10 +352,10 @@ func (s *Subscription) handleOne(d *RawDelivery) (ack bool) {
 		s.nak(d, 0)
 		return false
 	case errors.Is(err, ErrPoison):
-		s.deadLetter(d, poisonReason(err), err, string(track), OutcomeRejected)
+		s.deadLetter(d, poisonReason(err), err, track, OutcomeRejected)
 		return false
 	case d.Attempt >= s.opts.MaxDeliveries:
-		s.deadLetter(d, "max_deliveries", err, string(track), OutcomeDeadLetter)
+		s.deadLetter(d, "max_deliveries", err, track, OutcomeDeadLetter)
 		return false
 	default:
 		obs.Consumed(s.stream, track, OutcomeError)
@@ -406,5 +406,5 @@ func (s *Subscription) deadLetter(d *RawDelivery, reason string, cause error, tr
 	}
 	s.log.Warn("dead-lettered", "transport_id", d.TransportID, "reason", reason, "attempts", d.Attempt, "err", cause)
 	s.bus.cfg.Observer.DeadLettered(s.stream, reason)
-	s.bus.cfg.Observer.Consumed(s.stream, envelope.Track(track), outcome)
+	s.bus.cfg.Observer.Consumed(s.stream, track, outcome)
 }
