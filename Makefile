@@ -1,0 +1,47 @@
+# Pulse — see README.md. `make run` and `make test` are the two commands a newcomer needs.
+GO        ?= go
+BIN       ?= bin/pulse
+VERSION   ?= $(shell git describe --tags --always --dirty 2>/dev/null || echo dev)
+LDFLAGS   := -X github.com/pulse-bus/pulse/internal/app.Version=$(VERSION)
+TESTFLAGS ?=
+STATICCHECK := honnef.co/go/tools/cmd/staticcheck@v0.8.2
+ACTIONLINT  := github.com/rhysd/actionlint/cmd/actionlint@v1.7.12
+
+.PHONY: all build run test test-short bench lint fuzz demo clean
+
+all: build
+
+build:
+	$(GO) build -ldflags '$(LDFLAGS)' -o $(BIN) ./cmd/pulse
+
+## run: the pipeline side on the embedded JetStream server (no set-up needed).
+run: build
+	./$(BIN) run
+
+## demo: the whole feedback loop in one process, live in the terminal.
+demo: build
+	./$(BIN) demo --duration 20s --plot demo.svg
+
+## test: every test of the module, with the race detector.
+test:
+	$(GO) test -race -count=1 -timeout 20m $(TESTFLAGS) ./...
+
+## bench: Pulse beside raw clients and Watermill, in one run (bench/ is its own module).
+bench:
+	cd bench && $(GO) run ./cmd/pulsebench
+
+## lint: formatting, vet, staticcheck, actionlint.
+lint:
+	@unformatted=$$(gofmt -l $$(git ls-files '*.go')); \
+	  if [ -n "$$unformatted" ]; then echo "gofmt would change:"; echo "$$unformatted"; exit 1; fi
+	$(GO) vet ./...
+	$(GO) run $(STATICCHECK) ./...
+	cd bench && $(GO) vet ./...
+	$(GO) run $(ACTIONLINT)
+
+## fuzz: a bounded fuzzing run of the envelope decoder.
+fuzz:
+	$(GO) test -run '^$$' -fuzz FuzzDecode -fuzztime 60s ./envelope
+
+clean:
+	rm -rf bin
