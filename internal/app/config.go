@@ -1,0 +1,346 @@
+package app
+
+import (
+	"errors"
+	"flag"
+	"fmt"
+	"io"
+	"log/slog"
+	"net"
+	"net/url"
+	"slices"
+	"strconv"
+	"strings"
+	"text/tabwriter"
+	"time"
+
+	"github.com/pulse-bus/pulse/envelope"
+	"github.com/pulse-bus/pulse/internal/envconf"
+	"github.com/pulse-bus/pulse/transport"
+)
+
+// Defaults of the settings that belong to the service rather than to the bus or the feedback
+// policy (those are transport's and feedback's constants).
+const (
+	DefaultHTTPAddr        = "127.0.0.1:9464"
+	DefaultFeedbackStream  = "telemetry.feedback"
+	DefaultRateStream      = "telemetry.rate_adjustment"
+	DefaultLogLevel        = "info"
+	DefaultLogFormat       = "text"
+	DefaultShutdownTimeout = 20 * time.Second
+)
+
+// Config is the effective configuration of the service: the environment of CONTRACT.md §5,
+// overridden by flags of the same meaning. Load builds it; its zero value is not usable.
+type Config struct {
+	// Bus is the transport configuration (EVENT_BUS_BACKEND, NATS_URL, REDIS_URL, ...).
+	Bus transport.Config
+	// Enabled turns the feedback consumer on (PULSE_ENABLED).
+	Enabled bool
+	// HTTPAddr is where /metrics, /healthz, /readyz and /state are served (PULSE_HTTP_ADDR).
+	HTTPAddr string
+	// FeedbackStream is the logical stream the consumer reads (PULSE_FEEDBACK_STREAM).
+	FeedbackStream string
+	// LogLevel and LogFormat configure the slog handler (PULSE_LOG_LEVEL, PULSE_LOG_FORMAT).
+	LogLevel  slog.Level
+	LogFormat string
+	// ShutdownTimeout bounds the whole teardown after SIGINT/SIGTERM
+	// (PULSE_SHUTDOWN_TIMEOUT).
+	ShutdownTimeout time.Duration
+
+	// sources records, per variable, where a non-default value came from ("env" or "flag").
+	sources map[string]string
+}
+
+// EmbeddedNATS reports whether the configuration asks for the embedded JetStream server:
+// the jetstream backend with no NATS_URL.
+func (c *Config) EmbeddedNATS() bool {
+	return c.Bus.Backend == "jetstream" && c.Bus.NATSURL == ""
+}
+
+// ConfigError is a setting whose value is not accepted. Its message names the variable (and
+// the flag, when the value came from one), the value and what is accepted.
+type ConfigError struct {
+	Var      string
+	Flag     string // set when the value came from --Flag
+	Value    string
+	Accepted string
+}
+
+func (e *ConfigError) Error() string {
+	if e.Flag != "" {
+		return fmt.Sprintf("invalid --%s=%q (%s): accepted: %s", e.Flag, e.Value, e.Var, e.Accepted)
+	}
+	return fmt.Sprintf("invalid %s=%q: accepted: %s", e.Var, e.Value, e.Accepted)
+}
+
+// setting is one configuration variable: its environment name, the flag of the same meaning
+// ("" for environment-only settings, such as secrets, which do not belong on a command line
+// that every user of the machine can read), and how to show its effective value.
+type setting struct {
+	env    string
+	flag   string
+	usage  string
+	isBool bool
+	show   func(c *Config) string
+}
+
+// settings lists every variable Load reads, in the order `pulse config` prints them.
+var settings = []setting{
+	{env: "PULSE_ENABLED", flag: "enabled", isBool: true, usage: "run the feedback consumer", show: func(c *Config) string { return strconv.FormatBool(c.Enabled) }},
+	{env: "EVENT_BUS_BACKEND", flag: "backend", usage: "bus backend: inmem, redis or jetstream", show: func(c *Config) string { return c.Bus.Backend }},
+	{env: "NATS_URL", flag: "nats-url", usage: "NATS server URL(s), comma-separated; unset: the embedded server", show: func(c *Config) string { return maskURLs(c.Bus.NATSURL) }},
+	{env: "PULSE_NATS_LISTEN", flag: "nats-listen", usage: "embedded JetStream server address (host:port)", show: func(c *Config) string { return c.Bus.NATSListen }},
+	{env: "PULSE_NATS_CREDS", flag: "nats-creds", usage: "NATS credentials file", show: func(c *Config) string { return c.Bus.NATSCredsFile }},
+	{env: "PULSE_DATA_DIR", flag: "data-dir", usage: "embedded JetStream server's store directory", show: func(c *Config) string { return c.Bus.DataDir }},
+	{env: "REDIS_URL", flag: "redis-url", usage: "redis:// or rediss:// URL", show: func(c *Config) string { return maskURLs(c.Bus.RedisURL) }},
+	{env: "MD_NAMESPACE", flag: "namespace", usage: "bus namespace ([a-z0-9_-]+)", show: func(c *Config) string { return c.Bus.Namespace }},
+	{env: "SCHEMA_TRACK", flag: "track", usage: "schema track producers write: v1 or v2", show: func(c *Config) string { return string(c.Bus.Track) }},
+	{env: "PUBLISHER_TOKEN", usage: "", show: func(c *Config) string { return maskToken(c.Bus.PublisherToken) }},
+	{env: "PULSE_GROUP", flag: "group", usage: "consumer group", show: func(c *Config) string { return c.Bus.Group }},
+	{env: "PULSE_CONSUMER_NAME", flag: "consumer", usage: "consumer name within the group", show: func(c *Config) string { return c.Bus.Consumer }},
+	{env: "PULSE_FEEDBACK_STREAM", flag: "feedback-stream", usage: "logical stream of feedback events", show: func(c *Config) string { return c.FeedbackStream }},
+	{env: "PULSE_MAX_DELIVERIES", flag: "max-deliveries", usage: "attempts before dead-lettering", show: func(c *Config) string { return strconv.Itoa(c.Bus.MaxDeliveries) }},
+	{env: "PULSE_ACK_WAIT", flag: "ack-wait", usage: "unacked messages are redelivered after this", show: func(c *Config) string { return c.Bus.AckWait.String() }},
+	{env: "PULSE_DRAIN_TIMEOUT", flag: "drain-timeout", usage: "how long in-flight work may take to finish at shutdown", show: func(c *Config) string { return c.Bus.DrainTimeout.String() }},
+	{env: "PULSE_BATCH_SIZE", flag: "batch-size", usage: "most deliveries fetched at once", show: func(c *Config) string { return strconv.Itoa(c.Bus.BatchSize) }},
+	{env: "PULSE_STREAM_MAX_AGE", flag: "stream-max-age", usage: "retention: oldest message kept", show: func(c *Config) string { return c.Bus.StreamMaxAge.String() }},
+	{env: "PULSE_STREAM_MAX_BYTES", flag: "stream-max-bytes", usage: "retention: bytes per stream (0 = unlimited)", show: func(c *Config) string { return strconv.FormatInt(c.Bus.StreamMaxBytes, 10) }},
+	{env: "PULSE_STREAM_MAX_LEN", flag: "stream-max-len", usage: "retention: messages per stream (0 = unlimited)", show: func(c *Config) string { return strconv.FormatInt(c.Bus.StreamMaxLen, 10) }},
+	{env: "PULSE_STREAM_REPLICAS", flag: "stream-replicas", usage: "JetStream stream replicas (1 to 5)", show: func(c *Config) string { return strconv.Itoa(c.Bus.Replicas) }},
+	{env: "PULSE_SHARED_IDEMPOTENCY", flag: "shared-idempotency", isBool: true, usage: "keep the handled-ids record in the broker", show: func(c *Config) string { return strconv.FormatBool(c.Bus.SharedIdempotency) }},
+	{env: "PULSE_HTTP_ADDR", flag: "http-addr", usage: "HTTP address for /metrics, /healthz, /readyz, /state", show: func(c *Config) string { return c.HTTPAddr }},
+	{env: "PULSE_LOG_LEVEL", flag: "log-level", usage: "debug, info, warn or error", show: func(c *Config) string { return strings.ToLower(c.LogLevel.String()) }},
+	{env: "PULSE_LOG_FORMAT", flag: "log-format", usage: "text or json", show: func(c *Config) string { return c.LogFormat }},
+	{env: "PULSE_SHUTDOWN_TIMEOUT", flag: "shutdown-timeout", usage: "deadline for the whole shutdown", show: func(c *Config) string { return c.ShutdownTimeout.String() }},
+}
+
+// overrides holds the values given by flags, keyed by the variable they override.
+type overrides map[string]string
+
+// register adds one flag per overridable setting to fs.
+func (o overrides) register(fs *flag.FlagSet) {
+	for _, s := range settings {
+		if s.flag == "" {
+			continue
+		}
+		set := func(v string) error { o[s.env] = v; return nil }
+		usage := s.usage + " (" + s.env + ")"
+		if s.isBool {
+			fs.BoolFunc(s.flag, usage, set)
+		} else {
+			fs.Func(s.flag, usage, set)
+		}
+	}
+}
+
+// flagFor returns the flag that overrides variable env, or "".
+func flagFor(env string) string {
+	for _, s := range settings {
+		if s.env == env {
+			return s.flag
+		}
+	}
+	return ""
+}
+
+// Load reads the configuration from the environment through lookup, with the values in
+// over (from flags) taking precedence. Every invalid value is reported as a *ConfigError
+// naming the variable (and flag), the value and what is accepted.
+func Load(lookup func(string) (string, bool), over overrides) (Config, error) {
+	c := Config{sources: map[string]string{}}
+	look := func(name string) (string, bool) {
+		if v, ok := over[name]; ok {
+			c.sources[name] = "flag"
+			return v, true
+		}
+		v, ok := lookup(name)
+		if ok && strings.TrimSpace(v) != "" {
+			c.sources[name] = "env"
+		}
+		return v, ok
+	}
+	err := c.load(look)
+	if err == nil {
+		return c, nil
+	}
+	var ee *envconf.Error
+	if errors.As(err, &ee) {
+		ce := &ConfigError{Var: ee.Var, Value: ee.Value, Accepted: ee.Accepted}
+		if _, fromFlag := over[ee.Var]; fromFlag {
+			ce.Flag = flagFor(ee.Var)
+		}
+		return Config{}, ce
+	}
+	return Config{}, err
+}
+
+func (c *Config) load(look func(string) (string, bool)) error {
+	bus, err := transport.FromEnv(look)
+	if err != nil {
+		return err
+	}
+	c.Bus = bus
+	c.Enabled = true
+	c.HTTPAddr = DefaultHTTPAddr
+	c.FeedbackStream = DefaultFeedbackStream
+	c.LogFormat = DefaultLogFormat
+	c.ShutdownTimeout = DefaultShutdownTimeout
+	level := DefaultLogLevel
+	r := envconf.Reader{Lookup: look}
+	r.Bool("PULSE_ENABLED", &c.Enabled)
+	r.String("PULSE_HTTP_ADDR", &c.HTTPAddr)
+	r.String("PULSE_FEEDBACK_STREAM", &c.FeedbackStream)
+	r.OneOf("PULSE_LOG_LEVEL", &level, "debug", "info", "warn", "error")
+	r.OneOf("PULSE_LOG_FORMAT", &c.LogFormat, "text", "json")
+	r.Duration("PULSE_SHUTDOWN_TIMEOUT", &c.ShutdownTimeout)
+	if r.Err != nil {
+		return r.Err
+	}
+	if err := c.LogLevel.UnmarshalText([]byte(level)); err != nil {
+		return &envconf.Error{Var: "PULSE_LOG_LEVEL", Value: level, Accepted: "debug, info, warn, error"}
+	}
+	return c.validate()
+}
+
+// validate checks what transport.FromEnv leaves to the drivers, so that a bad value stops
+// start-up with its name rather than failing later in a connection attempt.
+func (c *Config) validate() error {
+	b := &c.Bus
+	b.Backend = withDefault(b.Backend, transport.DefaultBackend)
+	b.NATSListen = withDefault(b.NATSListen, transport.DefaultNATSListen)
+	b.RedisURL = withDefault(b.RedisURL, transport.DefaultRedisURL)
+	b.DataDir = withDefault(b.DataDir, transport.DefaultDataDir)
+	b.Namespace = withDefault(b.Namespace, transport.DefaultNamespace)
+	b.Group = withDefault(b.Group, transport.DefaultGroup)
+	b.Consumer = withDefault(b.Consumer, transport.DefaultConsumer)
+	if b.Track == "" {
+		b.Track = envelope.DefaultTrack
+	}
+	if b.MaxDeliveries == 0 {
+		b.MaxDeliveries = transport.DefaultMaxDeliveries
+	}
+	if b.AckWait == 0 {
+		b.AckWait = transport.DefaultAckWait
+	}
+	if b.DrainTimeout == 0 {
+		b.DrainTimeout = transport.DefaultDrainTimeout
+	}
+	if b.BatchSize == 0 {
+		b.BatchSize = transport.DefaultBatchSize
+	}
+	if b.StreamMaxAge == 0 {
+		b.StreamMaxAge = transport.DefaultStreamMaxAge
+	}
+	if b.Replicas == 0 {
+		b.Replicas = transport.DefaultStreamReplicas
+	}
+	if !slices.Contains(transport.Backends(), b.Backend) {
+		return &envconf.Error{Var: "EVENT_BUS_BACKEND", Value: b.Backend, Accepted: strings.Join(transport.Backends(), ", ")}
+	}
+	if err := checkURLs(b.RedisURL, "redis", "rediss"); err != nil {
+		return &envconf.Error{Var: "REDIS_URL", Value: maskURLs(b.RedisURL), Accepted: "a redis:// or rediss:// URL such as redis://localhost:6379/0 (" + err.Error() + ")"}
+	}
+	if b.NATSURL != "" {
+		if err := checkURLs(b.NATSURL, "nats", "tls", "ws", "wss"); err != nil {
+			return &envconf.Error{Var: "NATS_URL", Value: maskURLs(b.NATSURL), Accepted: "unset (embedded server) or comma-separated nats://, tls://, ws:// or wss:// URLs (" + err.Error() + ")"}
+		}
+	}
+	if err := checkHostPort(b.NATSListen); err != nil {
+		return &envconf.Error{Var: "PULSE_NATS_LISTEN", Value: b.NATSListen, Accepted: "host:port, e.g. 127.0.0.1:4223 (port 0 picks a free one) (" + err.Error() + ")"}
+	}
+	if err := checkHostPort(c.HTTPAddr); err != nil {
+		return &envconf.Error{Var: "PULSE_HTTP_ADDR", Value: c.HTTPAddr, Accepted: "host:port, e.g. 127.0.0.1:9464 (port 0 picks a free one) (" + err.Error() + ")"}
+	}
+	if !transport.ValidStreamName(c.FeedbackStream) {
+		return &envconf.Error{Var: "PULSE_FEEDBACK_STREAM", Value: c.FeedbackStream, Accepted: "dot-separated tokens of letters, digits, '_' and '-', e.g. telemetry.feedback"}
+	}
+	return nil
+}
+
+func withDefault(v, d string) string {
+	if v == "" {
+		return d
+	}
+	return v
+}
+
+// checkURLs checks a comma-separated list of URLs with one of schemes and a host.
+func checkURLs(list string, schemes ...string) error {
+	for _, raw := range strings.Split(list, ",") {
+		u, err := url.Parse(strings.TrimSpace(raw))
+		if err != nil {
+			return errors.New("not a URL")
+		}
+		if !slices.Contains(schemes, u.Scheme) {
+			return fmt.Errorf("scheme %q", u.Scheme)
+		}
+		if u.Host == "" {
+			return errors.New("no host")
+		}
+	}
+	return nil
+}
+
+func checkHostPort(addr string) error {
+	_, port, err := net.SplitHostPort(addr)
+	if err != nil {
+		return errors.New("not host:port")
+	}
+	if n, err := strconv.Atoi(port); err != nil || n < 0 || n > 65535 {
+		return errors.New("port must be 0 to 65535")
+	}
+	return nil
+}
+
+// maskToken shows whether a secret is set without showing it.
+func maskToken(tok string) string {
+	if tok == "" || tok == "unset" {
+		return "unset"
+	}
+	return masked
+}
+
+// maskURLs hides passwords (and bare tokens in the user part) of comma-separated URLs.
+func maskURLs(list string) string {
+	if list == "" {
+		return ""
+	}
+	parts := strings.Split(list, ",")
+	for i, raw := range parts {
+		u, err := url.Parse(strings.TrimSpace(raw))
+		if err != nil {
+			// Unparseable: it may still hold a secret, so show only that there is something.
+			if strings.Contains(raw, "@") {
+				parts[i] = masked + "@" + raw[strings.LastIndex(raw, "@")+1:]
+			}
+			continue
+		}
+		if u.User != nil {
+			if _, hasPassword := u.User.Password(); hasPassword {
+				u.User = url.UserPassword(u.User.Username(), masked)
+			} else {
+				u.User = url.User(masked) // nats://TOKEN@host: the user part is the secret
+			}
+		}
+		parts[i] = u.String()
+	}
+	return strings.Join(parts, ",")
+}
+
+// Print writes the effective configuration, one VAR=value per line with where the value
+// came from (default, env or flag); secrets are masked.
+func (c *Config) Print(w io.Writer) error {
+	tw := tabwriter.NewWriter(w, 0, 4, 2, ' ', 0)
+	for _, s := range settings {
+		src := c.sources[s.env]
+		if src == "" {
+			src = "default"
+		}
+		fmt.Fprintf(tw, "%s=%s\t# %s\n", s.env, s.show(c), src)
+	}
+	return tw.Flush()
+}
+
+// masked stands in for a secret in printed configuration (URL-safe, as url.URL.Redacted).
+const masked = "xxxxx"

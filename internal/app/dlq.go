@@ -1,0 +1,128 @@
+package app
+
+import (
+	"context"
+	"errors"
+	"fmt"
+	"io"
+	"strings"
+	"text/tabwriter"
+
+	"github.com/pulse-bus/pulse/transport"
+)
+
+// ErrNoStreamAdmin is returned when the configured backend cannot inspect streams.
+var ErrNoStreamAdmin = errors.New("app: backend cannot inspect streams (no transport.StreamAdmin)")
+
+// deadLetter is one message of a dead-letter stream.
+type deadLetter struct {
+	transport.StoredMessage
+}
+
+func (d deadLetter) header(k string) string { return d.Headers[k] }
+
+// DLQ is the dead-letter tooling over one bus: list, replay and purge the dead letters of a
+// source stream. It is safe for concurrent use as far as the bus and the driver are.
+type DLQ struct {
+	bus   *transport.Bus
+	admin transport.StreamAdmin
+}
+
+// NewDLQ returns the tooling over bus, or ErrNoStreamAdmin when its driver cannot inspect
+// streams.
+func NewDLQ(bus *transport.Bus) (*DLQ, error) {
+	admin, ok := bus.Driver().(transport.StreamAdmin)
+	if !ok {
+		return nil, fmt.Errorf("%w: %s", ErrNoStreamAdmin, bus.Config().Backend)
+	}
+	return &DLQ{bus: bus, admin: admin}, nil
+}
+
+// dlqOf returns the dead-letter stream of source (given as S or S.dlq) and the source.
+func dlqOf(stream string) (source, dlq string) {
+	source = strings.TrimSuffix(stream, transport.DLQSuffix)
+	return source, source + transport.DLQSuffix
+}
+
+// List returns up to limit (≤ 0: all) dead letters of source, oldest first.
+func (q *DLQ) List(ctx context.Context, source string, limit int) ([]deadLetter, error) {
+	_, dlq := dlqOf(source)
+	var out []deadLetter
+	err := q.admin.Range(ctx, dlq, limit, func(m transport.StoredMessage) error {
+		out = append(out, deadLetter{m})
+		return nil
+	})
+	if err != nil {
+		return nil, fmt.Errorf("app: list %s: %w", dlq, err)
+	}
+	return out, nil
+}
+
+// Replay re-publishes up to limit (≤ 0: all) dead letters of source, oldest first, to the
+// stream each came from (its `stream` header, else source) with their original bytes, and
+// deletes each from the dead-letter stream only after the broker confirmed the publish. It
+// stops at the first error and returns how many were replayed; those not replayed stay in
+// the dead-letter stream.
+func (q *DLQ) Replay(ctx context.Context, source string, limit int) (int, error) {
+	source, dlq := dlqOf(source)
+	letters, err := q.List(ctx, source, limit)
+	if err != nil {
+		return 0, err
+	}
+	for i, d := range letters {
+		target := d.header(transport.DLQStream)
+		if target == "" {
+			target = source
+		}
+		// No producer id: a replay must be stored again, not dropped by the broker's
+		// duplicate window as a repeat of the original publish. Consumers still de-duplicate
+		// on the envelope's own id, which the failed original never recorded as done.
+		if _, err := q.bus.PublishRaw(ctx, target, transport.RawMessage{Body: d.Body}); err != nil {
+			return i, fmt.Errorf("app: replay %s (dead letter %s) to %s: %w", d.header(transport.DLQOriginalID), d.TransportID, target, err)
+		}
+		if err := q.admin.Delete(ctx, dlq, d.TransportID); err != nil {
+			return i + 1, fmt.Errorf("app: replayed dead letter %s to %s but could not delete it from %s (it would be replayed again): %w", d.TransportID, target, dlq, err)
+		}
+	}
+	return len(letters), nil
+}
+
+// Purge drops every dead letter of source and returns how many there were.
+func (q *DLQ) Purge(ctx context.Context, source string) (int64, error) {
+	_, dlq := dlqOf(source)
+	n, err := q.admin.Purge(ctx, dlq)
+	if err != nil {
+		return 0, fmt.Errorf("app: purge %s: %w", dlq, err)
+	}
+	return n, nil
+}
+
+// printDeadLetters writes a table of dead letters: time, reason, attempts, original id,
+// the source stream, this entry's id and the error.
+func printDeadLetters(w io.Writer, letters []deadLetter) error {
+	tw := tabwriter.NewWriter(w, 0, 4, 2, ' ', 0)
+	fmt.Fprintln(tw, "FAILED_AT\tREASON\tATTEMPTS\tORIGINAL_ID\tSTREAM\tDLQ_ID\tERROR")
+	for _, d := range letters {
+		fmt.Fprintf(tw, "%s\t%s\t%s\t%s\t%s\t%s\t%s\n",
+			orDash(d.header(transport.DLQFailedAt)), orDash(d.header(transport.DLQReason)),
+			orDash(d.header(transport.DLQAttempts)), orDash(d.header(transport.DLQOriginalID)),
+			orDash(d.header(transport.DLQStream)), d.TransportID, orDash(oneLine(d.header(transport.DLQError), 80)))
+	}
+	return tw.Flush()
+}
+
+func orDash(s string) string {
+	if s == "" {
+		return "-"
+	}
+	return s
+}
+
+// oneLine flattens s to one line of at most n runes.
+func oneLine(s string, n int) string {
+	s = strings.Join(strings.Fields(s), " ")
+	if r := []rune(s); len(r) > n {
+		return string(r[:n-1]) + "…"
+	}
+	return s
+}
