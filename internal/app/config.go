@@ -15,6 +15,7 @@ import (
 	"time"
 
 	"github.com/pulse-bus/pulse/envelope"
+	"github.com/pulse-bus/pulse/feedback"
 	"github.com/pulse-bus/pulse/internal/envconf"
 	"github.com/pulse-bus/pulse/transport"
 )
@@ -35,6 +36,8 @@ const (
 type Config struct {
 	// Bus is the transport configuration (EVENT_BUS_BACKEND, NATS_URL, REDIS_URL, ...).
 	Bus transport.Config
+	// Policy is the feedback policy (MDP_FB_*), defaults filled in.
+	Policy feedback.Policy
 	// Enabled turns the feedback consumer on (PULSE_ENABLED).
 	Enabled bool
 	// HTTPAddr is where /metrics, /healthz, /readyz and /state are served (PULSE_HTTP_ADDR).
@@ -109,6 +112,13 @@ var settings = []setting{
 	{env: "PULSE_STREAM_MAX_LEN", flag: "stream-max-len", usage: "retention: messages per stream (0 = unlimited)", show: func(c *Config) string { return strconv.FormatInt(c.Bus.StreamMaxLen, 10) }},
 	{env: "PULSE_STREAM_REPLICAS", flag: "stream-replicas", usage: "JetStream stream replicas (1 to 5)", show: func(c *Config) string { return strconv.Itoa(c.Bus.Replicas) }},
 	{env: "PULSE_SHARED_IDEMPOTENCY", flag: "shared-idempotency", isBool: true, usage: "keep the handled-ids record in the broker", show: func(c *Config) string { return strconv.FormatBool(c.Bus.SharedIdempotency) }},
+	{env: feedback.EnvProvider, flag: "provider", usage: "provider whose rate feedback scales", show: func(c *Config) string { return c.Policy.Provider }},
+	{env: feedback.EnvBaseRate, flag: "base-rate", usage: "provider's base rate, messages per second", show: func(c *Config) string { return fmtFloat(c.Policy.BaseRate) }},
+	{env: feedback.EnvMinRate, flag: "min-rate", usage: "floor under a throttled rate, messages per second", show: func(c *Config) string { return fmtFloat(c.Policy.MinRate) }},
+	{env: feedback.EnvBurst, flag: "burst", usage: "provider's token bucket depth", show: func(c *Config) string { return strconv.Itoa(c.Policy.Burst) }},
+	{env: feedback.EnvScaleOK, flag: "scale-ok", usage: "rate scale at level ok, 0 to 1", show: func(c *Config) string { return fmtFloat(c.Policy.Scale(feedback.LevelOK)) }},
+	{env: feedback.EnvScaleSoft, flag: "scale-soft", usage: "rate scale at level soft, 0 to 1", show: func(c *Config) string { return fmtFloat(c.Policy.Scale(feedback.LevelSoft)) }},
+	{env: feedback.EnvScaleHard, flag: "scale-hard", usage: "rate scale at level hard, 0 to 1", show: func(c *Config) string { return fmtFloat(c.Policy.Scale(feedback.LevelHard)) }},
 	{env: "PULSE_HTTP_ADDR", flag: "http-addr", usage: "HTTP address for /metrics, /healthz, /readyz, /state", show: func(c *Config) string { return c.HTTPAddr }},
 	{env: "PULSE_LOG_LEVEL", flag: "log-level", usage: "debug, info, warn or error", show: func(c *Config) string { return strings.ToLower(c.LogLevel.String()) }},
 	{env: "PULSE_LOG_FORMAT", flag: "log-format", usage: "text or json", show: func(c *Config) string { return c.LogFormat }},
@@ -181,6 +191,9 @@ func (c *Config) load(look func(string) (string, bool)) error {
 		return err
 	}
 	c.Bus = bus
+	if c.Policy, err = feedback.PolicyFromEnv(look); err != nil {
+		return err
+	}
 	c.Enabled = true
 	c.HTTPAddr = DefaultHTTPAddr
 	c.FeedbackStream = DefaultFeedbackStream
@@ -257,6 +270,8 @@ func (c *Config) validate() error {
 	}
 	return nil
 }
+
+func fmtFloat(f float64) string { return strconv.FormatFloat(f, 'g', -1, 64) }
 
 func withDefault(v, d string) string {
 	if v == "" {
