@@ -222,7 +222,8 @@ type wireMeta struct {
 // Decode parses wire bytes of either track. A double-wrapped envelope (schema_id
 // WrappedSchemaID) is unwrapped and the inner envelope returned. Every error wraps ErrPoison
 // and one of ErrMalformed, ErrUnknownTrack, ErrUnknownSchema, ErrInvalidPayload,
-// ErrHashMismatch or ErrUnauthenticated. The returned Payload aliases b.
+// ErrHashMismatch or ErrUnauthenticated. The returned Payload aliases b. A v1 envelope's ID is
+// always empty (v1 has no producer id; an "id" field in it is ignored).
 func (c *Codec) Decode(b []byte) (*Envelope, error) {
 	e, err := decodeWire(b)
 	if err != nil {
@@ -283,6 +284,9 @@ func decodeWire(b []byte) (*Envelope, error) {
 	switch e.Meta.Track {
 	case TrackV1:
 		// The Python core's hash never matches its own payload text; v1 readers ignore it.
+		// v1 has no producer id (the Python inner envelope writes "id": ""): the transport id
+		// stands in, so an id field here is not trusted for de-duplication.
+		e.ID = ""
 	case TrackV2:
 		if e.ID == "" {
 			return nil, fmt.Errorf("%w: v2 envelope without id", ErrMalformed)

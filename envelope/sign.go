@@ -23,10 +23,17 @@ const signatureDomain = "pulse-hmac-sha256-v1"
 //	pulse-hmac-sha256-v1
 //	<meta.schema_id>
 //	<meta.track>
-//	<id, or empty>
+//	<id on v2; empty on v1, which carries no id>
 //	<key, or empty when null>
-//	<the payload's JSON text exactly as it appears in the message, with insignificant
-//	 whitespace removed (what Python's json.dumps(payload, separators=(",", ":")) writes)>
+//	<the payload's JSON text exactly as it appears in the message, with the whitespace
+//	 outside strings removed>
+//
+// The payload line is the wire text, not a re-serialisation: escapes, non-ASCII characters
+// and number text stay exactly as sent (a v1 message carries non-ASCII as \uXXXX escapes, a
+// v2 message as raw UTF-8). For a payload Python's json module wrote, it equals
+// json.dumps(payload, separators=(",", ":"), ensure_ascii=<v1: True, v2: False>) of the
+// parsed payload; other producers should strip whitespace from the raw text instead.
+// envelope/testdata/signature_vectors.py computes the test vectors of sign_test.go this way.
 //
 // It is carried in meta.headers["signature"]. Any other header, and ts, are not covered: a
 // replayed event is harmless because feedback applies only the newest event per coordinator.
@@ -40,9 +47,15 @@ func NewSigner(token string) *Signer {
 	return &Signer{key: []byte(token)}
 }
 
+// mac computes the signature of e. The id line is e.ID on v2 and empty on v1, whose wire
+// form has no id: a v1 producer that set e.ID must not sign what it does not send.
 func (s *Signer) mac(e *Envelope, payloadCompact []byte) []byte {
 	var m hash.Hash = hmac.New(sha256.New, s.key)
-	for _, part := range []string{signatureDomain, e.Meta.SchemaID, string(e.Meta.Track), e.ID, e.KeyOf()} {
+	id := e.ID
+	if e.Meta.Track == TrackV1 {
+		id = ""
+	}
+	for _, part := range []string{signatureDomain, e.Meta.SchemaID, string(e.Meta.Track), id, e.KeyOf()} {
 		m.Write([]byte(part))
 		m.Write([]byte{'\n'})
 	}
