@@ -1,0 +1,225 @@
+package feedback
+
+import (
+	"context"
+	"errors"
+	"fmt"
+	"log/slog"
+	"sync"
+
+	"github.com/pulse-bus/pulse/internal/envconf"
+	"github.com/pulse-bus/pulse/transport"
+)
+
+// Environment variables read by ConsumerConfigFromEnv.
+const (
+	// EnvFeedbackStream names the stream the consumer reads (CONTRACT.md §1).
+	EnvFeedbackStream = "PULSE_FEEDBACK_STREAM"
+	// EnvSharedGroup, when true, makes every replica join PULSE_GROUP itself, so that the
+	// replicas share (split) the feedback events instead of each seeing all of them.
+	EnvSharedGroup = "PULSE_FEEDBACK_SHARED_GROUP"
+)
+
+// GroupSeparator joins PULSE_GROUP and PULSE_CONSUMER_NAME into a replica's own group name.
+const GroupSeparator = "-"
+
+// ConsumerConfig configures a Consumer. The zero value reads StreamFeedback in a group of
+// this replica's own.
+type ConsumerConfig struct {
+	// Stream is the logical stream to read (PULSE_FEEDBACK_STREAM); "" means StreamFeedback.
+	// Beside the Python core, which namespaces the stream name itself, it is
+	// "mdp.telemetry.feedback".
+	Stream string
+	// Group overrides the consumer group. "" derives it (see ReplicaGroup).
+	Group string
+	// Consumer is this member's name; "" means the bus's (PULSE_CONSUMER_NAME).
+	Consumer string
+	// SharedGroup (PULSE_FEEDBACK_SHARED_GROUP) opts in to one group for all replicas, the
+	// bus's PULSE_GROUP: each event then reaches one replica only.
+	SharedGroup bool
+	// Logger receives operational logs; nil discards them.
+	Logger *slog.Logger
+}
+
+// ConsumerConfigFromEnv reads PULSE_FEEDBACK_STREAM and PULSE_FEEDBACK_SHARED_GROUP through
+// lookup; PULSE_GROUP and PULSE_CONSUMER_NAME come with the bus configuration. Bad values are
+// *envconf.Error.
+func ConsumerConfigFromEnv(lookup func(string) (string, bool)) (ConsumerConfig, error) {
+	var c ConsumerConfig
+	r := envconf.Reader{Lookup: lookup}
+	r.String(EnvFeedbackStream, &c.Stream)
+	r.Bool(EnvSharedGroup, &c.SharedGroup)
+	if r.Err != nil {
+		return ConsumerConfig{}, r.Err
+	}
+	if c.Stream != "" && !transport.ValidStreamName(c.Stream) {
+		return ConsumerConfig{}, &envconf.Error{Var: EnvFeedbackStream, Value: c.Stream,
+			Accepted: "dot-separated tokens of letters, digits, '_' and '-', such as telemetry.feedback"}
+	}
+	return c, nil
+}
+
+// ReplicaGroup is the group a replica reads feedback in unless it opts in to sharing:
+// "<group><GroupSeparator><consumer>", e.g. "pipeline-pipeline_w1". Every pipeline replica
+// must apply every feedback event (its token bucket is its own), and members of one group
+// split the messages between them; a group per replica makes each replica see everything.
+// Replicas are told apart by PULSE_CONSUMER_NAME, so each replica needs its own (the pod
+// name of a StatefulSet, say) and keeps it across restarts to resume where it stopped.
+func ReplicaGroup(group, consumer string) string { return group + GroupSeparator + consumer }
+
+// Consumer runs a Handler on the feedback stream of a Bus: it decodes each delivery's
+// FeedbackEvent (a payload of another schema is poison, dead-lettered at once) and applies
+// it. Stale events are acked and counted `stale` by the Bus; a failed RateAdjustment publish
+// makes the delivery retry (see Handler). Its methods are safe for concurrent use.
+type Consumer struct {
+	bus      *transport.Bus
+	h        *Handler
+	stream   string
+	group    string
+	consumer string
+	log      *slog.Logger
+
+	mu      sync.Mutex
+	sub     *transport.Subscription
+	started bool
+	closed  bool
+}
+
+// ErrNotStarted is returned by Ready before Start.
+var ErrNotStarted = errors.New("feedback: consumer not started")
+
+// NewConsumer returns a consumer of bus's feedback stream applying events with h. It does not
+// subscribe until Start. Invalid names are reported here.
+func NewConsumer(bus *transport.Bus, h *Handler, cfg ConsumerConfig) (*Consumer, error) {
+	if bus == nil || h == nil {
+		return nil, errors.New("feedback: NewConsumer needs a bus and a handler")
+	}
+	bc := bus.Config()
+	c := &Consumer{bus: bus, h: h, stream: cfg.Stream, group: cfg.Group, consumer: cfg.Consumer, log: cfg.Logger}
+	if c.stream == "" {
+		c.stream = StreamFeedback
+	}
+	if !transport.ValidStreamName(c.stream) {
+		return nil, fmt.Errorf("feedback: invalid feedback stream %q (accepted: dot-separated tokens of letters, digits, '_' and '-')", c.stream)
+	}
+	if c.consumer == "" {
+		c.consumer = bc.Consumer
+	}
+	if c.group == "" {
+		if cfg.SharedGroup {
+			c.group = bc.Group
+		} else {
+			c.group = ReplicaGroup(bc.Group, c.consumer)
+		}
+	}
+	if c.log == nil {
+		c.log = slog.New(slog.DiscardHandler)
+	}
+	c.log = c.log.With("stream", c.stream, "group", c.group, "consumer", c.consumer)
+	return c, nil
+}
+
+// Stream is the stream read.
+func (c *Consumer) Stream() string { return c.stream }
+
+// Group is the consumer group joined.
+func (c *Consumer) Group() string { return c.group }
+
+// Handler is the handler the consumer applies events with.
+func (c *Consumer) Handler() *Handler { return c.h }
+
+// Start subscribes. The consumer then runs until ctx is cancelled or Close is called (either
+// drains in-flight work). Start is idempotent: a second call while running does nothing.
+// After Close it returns transport.ErrClosed.
+func (c *Consumer) Start(ctx context.Context) error {
+	c.mu.Lock()
+	defer c.mu.Unlock()
+	switch {
+	case c.closed:
+		return transport.ErrClosed
+	case c.started:
+		return nil
+	}
+	sub, err := c.bus.Subscribe(ctx, c.stream, c.handle, transport.SubscribeOptions{Group: c.group, Consumer: c.consumer})
+	if err != nil {
+		return fmt.Errorf("feedback: start consumer: %w", err)
+	}
+	c.sub, c.started = sub, true
+	c.log.Info("feedback consumer started", "fan_out", c.group != c.bus.Config().Group)
+	return nil
+}
+
+// handle is the transport.Handler: decode, apply.
+func (c *Consumer) handle(ctx context.Context, d *transport.Delivery) error {
+	ev, err := DecodeEvent(d)
+	if err != nil {
+		return err
+	}
+	return c.h.Apply(ctx, ev)
+}
+
+// Close stops consuming, letting in-flight events finish (bounded by the bus's drain
+// timeout). It is idempotent and safe to call concurrently; it does not close the bus.
+func (c *Consumer) Close() error {
+	c.mu.Lock()
+	if c.closed {
+		c.mu.Unlock()
+		return nil
+	}
+	c.closed = true
+	sub := c.sub
+	c.mu.Unlock()
+	if sub == nil {
+		return nil
+	}
+	err := sub.Close()
+	if errors.Is(err, transport.ErrClosed) {
+		err = nil
+	}
+	return err
+}
+
+// Ready reports whether the consumer is subscribed and fetching works: nil, or the reason it
+// is not (for /readyz). It never blocks.
+func (c *Consumer) Ready() error {
+	c.mu.Lock()
+	sub, started, closed := c.sub, c.started, c.closed
+	c.mu.Unlock()
+	switch {
+	case closed:
+		return fmt.Errorf("feedback: consumer closed: %w", transport.ErrClosed)
+	case !started:
+		return ErrNotStarted
+	}
+	select {
+	case <-sub.Done():
+		return fmt.Errorf("feedback: consumer of %s stopped", c.stream)
+	default:
+	}
+	if err := sub.Err(); err != nil {
+		return fmt.Errorf("feedback: fetching %s fails: %w", c.stream, err)
+	}
+	return nil
+}
+
+// Err is the last error fetching from the broker, nil while fetching works or before Start.
+func (c *Consumer) Err() error {
+	c.mu.Lock()
+	sub := c.sub
+	c.mu.Unlock()
+	if sub == nil {
+		return nil
+	}
+	return sub.Err()
+}
+
+// Done is closed once the consumer has stopped (after Close, or ctx of Start cancelled);
+// before Start it returns nil (blocks forever in a select).
+func (c *Consumer) Done() <-chan struct{} {
+	c.mu.Lock()
+	defer c.mu.Unlock()
+	if c.sub == nil {
+		return nil
+	}
+	return c.sub.Done()
+}

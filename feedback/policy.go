@@ -1,0 +1,232 @@
+package feedback
+
+import (
+	"fmt"
+	"math"
+	"strconv"
+
+	"github.com/pulse-bus/pulse/internal/envconf"
+)
+
+// Policy defaults (CONTRACT.md §5), defined once.
+const (
+	DefaultProvider  = "ibkr"
+	DefaultScaleOK   = 1.0
+	DefaultScaleSoft = 0.5
+	DefaultScaleHard = 0.0
+	// DefaultBaseRate is a provider's unthrottled rate, messages per second.
+	DefaultBaseRate = 60.0
+	// DefaultMinRate is the floor under a throttled rate, messages per second: `hard` slows
+	// a provider to one message a second, it never stops it (a stopped provider would also
+	// stop producing the data that lets the Store recover its view of the market).
+	DefaultMinRate = 1.0
+	// DefaultBurst is the token bucket's depth: 1 paces requests evenly at the rate.
+	DefaultBurst = 1
+)
+
+// The environment variables read by PolicyFromEnv.
+const (
+	EnvProvider  = "MDP_FB_PROVIDER_NAME"
+	EnvScaleOK   = "MDP_FB_SCALE_OK"
+	EnvScaleSoft = "MDP_FB_SCALE_SOFT"
+	EnvScaleHard = "MDP_FB_SCALE_HARD"
+	EnvBaseRate  = "MDP_FB_BASE_RATE"
+	EnvMinRate   = "MDP_FB_MIN_RATE"
+	EnvBurst     = "MDP_FB_BURST"
+)
+
+// Policy turns a backpressure level into a provider's rate: rate = max(MinRate, BaseRate ×
+// scale(level)), as the Python RateCoordinator did. The zero Policy means every default; a
+// level missing from Scales takes its default scale. A Policy is a value: do not change its
+// Scales map once it is in use.
+type Policy struct {
+	// Provider is the provider whose rate feedback scales (MDP_FB_PROVIDER_NAME); "" means
+	// DefaultProvider.
+	Provider string
+	// Scales maps a level to its scale in [0, 1] (MDP_FB_SCALE_OK/_SOFT/_HARD).
+	Scales map[Level]float64
+	// BaseRate is the unthrottled rate in messages per second (MDP_FB_BASE_RATE); 0 means
+	// DefaultBaseRate.
+	BaseRate float64
+	// MinRate is the floor in messages per second (MDP_FB_MIN_RATE), 0 < MinRate ≤ BaseRate;
+	// 0 means DefaultMinRate (capped at BaseRate).
+	MinRate float64
+	// Burst is the token bucket's depth (MDP_FB_BURST); 0 means DefaultBurst.
+	Burst int
+}
+
+// DefaultPolicy returns the defaults, spelled out.
+func DefaultPolicy() Policy {
+	return Policy{
+		Provider: DefaultProvider,
+		Scales:   map[Level]float64{LevelOK: DefaultScaleOK, LevelSoft: DefaultScaleSoft, LevelHard: DefaultScaleHard},
+		BaseRate: DefaultBaseRate,
+		MinRate:  DefaultMinRate,
+		Burst:    DefaultBurst,
+	}
+}
+
+// WithDefaults returns p with every zero field replaced by its default.
+func (p Policy) WithDefaults() Policy {
+	d := DefaultPolicy()
+	if p.Provider == "" {
+		p.Provider = d.Provider
+	}
+	scales := make(map[Level]float64, len(Levels))
+	for _, l := range Levels {
+		scales[l] = p.Scale(l)
+	}
+	p.Scales = scales
+	if p.BaseRate == 0 {
+		p.BaseRate = d.BaseRate
+	}
+	if p.MinRate == 0 {
+		p.MinRate = min(d.MinRate, p.BaseRate)
+	}
+	if p.Burst == 0 {
+		p.Burst = d.Burst
+	}
+	return p
+}
+
+// Scale is the scale for level l: Scales[l], else l's default. An invalid level scales like
+// ok (it cannot reach here through the validators).
+func (p Policy) Scale(l Level) float64 {
+	if s, ok := p.Scales[l]; ok {
+		return s
+	}
+	switch l {
+	case LevelSoft:
+		return DefaultScaleSoft
+	case LevelHard:
+		return DefaultScaleHard
+	}
+	return DefaultScaleOK
+}
+
+// Rate is the provider's rate in messages per second at scale: max(MinRate, BaseRate × scale).
+func (p Policy) Rate(scale float64) float64 {
+	p = p.WithDefaults()
+	return p.Limits().Rate(scale)
+}
+
+// Limits returns the token-bucket settings of the policy's provider.
+func (p Policy) Limits() Limits {
+	p = p.WithDefaults()
+	return Limits{BaseRate: p.BaseRate, MinRate: p.MinRate, Burst: p.Burst}
+}
+
+// Validate checks the policy (defaults filled in); errors are *envconf.Error naming the
+// environment variable of the bad field.
+func (p Policy) Validate() error {
+	p = p.WithDefaults()
+	for _, l := range Levels {
+		if s := p.Scales[l]; !validScale(s) {
+			return &envconf.Error{Var: scaleVar(l), Value: fmtFloat(s), Accepted: "a number from 0 to 1"}
+		}
+	}
+	for l := range p.Scales {
+		if !l.Valid() {
+			return &envconf.Error{Var: "feedback.Policy.Scales", Value: string(l), Accepted: levelNames()}
+		}
+	}
+	return p.Limits().validate()
+}
+
+func scaleVar(l Level) string {
+	switch l {
+	case LevelSoft:
+		return EnvScaleSoft
+	case LevelHard:
+		return EnvScaleHard
+	}
+	return EnvScaleOK
+}
+
+func fmtFloat(f float64) string { return strconv.FormatFloat(f, 'g', -1, 64) }
+
+// PolicyFromEnv reads the policy from MDP_FB_PROVIDER_NAME, MDP_FB_SCALE_OK/_SOFT/_HARD,
+// MDP_FB_BASE_RATE, MDP_FB_MIN_RATE and MDP_FB_BURST through lookup (os.LookupEnv in
+// production). Unset or blank variables keep their defaults. A bad value is returned as a
+// *envconf.Error naming the variable, the value and what is accepted.
+func PolicyFromEnv(lookup func(string) (string, bool)) (Policy, error) {
+	p := DefaultPolicy()
+	p.MinRate = 0 // the default floor, capped at a (low) configured base rate
+	r := envconf.Reader{Lookup: lookup}
+	r.String(EnvProvider, &p.Provider)
+	ok, soft, hard := p.Scales[LevelOK], p.Scales[LevelSoft], p.Scales[LevelHard]
+	r.Float(EnvScaleOK, &ok, 0, 1)
+	r.Float(EnvScaleSoft, &soft, 0, 1)
+	r.Float(EnvScaleHard, &hard, 0, 1)
+	positiveFloat(&r, EnvBaseRate, &p.BaseRate)
+	positiveFloat(&r, EnvMinRate, &p.MinRate)
+	r.PositiveInt(EnvBurst, &p.Burst)
+	if r.Err != nil {
+		return Policy{}, r.Err
+	}
+	p.Scales = map[Level]float64{LevelOK: ok, LevelSoft: soft, LevelHard: hard}
+	p = p.WithDefaults()
+	if err := p.Validate(); err != nil {
+		return Policy{}, err
+	}
+	return p, nil
+}
+
+// positiveFloat reads a finite number > 0 into dst.
+func positiveFloat(r *envconf.Reader, name string, dst *float64) {
+	var s string
+	r.String(name, &s)
+	if r.Err != nil || s == "" {
+		return
+	}
+	f, err := strconv.ParseFloat(s, 64)
+	if err != nil || !(f > 0) || math.IsInf(f, 0) {
+		r.Err = &envconf.Error{Var: name, Value: s, Accepted: "a number > 0 (messages per second)"}
+		return
+	}
+	*dst = f
+}
+
+// Limits are one provider's token-bucket settings. The zero Limits means the defaults.
+type Limits struct {
+	// BaseRate is the unthrottled rate, messages per second; 0 means DefaultBaseRate.
+	BaseRate float64
+	// MinRate is the floor, messages per second, 0 < MinRate ≤ BaseRate; 0 means
+	// DefaultMinRate, capped at BaseRate.
+	MinRate float64
+	// Burst is the bucket depth; 0 means DefaultBurst.
+	Burst int
+}
+
+func (l Limits) withDefaults() Limits {
+	if l.BaseRate == 0 {
+		l.BaseRate = DefaultBaseRate
+	}
+	if l.MinRate == 0 {
+		l.MinRate = min(DefaultMinRate, l.BaseRate)
+	}
+	if l.Burst == 0 {
+		l.Burst = DefaultBurst
+	}
+	return l
+}
+
+func (l Limits) validate() error {
+	l = l.withDefaults()
+	switch {
+	case !(l.BaseRate > 0) || math.IsInf(l.BaseRate, 0):
+		return &envconf.Error{Var: EnvBaseRate, Value: fmtFloat(l.BaseRate), Accepted: "a number > 0 (messages per second)"}
+	case !(l.MinRate > 0) || l.MinRate > l.BaseRate:
+		return &envconf.Error{Var: EnvMinRate, Value: fmtFloat(l.MinRate),
+			Accepted: fmt.Sprintf("a number > 0 and ≤ %s=%s (messages per second)", EnvBaseRate, fmtFloat(l.BaseRate))}
+	case l.Burst < 1:
+		return &envconf.Error{Var: EnvBurst, Value: strconv.Itoa(l.Burst), Accepted: "an integer ≥ 1"}
+	}
+	return nil
+}
+
+// Rate is the rate at scale: max(MinRate, BaseRate × scale), defaults filled in.
+func (l Limits) Rate(scale float64) float64 {
+	l = l.withDefaults()
+	return max(l.MinRate, l.BaseRate*scale)
+}
