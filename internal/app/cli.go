@@ -42,6 +42,8 @@ type command struct {
 
 func commands() []command {
 	return []command{
+		{"run", "the pipeline side: consume feedback, scale the provider's rate, serve HTTP", cmdRun},
+		{"publish", "the Store side: publish one FeedbackEvent", cmdPublish},
 		{"dlq", "list, replay or purge dead letters", cmdDLQ},
 		{"config", "print the effective configuration (secrets masked)", cmdConfig},
 		{"version", "print the version", cmdVersion},
@@ -186,7 +188,7 @@ func versionString() string {
 		if (v == "" || v == "(devel)") && rev != "" {
 			return "devel-" + rev[:min(12, len(rev))] + dirty
 		}
-		if v != "" {
+		if v != "" && v != "(devel)" {
 			return v
 		}
 	}

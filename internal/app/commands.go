@@ -5,7 +5,10 @@ import (
 	"fmt"
 	"log/slog"
 	"net"
+	"time"
 
+	"github.com/pulse-bus/pulse/envelope"
+	"github.com/pulse-bus/pulse/feedback"
 	"github.com/pulse-bus/pulse/transport"
 )
 
@@ -109,4 +112,159 @@ func cmdDLQ(ctx context.Context, args []string, env Env) int {
 		fmt.Fprintf(env.Stdout, "purged %d dead letter(s) from %s\n", n, dlq)
 	}
 	return ExitOK
+}
+
+func cmdRun(ctx context.Context, args []string, env Env) int {
+	fs := newFlagSet(env, "run", "[flags]",
+		"The pipeline side: consume feedback events, scale the provider's rate, publish each applied\n"+
+			"RateAdjustment, serve /metrics, /healthz, /readyz and /state. With the jetstream backend and\n"+
+			"no NATS_URL it hosts the embedded JetStream server. SIGINT/SIGTERM drain in-flight work,\n"+
+			"ack it and exit 0.")
+	over := overrides{}
+	over.register(fs)
+	if code, ok := parseFlags(fs, args); !ok {
+		return code
+	}
+	if fs.NArg() > 0 {
+		return usageError(fs, "unexpected argument %q", fs.Arg(0))
+	}
+	cfg, ok := loadConfig(env, over, "run")
+	if !ok {
+		return ExitUsage
+	}
+	log := newLogger(cfg, env.Stderr)
+	a, err := New(cfg, log)
+	if err != nil {
+		log.Error("pulse run: cannot start", "err", err)
+		return ExitFailure
+	}
+	if err := a.Start(ctx); err != nil {
+		if ctx.Err() != nil {
+			log.Info("pulse run: interrupted while starting", "err", err)
+			return ExitOK
+		}
+		log.Error("pulse run: cannot start", "err", err)
+		return ExitFailure
+	}
+	log.Info("pulse running",
+		"version", versionString(),
+		"backend", cfg.Bus.Backend,
+		"bus", a.where(),
+		"namespace", cfg.Bus.Namespace,
+		"track", cfg.Bus.Track,
+		"stream", cfg.FeedbackStream,
+		"group", a.Group(),
+		"consumer", cfg.Bus.Consumer,
+		"consumer_enabled", cfg.Enabled,
+		"provider", cfg.Policy.Provider,
+		"http", a.HTTPAddr(),
+	)
+	code := ExitOK
+	select {
+	case <-ctx.Done():
+		log.Info("pulse run: stopping", "cause", context.Cause(ctx), "deadline", cfg.ShutdownTimeout)
+	case err := <-a.Failed():
+		log.Error("pulse run: stopping after a failure", "err", err)
+		code = ExitFailure
+	}
+	stopCtx, cancel := context.WithTimeout(context.WithoutCancel(ctx), cfg.ShutdownTimeout)
+	defer cancel()
+	if err := a.Stop(stopCtx); err != nil {
+		log.Error("pulse run: shutdown incomplete", "err", err)
+		return ExitFailure
+	}
+	log.Info("pulse run: stopped")
+	return code
+}
+
+func cmdPublish(ctx context.Context, args []string, env Env) int {
+	fs := newFlagSet(env, "publish", "--coordinator ID --level ok|soft|hard [--queue-size N --capacity N] [flags]",
+		"The Store side: publish one FeedbackEvent to PULSE_FEEDBACK_STREAM, signed when\n"+
+			"PUBLISHER_TOKEN is set. With the jetstream backend and no NATS_URL it connects to the\n"+
+			"embedded server of `pulse run` on PULSE_NATS_LISTEN.")
+	over := overrides{}
+	over.register(fs)
+	coordinator := fs.String("coordinator", "", "the Store coordinator (queue) reporting (required)")
+	level := fs.String("level", "", "backpressure level: ok, soft or hard (required)")
+	queueSize := fs.Int("queue-size", -1, "queue depth (default: derived from --level and --capacity: ok 0, soft 50%, hard 80%)")
+	capacity := fs.Int("capacity", defaultPublishCapacity, "queue capacity")
+	source := fs.String("source", feedback.DefaultSource, "producer kind")
+	if code, ok := parseFlags(fs, args); !ok {
+		return code
+	}
+	switch {
+	case fs.NArg() > 0:
+		return usageError(fs, "unexpected argument %q", fs.Arg(0))
+	case *coordinator == "":
+		return usageError(fs, "--coordinator is required")
+	case *level == "":
+		return usageError(fs, "--level is required (accepted: ok, soft, hard)")
+	}
+	lvl, err := feedback.ParseLevel(*level)
+	if err != nil {
+		return usageError(fs, "invalid --level=%q (accepted: ok, soft, hard)", *level)
+	}
+	if *capacity < 1 {
+		return usageError(fs, "invalid --capacity=%d (accepted: an integer ≥ 1)", *capacity)
+	}
+	if *queueSize < 0 {
+		*queueSize = levelDepth(lvl, *capacity)
+	}
+	cfg, ok := loadConfig(env, over, "publish")
+	if !ok {
+		return ExitUsage
+	}
+	ev := feedback.Event{
+		CoordinatorID: *coordinator,
+		QueueSize:     *queueSize,
+		Capacity:      *capacity,
+		Level:         lvl,
+		Source:        *source,
+		TS:            envelope.Float(float64(time.Now().UnixNano()) / 1e9),
+	}
+	e, err := ev.Envelope(nil)
+	if err != nil {
+		return usageError(fs, "%v", err)
+	}
+	log := newLogger(cfg, env.Stderr)
+	bc := clientBusConfig(cfg, log, nil)
+	bc.Schemas = feedback.Schemas()
+	bus, err := transport.Open(ctx, bc)
+	if err != nil {
+		fmt.Fprintf(env.Stderr, "pulse publish: open %s bus: %v\n", cfg.Bus.Backend, err)
+		return ExitFailure
+	}
+	defer bus.Close()
+	pctx, cancel := context.WithTimeout(ctx, publishTimeout)
+	defer cancel()
+	if err := bus.Publish(pctx, cfg.FeedbackStream, e); err != nil {
+		fmt.Fprintf(env.Stderr, "pulse publish: %v\n", err)
+		return ExitFailure
+	}
+	id := e.ID
+	if id == "" {
+		id = "(v1: the transport assigns it)"
+	}
+	fmt.Fprintf(env.Stdout, "published FeedbackEvent coordinator=%s level=%s queue_size=%d capacity=%d to %s (%s, track %s, id %s, signed %t)\n",
+		ev.CoordinatorID, ev.Level, ev.QueueSize, ev.Capacity, cfg.FeedbackStream, cfg.Bus.Backend, cfg.Bus.Track, id,
+		envelope.NewSigner(cfg.Bus.PublisherToken) != nil)
+	return ExitOK
+}
+
+// defaultPublishCapacity is `pulse publish`'s queue capacity when --capacity is not given.
+const defaultPublishCapacity = 100
+
+// publishTimeout bounds one `pulse publish`.
+const publishTimeout = 30 * time.Second
+
+// levelDepth is a queue depth typical of level at capacity: ok empty, soft at the low
+// watermark (50%), hard at the high one (80%).
+func levelDepth(l feedback.Level, capacity int) int {
+	switch l {
+	case feedback.LevelHard:
+		return (capacity*8 + 9) / 10
+	case feedback.LevelSoft:
+		return (capacity + 1) / 2
+	}
+	return 0
 }

@@ -44,6 +44,9 @@ type Config struct {
 	HTTPAddr string
 	// FeedbackStream is the logical stream the consumer reads (PULSE_FEEDBACK_STREAM).
 	FeedbackStream string
+	// SharedGroup makes replicas share one group, splitting feedback between them, instead
+	// of a group per replica (PULSE_FEEDBACK_SHARED_GROUP; see feedback.ReplicaGroup).
+	SharedGroup bool
 	// LogLevel and LogFormat configure the slog handler (PULSE_LOG_LEVEL, PULSE_LOG_FORMAT).
 	LogLevel  slog.Level
 	LogFormat string
@@ -103,6 +106,7 @@ var settings = []setting{
 	{env: "PULSE_GROUP", flag: "group", usage: "consumer group", show: func(c *Config) string { return c.Bus.Group }},
 	{env: "PULSE_CONSUMER_NAME", flag: "consumer", usage: "consumer name within the group", show: func(c *Config) string { return c.Bus.Consumer }},
 	{env: "PULSE_FEEDBACK_STREAM", flag: "feedback-stream", usage: "logical stream of feedback events", show: func(c *Config) string { return c.FeedbackStream }},
+	{env: feedback.EnvSharedGroup, flag: "shared-group", isBool: true, usage: "replicas share PULSE_GROUP (each event reaches one replica) instead of a group each", show: func(c *Config) string { return strconv.FormatBool(c.SharedGroup) }},
 	{env: "PULSE_MAX_DELIVERIES", flag: "max-deliveries", usage: "attempts before dead-lettering", show: func(c *Config) string { return strconv.Itoa(c.Bus.MaxDeliveries) }},
 	{env: "PULSE_ACK_WAIT", flag: "ack-wait", usage: "unacked messages are redelivered after this", show: func(c *Config) string { return c.Bus.AckWait.String() }},
 	{env: "PULSE_DRAIN_TIMEOUT", flag: "drain-timeout", usage: "how long in-flight work may take to finish at shutdown", show: func(c *Config) string { return c.Bus.DrainTimeout.String() }},
@@ -203,7 +207,14 @@ func (c *Config) load(look func(string) (string, bool)) error {
 	r := envconf.Reader{Lookup: look}
 	r.Bool("PULSE_ENABLED", &c.Enabled)
 	r.String("PULSE_HTTP_ADDR", &c.HTTPAddr)
-	r.String("PULSE_FEEDBACK_STREAM", &c.FeedbackStream)
+	cc, err := feedback.ConsumerConfigFromEnv(look)
+	if err != nil {
+		return err
+	}
+	if cc.Stream != "" {
+		c.FeedbackStream = cc.Stream
+	}
+	c.SharedGroup = cc.SharedGroup
 	r.OneOf("PULSE_LOG_LEVEL", &level, "debug", "info", "warn", "error")
 	r.OneOf("PULSE_LOG_FORMAT", &c.LogFormat, "text", "json")
 	r.Duration("PULSE_SHUTDOWN_TIMEOUT", &c.ShutdownTimeout)

@@ -1,0 +1,320 @@
+package app
+
+import (
+	"context"
+	"errors"
+	"fmt"
+	"log/slog"
+	"sync"
+	"sync/atomic"
+
+	"github.com/pulse-bus/pulse/feedback"
+	"github.com/pulse-bus/pulse/telemetry"
+	"github.com/pulse-bus/pulse/transport"
+	"github.com/pulse-bus/pulse/transport/jetstream/embedded"
+)
+
+// ErrStopTimeout is returned by Stop when its deadline passed before every component had
+// stopped.
+var ErrStopTimeout = errors.New("app: shutdown deadline passed")
+
+// App is the pipeline side of the feedback loop (`pulse run`): the embedded JetStream server
+// when one is wanted, the bus, the feedback handler and consumer with the provider's rate
+// coordinator, and HTTP (/metrics, /healthz, /readyz, /state).
+//
+// Start brings the components up in that order (HTTP first, so that probes get answers while
+// the rest starts); Stop takes them down last-in first-out: the consumer stops fetching and
+// drains (in-flight events finish and are acked), unpublished rate adjustments are flushed,
+// the bus and the embedded server close, and HTTP goes last. Stop is idempotent. The
+// methods are safe for concurrent use.
+type App struct {
+	cfg     Config
+	log     *slog.Logger
+	metrics *telemetry.Metrics
+	rates   *feedback.RateCoordinator
+
+	stack    stack
+	stopping atomic.Bool
+	failed   chan error // first failure of a running component; buffered 1
+
+	startOnce sync.Once
+	startErr  error
+	stopOnce  sync.Once
+	stopErr   error
+
+	// Set during Start, read by HTTP handlers and accessors.
+	http     atomic.Pointer[httpServer]
+	server   atomic.Pointer[embedded.Server]
+	bus      atomic.Pointer[transport.Bus]
+	handler  atomic.Pointer[feedback.Handler]
+	consumer atomic.Pointer[feedback.Consumer]
+}
+
+// New returns an App for cfg (from Load) logging to log (nil discards). Nothing starts until
+// Start.
+func New(cfg Config, log *slog.Logger) (*App, error) {
+	if log == nil {
+		log = slog.New(slog.DiscardHandler)
+	}
+	metrics, err := telemetry.New(telemetry.WithRuntimeMetrics(), telemetry.WithLogger(log))
+	if err != nil {
+		return nil, fmt.Errorf("app: metrics: %w", err)
+	}
+	rates, err := feedback.NewRateCoordinator(cfg.Policy.Limits())
+	if err != nil {
+		return nil, fmt.Errorf("app: rate coordinator: %w", err)
+	}
+	return &App{cfg: cfg, log: log, metrics: metrics, rates: rates, failed: make(chan error, 1)}, nil
+}
+
+// Start starts the components in order. If one fails, those already started are stopped
+// (last-in first-out) and the error returned. Start runs once; later calls return the
+// first call's result. ctx bounds starting only: the App runs until Stop.
+func (a *App) Start(ctx context.Context) error {
+	a.startOnce.Do(func() {
+		a.startErr = a.start(ctx)
+		if a.startErr != nil {
+			a.stopping.Store(true)
+			if err := a.stack.unwind(context.WithoutCancel(ctx)); err != nil {
+				a.log.Warn("stopping after a failed start", "err", err)
+			}
+		}
+	})
+	return a.startErr
+}
+
+func (a *App) start(ctx context.Context) error {
+	a.stack.push("metrics", a.metrics.Shutdown)
+	// The provider's gauges show from the start, not only after the first event.
+	provider := a.cfg.Policy.Provider
+	a.metrics.RateScale(provider, a.rates.Scale(provider))
+	a.metrics.BackpressureState(provider, telemetry.BackpressureOK)
+
+	srv, err := startHTTP(a.cfg.HTTPAddr, endpoints{
+		metrics: a.metrics.Handler(),
+		ready:   a.ready,
+		state:   a.state,
+	}.mux(), a.log)
+	if err != nil {
+		return err
+	}
+	a.http.Store(srv)
+	a.stack.push("http server", srv.Stop)
+	a.watch("http server", srv.Done(), srv.Err)
+
+	if !a.cfg.Enabled {
+		h, err := feedback.NewHandler(feedback.HandlerConfig{Policy: a.cfg.Policy, Rates: a.rates, Observer: a.metrics, Logger: a.log})
+		if err != nil {
+			return fmt.Errorf("app: feedback handler: %w", err)
+		}
+		a.handler.Store(h)
+		return nil
+	}
+
+	busCfg := a.cfg.Bus
+	if a.cfg.EmbeddedNATS() {
+		s, err := embedded.Start(ctx, embedded.Options{Listen: busCfg.NATSListen, DataDir: busCfg.DataDir, Logger: a.log})
+		if err != nil {
+			return fmt.Errorf("app: embedded JetStream server on %s (PULSE_NATS_LISTEN) with store %s (PULSE_DATA_DIR): %w",
+				busCfg.NATSListen, busCfg.DataDir, err)
+		}
+		a.server.Store(s)
+		a.stack.push("embedded JetStream server", func(context.Context) error { s.Shutdown(); return nil })
+		busCfg.NATSURL = s.ClientURL()
+	}
+	busCfg.Logger = a.log
+	busCfg.Observer = a.metrics
+	busCfg.Schemas = feedback.Schemas()
+	bus, err := transport.Open(ctx, busCfg)
+	if err != nil {
+		return fmt.Errorf("app: open %s bus at %s: %w", busCfg.Backend, a.where(), err)
+	}
+	a.bus.Store(bus)
+	a.stack.push("bus", func(context.Context) error { return bus.Close() })
+
+	h, err := feedback.NewHandler(feedback.HandlerConfig{
+		Policy:    a.cfg.Policy,
+		Rates:     a.rates,
+		Publisher: bus,
+		Stream:    DefaultRateStream,
+		Observer:  a.metrics,
+		Logger:    a.log,
+	})
+	if err != nil {
+		return fmt.Errorf("app: feedback handler: %w", err)
+	}
+	a.handler.Store(h)
+	// Stopped after the consumer (LIFO): what the drained events applied but could not yet
+	// publish goes out before the bus closes.
+	a.stack.push("rate adjustment flush", func(ctx context.Context) error {
+		if err := h.Flush(ctx); err != nil {
+			a.log.Warn("rate adjustments left unpublished at shutdown", "err", err)
+		}
+		return nil
+	})
+
+	c, err := feedback.NewConsumer(bus, h, feedback.ConsumerConfig{
+		Stream:      a.cfg.FeedbackStream,
+		SharedGroup: a.cfg.SharedGroup,
+		Logger:      a.log,
+	})
+	if err != nil {
+		return fmt.Errorf("app: feedback consumer: %w", err)
+	}
+	// The consumer lives until Stop closes it, not until ctx (which bounds starting) ends.
+	if err := c.Start(context.WithoutCancel(ctx)); err != nil {
+		return fmt.Errorf("app: %w", err)
+	}
+	a.consumer.Store(c)
+	a.stack.push("feedback consumer", func(context.Context) error { return c.Close() })
+	a.watch("feedback consumer", c.Done(), c.Err)
+	return nil
+}
+
+// watch reports a component that stops on its own (not through Stop) on Failed. The
+// goroutine ends when the component does, which Stop guarantees.
+func (a *App) watch(name string, done <-chan struct{}, why func() error) {
+	go func() {
+		<-done
+		if a.stopping.Load() {
+			return
+		}
+		err := why()
+		if err == nil {
+			err = errors.New("stopped unexpectedly")
+		}
+		select {
+		case a.failed <- fmt.Errorf("app: %s: %w", name, err):
+		default:
+		}
+	}()
+}
+
+// Failed delivers the first failure of a component that stopped on its own while the App
+// was running (the HTTP listener failed, the consumer stopped). The App should then be
+// stopped.
+func (a *App) Failed() <-chan error { return a.failed }
+
+// Stop stops every started component last-in first-out and waits for them, for at most
+// until ctx is done (then it returns ErrStopTimeout, leaving the rest to finish in the
+// background). It is idempotent: later calls return the first call's result.
+func (a *App) Stop(ctx context.Context) error {
+	a.stopOnce.Do(func() {
+		a.stopping.Store(true)
+		done := make(chan error, 1)
+		go func() { done <- a.stack.unwind(ctx) }()
+		select {
+		case a.stopErr = <-done:
+		case <-ctx.Done():
+			a.stopErr = fmt.Errorf("%w: %w", ErrStopTimeout, context.Cause(ctx))
+		}
+	})
+	return a.stopErr
+}
+
+// HTTPAddr is the address HTTP is served on (with the port picked for port 0), "" before
+// Start.
+func (a *App) HTTPAddr() string {
+	if s := a.http.Load(); s != nil {
+		return s.Addr()
+	}
+	return ""
+}
+
+// NATSURL is the client URL of the embedded JetStream server, "" when none runs.
+func (a *App) NATSURL() string {
+	if s := a.server.Load(); s != nil {
+		return s.ClientURL()
+	}
+	return ""
+}
+
+// Bus is the open bus, nil before Start or when the consumer is disabled.
+func (a *App) Bus() *transport.Bus { return a.bus.Load() }
+
+// Handler is the feedback handler, nil before Start.
+func (a *App) Handler() *feedback.Handler { return a.handler.Load() }
+
+// Rates is the provider's rate coordinator: what the pipeline paces its provider calls with.
+func (a *App) Rates() *feedback.RateCoordinator { return a.rates }
+
+// Group is the consumer group feedback is read in, "" when the consumer is not running.
+func (a *App) Group() string {
+	if c := a.consumer.Load(); c != nil {
+		return c.Group()
+	}
+	return ""
+}
+
+// where tells where the bus is, secrets masked.
+func (a *App) where() string {
+	switch b := a.cfg.Bus; {
+	case b.Backend == "inmem":
+		return "in-process"
+	case b.Backend == "redis":
+		return maskURLs(b.RedisURL)
+	case a.cfg.EmbeddedNATS():
+		if u := a.NATSURL(); u != "" {
+			return "embedded " + u + " (store " + b.DataDir + ")"
+		}
+		return "embedded on " + b.NATSListen + " (store " + b.DataDir + ")"
+	default:
+		return maskURLs(b.NATSURL)
+	}
+}
+
+// ready is /readyz: subscribed, fetching works and the broker answers.
+func (a *App) ready(ctx context.Context) error {
+	if a.stopping.Load() {
+		return errors.New("shutting down")
+	}
+	if !a.cfg.Enabled {
+		if a.handler.Load() == nil {
+			return errors.New("starting")
+		}
+		return nil // the consumer is off (PULSE_ENABLED=false): nothing to wait for
+	}
+	c := a.consumer.Load()
+	if c == nil {
+		return errors.New("starting: not subscribed yet")
+	}
+	if err := c.Ready(); err != nil {
+		return err
+	}
+	if err := a.bus.Load().Ping(ctx); err != nil {
+		return fmt.Errorf("%s bus at %s does not answer: %w", a.cfg.Bus.Backend, a.where(), err)
+	}
+	return nil
+}
+
+// stateDoc is the /state document: the handler's state (providers and coordinators) and
+// what the consumer reads.
+type stateDoc struct {
+	feedback.State
+	Consumer consumerDoc `json:"consumer"`
+}
+
+type consumerDoc struct {
+	Enabled bool   `json:"enabled"`
+	Backend string `json:"backend"`
+	Stream  string `json:"stream"`
+	Group   string `json:"group,omitempty"`
+	Name    string `json:"name"`
+}
+
+func (a *App) state() any {
+	doc := stateDoc{Consumer: consumerDoc{
+		Enabled: a.cfg.Enabled,
+		Backend: a.cfg.Bus.Backend,
+		Stream:  a.cfg.FeedbackStream,
+		Group:   a.Group(),
+		Name:    a.cfg.Bus.Consumer,
+	}}
+	if h := a.handler.Load(); h != nil {
+		doc.State = h.State()
+	} else {
+		doc.Providers = a.rates.Snapshot()
+		doc.Coordinators = map[string]feedback.CoordinatorState{}
+	}
+	return doc
+}

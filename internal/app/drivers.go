@@ -1,0 +1,7 @@
+package app
+
+// The drivers pulse can use, registered with transport by importing them (database/sql
+// style). The names they register are EVENT_BUS_BACKEND's accepted values.
+import (
+	_ "github.com/pulse-bus/pulse/transport/inmem"
+)
