@@ -12,14 +12,14 @@ import (
 const (
 	plotWidth   = 960
 	plotHeight  = 440
-	plotLeft    = 70  // room for the depth axis labels
-	plotRight   = 70  // room for the rate axis labels
-	plotTop     = 50  // title and legend
-	plotBottom  = 50  // time axis labels
-	plotXTicks  = 10  // about this many time ticks
-	plotYTicks  = 5   // depth and rate ticks
-	plotFontPx  = 12  // label size
-	plotTitlePx = 15  // title size
+	plotLeft    = 70 // room for the depth axis labels
+	plotRight   = 70 // room for the rate axis labels
+	plotTop     = 50 // title and legend
+	plotBottom  = 50 // time axis labels
+	plotXTicks  = 10 // about this many time ticks
+	plotYTicks  = 5  // depth and rate ticks
+	plotFontPx  = 12 // label size
+	plotTitlePx = 15 // title size
 )
 
 // Plot colours.
