@@ -1,0 +1,146 @@
+package bench
+
+import (
+	"context"
+	"errors"
+	"fmt"
+	"sync"
+
+	"github.com/ThreeDotsLabs/watermill"
+	"github.com/ThreeDotsLabs/watermill/message"
+	"github.com/ThreeDotsLabs/watermill/pubsub/gochannel"
+
+	"github.com/pulse-bus/pulse/transport"
+)
+
+// Contender names of the inmem section.
+const (
+	NamePulseInmem = "pulse inmem"
+	NameGoChannel  = "watermill gochannel"
+)
+
+func inmemSection() (*Section, []*Contender) {
+	sec := &Section{
+		Name:  SectionInmem,
+		Title: "in-process, publish in batches → handler → ack, publisher and subscriber running together",
+		Goals: []Goal{{Metric: MetricE2E, Versus: NameGoChannel, MinRatio: 2}},
+	}
+	return sec, []*Contender{
+		{Name: NamePulseInmem, Pulse: true, NewPipe: newPulseInmemPipe},
+		{Name: NameGoChannel, NewPipe: newGoChannelPipe},
+	}
+}
+
+// pulseInmemPipe is Pulse's bus over transport/inmem: one subscription (a group of one
+// member, handler concurrency 1, batched acks) and one publisher publishing batches of
+// env.Batch envelopes.
+type pulseInmemPipe struct {
+	bus *transport.Bus
+	env *Env
+	tal *tally
+}
+
+func newPulseInmemPipe(ctx context.Context, env *Env, id string) (Pipe, error) {
+	bus, err := openPulse(ctx, env, transport.Config{Backend: "inmem", Namespace: namespaceFor(id)})
+	if err != nil {
+		return nil, err
+	}
+	return &pulseInmemPipe{bus: bus, env: env}, nil
+}
+
+func (p *pulseInmemPipe) Run(ctx context.Context, n int) error {
+	p.tal = newTally(n)
+	ctx, cancel := context.WithCancel(ctx)
+	defer cancel()
+	sub, err := p.bus.Subscribe(ctx, pulseStream, func(_ context.Context, d *transport.Delivery) error {
+		p.tal.add(d.Envelope.Payload)
+		return nil
+	}, transport.SubscribeOptions{Group: pulseGroup, Consumer: pulseConsumer, BatchSize: p.env.Batch})
+	if err != nil {
+		return err
+	}
+	defer sub.Close()
+	pubErr := make(chan error, 1)
+	go func() { pubErr <- pulsePublish(ctx, p.bus, p.env, pulseStream, n) }()
+	if err := p.tal.wait(ctx); err != nil {
+		cancel()
+		return errors.Join(err, <-pubErr)
+	}
+	if err := <-pubErr; err != nil {
+		return err
+	}
+	return pulseAcked(ctx, p.bus, pulseStream)
+}
+
+func (p *pulseInmemPipe) Duplicates() int64 {
+	if p.tal == nil {
+		return 0
+	}
+	return p.tal.dups.Load()
+}
+
+func (p *pulseInmemPipe) Close() error { return p.bus.Close() }
+
+// goChannelPipe is Watermill's GoChannel in its default configuration (unbuffered output,
+// not persistent) with a no-op logger: the subscriber acks every message; the publisher
+// publishes the same bytes in batches of env.Batch.
+type goChannelPipe struct {
+	gc     *gochannel.GoChannel
+	env    *Env
+	bodies [][]byte
+	tal    *tally
+}
+
+func newGoChannelPipe(_ context.Context, env *Env, _ string) (Pipe, error) {
+	return &goChannelPipe{gc: gochannel.NewGoChannel(gochannel.Config{}, watermill.NopLogger{}), env: env}, nil
+}
+
+const goChannelTopic = "bench.events"
+
+func (p *goChannelPipe) Run(ctx context.Context, n int) error {
+	bodies, err := p.env.Bodies(n)
+	if err != nil {
+		return err
+	}
+	p.tal = newTally(n)
+	ctx, cancel := context.WithCancel(ctx)
+	var wg sync.WaitGroup
+	defer func() { cancel(); wg.Wait() }()
+	msgs, err := p.gc.Subscribe(ctx, goChannelTopic)
+	if err != nil {
+		return fmt.Errorf("bench: gochannel subscribe: %w", err)
+	}
+	wg.Go(func() {
+		for m := range msgs {
+			p.tal.add(m.Payload)
+			m.Ack()
+		}
+	})
+	pubErr := make(chan error, 1)
+	go func() {
+		batch := make([]*message.Message, 0, p.env.Batch)
+		for i := 0; i < n; i += len(batch) {
+			batch = batch[:0]
+			for j := i; j < min(n, i+p.env.Batch); j++ {
+				batch = append(batch, message.NewMessage(watermill.NewUUID(), bodies[j]))
+			}
+			if err := p.gc.Publish(goChannelTopic, batch...); err != nil {
+				pubErr <- fmt.Errorf("bench: gochannel publish: %w", err)
+				return
+			}
+		}
+		pubErr <- nil
+	}()
+	err = p.tal.wait(ctx)
+	cancel() // ends the subscription: its channel closes and the reader returns
+	return errors.Join(err, <-pubErr)
+}
+
+func (p *goChannelPipe) Duplicates() int64 {
+	if p.tal == nil {
+		return 0
+	}
+	return p.tal.dups.Load()
+}
+
+func (p *goChannelPipe) Close() error { return p.gc.Close() }

@@ -1,0 +1,3 @@
+package bench
+
+func jetstreamSection() (*Section, []*Contender) { return &Section{Name: SectionJetStream}, nil }

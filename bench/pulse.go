@@ -1,0 +1,153 @@
+package bench
+
+import (
+	"context"
+	"errors"
+	"fmt"
+	"time"
+
+	"github.com/pulse-bus/pulse/envelope"
+	"github.com/pulse-bus/pulse/transport"
+)
+
+// Pulse contenders open their bus by backend name through the registry, as an application
+// does; drivers.go imports the driver packages. A backend that is not registered makes its
+// contender unavailable rather than breaking the build.
+
+// pulseStream is the logical stream every Pulse trial uses (its namespace is per trial).
+const pulseStream = "bench.events"
+
+// pulseGroup and pulseConsumer name the subscription of every Pulse trial.
+const (
+	pulseGroup    = "bench"
+	pulseConsumer = "bench_c1"
+)
+
+// ackPollInterval is how often a consume phase checks that the broker has every ack.
+const ackPollInterval = time.Millisecond
+
+func openPulse(ctx context.Context, env *Env, cfg transport.Config) (*transport.Bus, error) {
+	cfg.Track = env.Work.Codec().Track
+	cfg.BatchSize = env.Batch
+	bus, err := transport.Open(ctx, cfg)
+	if errors.Is(err, transport.ErrUnknownBackend) {
+		return nil, fmt.Errorf("%w: backend %q is not registered in this build (%v)", ErrUnavailable, cfg.Backend, err)
+	}
+	if err != nil {
+		return nil, fmt.Errorf("bench: open pulse %s: %w", cfg.Backend, err)
+	}
+	return bus, nil
+}
+
+// pulsePublish publishes envelopes 0..n-1 in batches of env.Batch, as an application would:
+// a fresh envelope per message, encoded by the bus.
+func pulsePublish(ctx context.Context, bus *transport.Bus, env *Env, stream string, n int) error {
+	envs := make([]*envelope.Envelope, 0, env.Batch)
+	for i := 0; i < n; i += len(envs) {
+		envs = envs[:0]
+		for j := i; j < min(n, i+env.Batch); j++ {
+			envs = append(envs, env.Work.Envelope(j))
+		}
+		if err := bus.Publish(ctx, stream, envs...); err != nil {
+			return err
+		}
+	}
+	return nil
+}
+
+// pulseConsume subscribes, waits until all n messages were handled, then until the broker
+// reports nothing pending for the group (when the driver can tell), and closes the
+// subscription.
+func pulseConsume(ctx context.Context, bus *transport.Bus, env *Env, stream string, n int, tal *tally) error {
+	sub, err := bus.Subscribe(ctx, stream, func(_ context.Context, d *transport.Delivery) error {
+		tal.add(d.Envelope.Payload)
+		return nil
+	}, transport.SubscribeOptions{Group: pulseGroup, Consumer: pulseConsumer, BatchSize: env.Batch})
+	if err != nil {
+		return err
+	}
+	defer sub.Close()
+	if err := tal.wait(ctx); err != nil {
+		return err
+	}
+	return pulseAcked(ctx, bus, stream)
+}
+
+// pulseAcked waits until the driver reports no pending deliveries for the bench group, if the
+// driver implements transport.StreamAdmin.
+func pulseAcked(ctx context.Context, bus *transport.Bus, stream string) error {
+	adm, ok := bus.Driver().(transport.StreamAdmin)
+	if !ok {
+		return nil
+	}
+	return waitFor(ctx, ackPollInterval, func(ctx context.Context) (bool, error) {
+		info, err := adm.Info(ctx, stream, pulseGroup)
+		if err != nil {
+			return false, fmt.Errorf("bench: stream info: %w", err)
+		}
+		return info.Pending == 0, nil
+	})
+}
+
+// pulseTrial is Pulse on a broker: a fresh namespace per trial, so every stream and group is
+// new; cleanup removes what the trial created.
+type pulseTrial struct {
+	bus     *transport.Bus
+	env     *Env
+	tal     *tally
+	cleanup func(context.Context) error
+}
+
+func (t *pulseTrial) Publish(ctx context.Context, n int) error {
+	return pulsePublish(ctx, t.bus, t.env, pulseStream, n)
+}
+
+func (t *pulseTrial) Consume(ctx context.Context, n int) error {
+	t.tal = newTally(n)
+	return pulseConsume(ctx, t.bus, t.env, pulseStream, n, t.tal)
+}
+
+func (t *pulseTrial) Duplicates() int64 {
+	if t.tal == nil {
+		return 0
+	}
+	return t.tal.dups.Load()
+}
+
+func (t *pulseTrial) Latency(ctx context.Context, warm, n int, rate float64) (Latencies, error) {
+	total := warm + n
+	clock := newLatencyClock(total)
+	sub, err := t.bus.Subscribe(ctx, pulseStream, func(_ context.Context, d *transport.Delivery) error {
+		clock.received(d.Envelope.Payload)
+		return nil
+	}, transport.SubscribeOptions{Group: pulseGroup, Consumer: pulseConsumer, BatchSize: t.env.Batch})
+	if err != nil {
+		return nil, err
+	}
+	defer sub.Close()
+	err = paced(ctx, total, rate, func(seq int) error {
+		e := t.env.Work.Envelope(seq)
+		clock.markSent(seq)
+		return t.bus.Publish(ctx, pulseStream, e)
+	})
+	if err != nil {
+		return nil, err
+	}
+	if err := clock.tal.wait(ctx); err != nil {
+		return nil, err
+	}
+	return clock.latencies(warm), nil
+}
+
+func (t *pulseTrial) Close() error {
+	ctx, cancel := context.WithTimeout(context.Background(), 30*time.Second)
+	defer cancel()
+	err := t.bus.Close()
+	if t.cleanup != nil {
+		err = errors.Join(err, t.cleanup(ctx))
+	}
+	return err
+}
+
+// namespaceFor is a fresh, valid namespace for trial id.
+func namespaceFor(id string) string { return "pb" + id }

@@ -1,0 +1,269 @@
+package bench
+
+import (
+	"context"
+	"errors"
+	"fmt"
+	"sync"
+	"time"
+
+	"github.com/ThreeDotsLabs/watermill"
+	"github.com/ThreeDotsLabs/watermill-redisstream/pkg/redisstream"
+	"github.com/ThreeDotsLabs/watermill/message"
+	"github.com/redis/go-redis/v9"
+
+	"github.com/pulse-bus/pulse/transport"
+)
+
+// Contender names of the Redis section.
+const (
+	NamePulseRedis     = "pulse redis"
+	NameRawRedis       = "raw go-redis"
+	NameWatermillRedis = "watermill redisstream"
+)
+
+// redisBlock is the XREADGROUP BLOCK of the raw consumer: short, so cancellation is prompt.
+const redisBlock = time.Second
+
+func redisSection() (*Section, []*Contender) {
+	sec := &Section{
+		Name:  SectionRedis,
+		Title: "Redis Streams: publish n, then consume+ack the n (fresh stream and group per trial)",
+		Goals: []Goal{
+			{Metric: MetricPublish, Versus: NameRawRedis, MinRatio: 0.9},
+			{Metric: MetricConsume, Versus: NameRawRedis, MinRatio: 0.9},
+			{Metric: MetricConsume, Versus: NameWatermillRedis, MinRatio: 5},
+		},
+	}
+	return sec, []*Contender{
+		{Name: NamePulseRedis, Pulse: true, NewTrial: newPulseRedisTrial},
+		{Name: NameRawRedis, NewTrial: newRawRedisTrial},
+		{Name: NameWatermillRedis, NewTrial: newWatermillRedisTrial},
+	}
+}
+
+// deleteRedisKeys removes every key matching pattern (the trial's streams).
+func deleteRedisKeys(ctx context.Context, addr, pattern string) error {
+	c := redis.NewClient(&redis.Options{Addr: addr})
+	defer c.Close()
+	var keys []string
+	iter := c.Scan(ctx, 0, pattern, 1000).Iterator()
+	for iter.Next(ctx) {
+		keys = append(keys, iter.Val())
+	}
+	if err := iter.Err(); err != nil {
+		return fmt.Errorf("bench: scan %s: %w", pattern, err)
+	}
+	if len(keys) == 0 {
+		return nil
+	}
+	if err := c.Del(ctx, keys...).Err(); err != nil {
+		return fmt.Errorf("bench: delete %v: %w", keys, err)
+	}
+	return nil
+}
+
+// redisPendingZero waits until group on key has no pending entries.
+func redisPendingZero(ctx context.Context, c *redis.Client, key, group string) error {
+	return waitFor(ctx, ackPollInterval, func(ctx context.Context) (bool, error) {
+		p, err := c.XPending(ctx, key, group).Result()
+		if err != nil {
+			return false, fmt.Errorf("bench: xpending %s %s: %w", key, group, err)
+		}
+		return p.Count == 0, nil
+	})
+}
+
+func newPulseRedisTrial(ctx context.Context, env *Env, id string) (Trial, error) {
+	ns := namespaceFor(id)
+	bus, err := openPulse(ctx, env, transport.Config{Backend: "redis", Namespace: ns, RedisURL: "redis://" + env.RedisAddr + "/0"})
+	if err != nil {
+		return nil, err
+	}
+	return &pulseTrial{bus: bus, env: env, cleanup: func(ctx context.Context) error {
+		return deleteRedisKeys(ctx, env.RedisAddr, ns+":*")
+	}}, nil
+}
+
+// rawRedisTrial is what a careful hand-written go-redis client does: XADD pipelined in batches
+// of env.Batch (one field "data", the envelope bytes, as Pulse stores them), XREADGROUP with
+// COUNT env.Batch and one XACK per batch, the reader on its own client.
+type rawRedisTrial struct {
+	env        *Env
+	pub, sub   *redis.Client
+	key, group string
+	tal        *tally
+}
+
+func newRawRedisTrial(_ context.Context, env *Env, id string) (Trial, error) {
+	return &rawRedisTrial{
+		env: env, key: "raw:" + id, group: "bench",
+		pub: redis.NewClient(&redis.Options{Addr: env.RedisAddr}),
+		sub: redis.NewClient(&redis.Options{Addr: env.RedisAddr}),
+	}, nil
+}
+
+func (t *rawRedisTrial) Publish(ctx context.Context, n int) error {
+	bodies, err := t.env.Bodies(n)
+	if err != nil {
+		return err
+	}
+	pipe := t.pub.Pipeline()
+	for i := 0; i < n; i += t.env.Batch {
+		for j := i; j < min(n, i+t.env.Batch); j++ {
+			pipe.XAdd(ctx, &redis.XAddArgs{Stream: t.key, Values: []any{"data", bodies[j]}})
+		}
+		if _, err := pipe.Exec(ctx); err != nil {
+			return fmt.Errorf("bench: xadd pipeline: %w", err)
+		}
+	}
+	return nil
+}
+
+func (t *rawRedisTrial) Consume(ctx context.Context, n int) error {
+	t.tal = newTally(n)
+	if err := t.sub.XGroupCreateMkStream(ctx, t.key, t.group, "0").Err(); err != nil {
+		return fmt.Errorf("bench: xgroup create: %w", err)
+	}
+	ids := make([]string, 0, t.env.Batch)
+	for t.tal.unique.Load() < int64(n) {
+		res, err := t.sub.XReadGroup(ctx, &redis.XReadGroupArgs{
+			Group: t.group, Consumer: "c1", Streams: []string{t.key, ">"}, Count: int64(t.env.Batch), Block: redisBlock,
+		}).Result()
+		if errors.Is(err, redis.Nil) {
+			continue
+		}
+		if err != nil {
+			return fmt.Errorf("bench: xreadgroup: %w (%d of %d handled)", err, t.tal.unique.Load(), n)
+		}
+		ids = ids[:0]
+		for _, s := range res {
+			for _, m := range s.Messages {
+				data, _ := m.Values["data"].(string)
+				t.tal.add([]byte(data))
+				ids = append(ids, m.ID)
+			}
+		}
+		if len(ids) > 0 {
+			if err := t.sub.XAck(ctx, t.key, t.group, ids...).Err(); err != nil {
+				return fmt.Errorf("bench: xack: %w", err)
+			}
+		}
+	}
+	return redisPendingZero(ctx, t.sub, t.key, t.group)
+}
+
+func (t *rawRedisTrial) Duplicates() int64 {
+	if t.tal == nil {
+		return 0
+	}
+	return t.tal.dups.Load()
+}
+
+func (t *rawRedisTrial) Close() error {
+	ctx, cancel := context.WithTimeout(context.Background(), 30*time.Second)
+	defer cancel()
+	err := t.pub.Del(ctx, t.key).Err()
+	return errors.Join(err, t.pub.Close(), t.sub.Close())
+}
+
+// watermillRedisTrial is Watermill's redisstream publisher and subscriber (consumer group,
+// reading from the start of the stream) with their defaults and a no-op logger. The payload
+// is the same envelope bytes; Watermill adds its uuid and metadata fields to each entry.
+type watermillRedisTrial struct {
+	env      *Env
+	pubC     *redis.Client
+	subC     *redis.Client
+	pub      *redisstream.Publisher
+	topic    string
+	group    string
+	tal      *tally
+	closeSub func() error
+}
+
+func newWatermillRedisTrial(_ context.Context, env *Env, id string) (Trial, error) {
+	t := &watermillRedisTrial{
+		env: env, topic: "wm:" + id, group: "bench",
+		pubC: redis.NewClient(&redis.Options{Addr: env.RedisAddr}),
+		subC: redis.NewClient(&redis.Options{Addr: env.RedisAddr}),
+	}
+	pub, err := redisstream.NewPublisher(redisstream.PublisherConfig{Client: t.pubC}, watermill.NopLogger{})
+	if err != nil {
+		t.pubC.Close()
+		t.subC.Close()
+		return nil, fmt.Errorf("bench: watermill redisstream publisher: %w", err)
+	}
+	t.pub = pub
+	return t, nil
+}
+
+func (t *watermillRedisTrial) Publish(ctx context.Context, n int) error {
+	bodies, err := t.env.Bodies(n)
+	if err != nil {
+		return err
+	}
+	batch := make([]*message.Message, 0, t.env.Batch)
+	for i := 0; i < n; i += len(batch) {
+		if err := ctx.Err(); err != nil {
+			return err
+		}
+		batch = batch[:0]
+		for j := i; j < min(n, i+t.env.Batch); j++ {
+			batch = append(batch, message.NewMessage(watermill.NewUUID(), bodies[j]))
+		}
+		if err := t.pub.Publish(t.topic, batch...); err != nil {
+			return fmt.Errorf("bench: watermill redisstream publish: %w", err)
+		}
+	}
+	return nil
+}
+
+func (t *watermillRedisTrial) Consume(ctx context.Context, n int) error {
+	t.tal = newTally(n)
+	sub, err := redisstream.NewSubscriber(redisstream.SubscriberConfig{
+		Client: t.subC, ConsumerGroup: t.group, Consumer: "c1", DisableIndefiniteInitialBlock: true,
+	}, watermill.NopLogger{})
+	if err != nil {
+		return fmt.Errorf("bench: watermill redisstream subscriber: %w", err)
+	}
+	t.closeSub = sub.Close
+	sctx, cancel := context.WithCancel(ctx)
+	var wg sync.WaitGroup
+	defer func() { cancel(); wg.Wait() }()
+	msgs, err := sub.Subscribe(sctx, t.topic)
+	if err != nil {
+		return fmt.Errorf("bench: watermill redisstream subscribe: %w", err)
+	}
+	wg.Go(func() {
+		for m := range msgs {
+			t.tal.add(m.Payload)
+			m.Ack()
+		}
+	})
+	if err := t.tal.wait(ctx); err != nil {
+		return err
+	}
+	return redisPendingZero(ctx, t.pubC, t.topic, t.group)
+}
+
+func (t *watermillRedisTrial) Duplicates() int64 {
+	if t.tal == nil {
+		return 0
+	}
+	return t.tal.dups.Load()
+}
+
+func (t *watermillRedisTrial) Close() error {
+	ctx, cancel := context.WithTimeout(context.Background(), 30*time.Second)
+	defer cancel()
+	var errs []error
+	if t.closeSub != nil {
+		errs = append(errs, t.closeSub())
+	}
+	errs = append(errs, t.pubC.Del(ctx, t.topic).Err())
+	errs = append(errs, t.pub.Close()) // closes pubC
+	if t.closeSub == nil {
+		errs = append(errs, t.subC.Close()) // else the subscriber closed it
+	}
+	return errors.Join(errs...)
+}

@@ -1,0 +1,430 @@
+package bench
+
+import (
+	"context"
+	"errors"
+	"fmt"
+	"log/slog"
+	"regexp"
+	"runtime"
+	"slices"
+	"strings"
+	"time"
+
+	"github.com/pulse-bus/pulse/envelope"
+)
+
+// Section names, as accepted by Options.Only.
+const (
+	SectionInmem     = "inmem"
+	SectionRedis     = "redis"
+	SectionJetStream = "jetstream"
+)
+
+// Sections lists every section in the order they run.
+var Sections = []string{SectionInmem, SectionRedis, SectionJetStream}
+
+// Defaults of Options.
+const (
+	DefaultReps        = 3
+	DefaultWarmups     = 1
+	DefaultWarmN       = 10_000
+	DefaultBatch       = 256
+	DefaultInmemN      = 300_000
+	DefaultBrokerN     = 100_000
+	DefaultLatencyRate = 1000
+	DefaultLatencyN    = 3000
+	DefaultLatencyWarm = 300
+	// phaseTimeoutBase plus phaseTimeoutPerMsg per message bounds one publish or consume phase.
+	phaseTimeoutBase   = 30 * time.Second
+	phaseTimeoutPerMsg = time.Millisecond
+)
+
+// Options select and size a run. The zero value runs everything with the defaults.
+type Options struct {
+	// Only lists the sections to run (SectionInmem, …); empty means all.
+	Only []string
+	// N is the message count of every trial; 0 means DefaultInmemN for inmem and
+	// DefaultBrokerN for the brokers.
+	N int
+	// Reps is how many measured repetitions each contender runs (median reported).
+	Reps int
+	// Warmups is how many unmeasured repetitions of WarmN messages run first (-1: none).
+	Warmups int
+	WarmN   int
+	// Batch is the publish batch and fetch size of every batching contender.
+	Batch int
+	// Track is the schema track Pulse writes and the raw contenders' bytes are in.
+	Track envelope.Track
+	// Size is the target envelope size in bytes.
+	Size int
+	// LatencyRate, LatencyN and LatencyWarm shape the latency trials (JetStream).
+	LatencyRate float64
+	LatencyN    int
+	LatencyWarm int
+	// Match, if set, selects contenders by name.
+	Match *regexp.Regexp
+	// Log receives progress; nil discards it.
+	Log *slog.Logger
+}
+
+func (o Options) withDefaults() Options {
+	if len(o.Only) == 0 {
+		o.Only = Sections
+	}
+	if o.Reps <= 0 {
+		o.Reps = DefaultReps
+	}
+	switch {
+	case o.Warmups == 0:
+		o.Warmups = DefaultWarmups
+	case o.Warmups < 0:
+		o.Warmups = 0
+	}
+	if o.WarmN <= 0 {
+		o.WarmN = DefaultWarmN
+	}
+	if o.Batch <= 0 {
+		o.Batch = DefaultBatch
+	}
+	if o.Track == "" {
+		o.Track = envelope.DefaultTrack
+	}
+	if o.Size <= 0 {
+		o.Size = DefaultMessageSize
+	}
+	if o.LatencyRate <= 0 {
+		o.LatencyRate = DefaultLatencyRate
+	}
+	if o.LatencyN <= 0 {
+		o.LatencyN = DefaultLatencyN
+	}
+	if o.LatencyWarm <= 0 {
+		o.LatencyWarm = DefaultLatencyWarm
+	}
+	if o.Log == nil {
+		o.Log = slog.New(slog.DiscardHandler)
+	}
+	return o
+}
+
+func (o Options) validate() error {
+	for _, s := range o.Only {
+		if !slices.Contains(Sections, s) {
+			return fmt.Errorf("bench: unknown section %q (accepted: %s)", s, strings.Join(Sections, ", "))
+		}
+	}
+	if o.N < 0 {
+		return fmt.Errorf("bench: message count %d (accepted: a positive integer, or 0 for the defaults)", o.N)
+	}
+	return nil
+}
+
+// Metric names a measured quantity of a Row.
+type Metric string
+
+// The metrics.
+const (
+	MetricE2E     Metric = "publish→handle→ack"
+	MetricPublish Metric = "publish"
+	MetricConsume Metric = "consume+ack"
+	MetricP99     Metric = "p99"
+)
+
+// Row is one contender's results in a section.
+type Row struct {
+	Name  string
+	Pulse bool
+	// Err is why the contender has no (or incomplete) results.
+	Err string
+	// E2E, Publish and Consume are msgs/s, one per measured repetition.
+	E2E, Publish, Consume Rate
+	// Lat are the latencies of the latency trial.
+	Lat Latencies
+	// Dups counts duplicate deliveries seen (at-least-once redeliveries).
+	Dups int64
+}
+
+func (r *Row) rate(m Metric) Rate {
+	switch m {
+	case MetricE2E:
+		return r.E2E
+	case MetricPublish:
+		return r.Publish
+	case MetricConsume:
+		return r.Consume
+	}
+	return nil
+}
+
+// Goal is a target from the issues: Pulse's Metric at least MinRatio × Versus's, or (for
+// MetricP99) Pulse's p99 latency under MaxLatency.
+type Goal struct {
+	Metric     Metric
+	Versus     string
+	MinRatio   float64
+	MaxLatency time.Duration
+}
+
+// Section is one group of contenders sharing a server and a workload.
+type Section struct {
+	Name   string
+	Title  string
+	Server string
+	N      int
+	// Latency is set when the section ran latency trials.
+	LatencyRate float64
+	Rows        []*Row
+	Goals       []Goal
+	Err         string
+}
+
+// Row returns the row of the named contender, or nil.
+func (s *Section) Row(name string) *Row {
+	for _, r := range s.Rows {
+		if r.Name == name {
+			return r
+		}
+	}
+	return nil
+}
+
+// Pulse returns Pulse's row, or nil.
+func (s *Section) Pulse() *Row {
+	for _, r := range s.Rows {
+		if r.Pulse {
+			return r
+		}
+	}
+	return nil
+}
+
+// Report is the result of one run.
+type Report struct {
+	Start    time.Time
+	Elapsed  time.Duration
+	Go       string
+	Platform string
+	CPUs     int
+	MaxProcs int
+	MsgSize  int
+	Opts     Options
+	Sections []*Section
+}
+
+// Run measures the selected sections, one after another, and returns the report. A contender
+// that fails is reported with its error and the run goes on; Run fails only on bad options,
+// a server that will not start, or ctx.
+func Run(ctx context.Context, opts Options) (*Report, error) {
+	opts = opts.withDefaults()
+	if err := opts.validate(); err != nil {
+		return nil, err
+	}
+	work, err := NewWorkload(opts.Track, opts.Size)
+	if err != nil {
+		return nil, err
+	}
+	rep := &Report{
+		Start: time.Now(), Go: runtime.Version(), Platform: runtime.GOOS + "/" + runtime.GOARCH,
+		CPUs: runtime.NumCPU(), MaxProcs: runtime.GOMAXPROCS(0), MsgSize: work.Size, Opts: opts,
+	}
+	for _, name := range Sections {
+		if !slices.Contains(opts.Only, name) {
+			continue
+		}
+		env := &Env{Work: work, Batch: opts.Batch, Log: opts.Log}
+		sec, err := runSection(ctx, name, env, opts)
+		if err != nil {
+			return nil, err
+		}
+		rep.Sections = append(rep.Sections, sec)
+	}
+	rep.Elapsed = time.Since(rep.Start)
+	return rep, nil
+}
+
+func runSection(ctx context.Context, name string, env *Env, opts Options) (*Section, error) {
+	var (
+		sec  *Section
+		cs   []*Contender
+		stop func()
+	)
+	switch name {
+	case SectionInmem:
+		sec, cs = inmemSection()
+		sec.N = pick(opts.N, DefaultInmemN)
+	case SectionRedis:
+		srv, err := StartRedis(ctx)
+		if err != nil {
+			return nil, err
+		}
+		stop = func() { srv.Stop() }
+		env.RedisAddr = srv.Addr
+		sec, cs = redisSection()
+		sec.Server = fmt.Sprintf("redis-server %s, own process on %s, no persistence", srv.Version, srv.Addr)
+		sec.N = pick(opts.N, DefaultBrokerN)
+	case SectionJetStream:
+		srv, err := StartNATS()
+		if err != nil {
+			return nil, err
+		}
+		stop = func() { srv.Stop() }
+		env.NATSURL = srv.URL
+		sec, cs = jetstreamSection()
+		sec.Server = fmt.Sprintf("embedded nats-server %s, file store, %s", srv.Version, srv.URL)
+		sec.N = pick(opts.N, DefaultBrokerN)
+		sec.LatencyRate = opts.LatencyRate
+	}
+	if stop != nil {
+		defer stop()
+	}
+	if opts.Match != nil {
+		cs = slices.DeleteFunc(cs, func(c *Contender) bool { return !opts.Match.MatchString(c.Name) })
+	}
+	for _, c := range cs {
+		sec.Rows = append(sec.Rows, &Row{Name: c.Name, Pulse: c.Pulse})
+	}
+	log := env.log().With("section", name)
+	log.Info("section start", "n", sec.N, "contenders", len(cs), "server", sec.Server)
+
+	warmN := min(opts.WarmN, sec.N)
+	for rep := -opts.Warmups; rep < opts.Reps; rep++ {
+		n := sec.N
+		if rep < 0 {
+			n = warmN
+		}
+		// Rotate the order each repetition so no contender always runs first (or last) on a
+		// machine whose load drifts.
+		for i := range cs {
+			ci := (i + max(rep, 0)) % len(cs)
+			c, row := cs[ci], sec.Rows[ci]
+			if row.Err != "" {
+				continue
+			}
+			id := fmt.Sprintf("%s%d%s", shortName(c.Name), rep+opts.Warmups, name[:1])
+			if err := runOne(ctx, env, c, row, id, n, rep >= 0, log); err != nil {
+				if ctx.Err() != nil {
+					return nil, ctx.Err()
+				}
+				row.Err = err.Error()
+				log.Warn("contender failed", "contender", c.Name, "err", err)
+			}
+		}
+	}
+	if name == SectionJetStream {
+		for i, c := range cs {
+			row := sec.Rows[i]
+			if c.NewLatency == nil || (row.Err != "" && len(row.Publish) == 0) {
+				continue // not taking part, or could not run at all
+			}
+			if err := runLatency(ctx, env, c, row, fmt.Sprintf("%slat", shortName(c.Name)), opts, log); err != nil {
+				if ctx.Err() != nil {
+					return nil, ctx.Err()
+				}
+				if row.Err == "" {
+					row.Err = "latency: " + err.Error()
+				}
+				log.Warn("latency trial failed", "contender", c.Name, "err", err)
+			}
+		}
+	}
+	return sec, nil
+}
+
+func pick(n, def int) int {
+	if n > 0 {
+		return n
+	}
+	return def
+}
+
+// shortName turns a contender name into a token safe in stream, key and consumer names.
+func shortName(name string) string {
+	var b strings.Builder
+	for _, r := range strings.ToLower(name) {
+		if r >= 'a' && r <= 'z' || r >= '0' && r <= '9' {
+			b.WriteRune(r)
+		}
+	}
+	return b.String()
+}
+
+func phaseCtx(ctx context.Context, n int) (context.Context, context.CancelFunc) {
+	return context.WithTimeout(ctx, phaseTimeoutBase+time.Duration(n)*phaseTimeoutPerMsg)
+}
+
+// runOne runs one repetition of c and, if record, appends its measurements to row.
+func runOne(ctx context.Context, env *Env, c *Contender, row *Row, id string, n int, record bool, log *slog.Logger) (err error) {
+	runtime.GC() // start every trial from the same heap state
+	switch {
+	case c.NewPipe != nil:
+		p, err := c.NewPipe(ctx, env, id)
+		if err != nil {
+			return err
+		}
+		defer func() { err = errors.Join(err, p.Close()) }()
+		pctx, cancel := phaseCtx(ctx, n)
+		defer cancel()
+		start := time.Now()
+		if err := p.Run(pctx, n); err != nil {
+			return err
+		}
+		d := time.Since(start)
+		log.Info("trial", "contender", c.Name, "id", id, "n", n, "e2e_msgs_per_s", int(RateOf(n, d)), "measured", record)
+		if dr, ok := p.(interface{ Duplicates() int64 }); ok && record {
+			row.Dups += dr.Duplicates()
+		}
+		if record {
+			row.E2E = append(row.E2E, RateOf(n, d))
+		}
+	case c.NewTrial != nil:
+		t, err := c.NewTrial(ctx, env, id)
+		if err != nil {
+			return err
+		}
+		defer func() { err = errors.Join(err, t.Close()) }()
+		pctx, cancel := phaseCtx(ctx, n)
+		defer cancel()
+		start := time.Now()
+		if err := t.Publish(pctx, n); err != nil {
+			return fmt.Errorf("publish: %w", err)
+		}
+		pub := time.Since(start)
+		cctx, cancel2 := phaseCtx(ctx, n)
+		defer cancel2()
+		start = time.Now()
+		if err := t.Consume(cctx, n); err != nil {
+			return fmt.Errorf("consume: %w", err)
+		}
+		con := time.Since(start)
+		log.Info("trial", "contender", c.Name, "id", id, "n", n,
+			"publish_msgs_per_s", int(RateOf(n, pub)), "consume_msgs_per_s", int(RateOf(n, con)), "measured", record)
+		if dr, ok := t.(interface{ Duplicates() int64 }); ok && record {
+			row.Dups += dr.Duplicates()
+		}
+		if record {
+			row.Publish = append(row.Publish, RateOf(n, pub))
+			row.Consume = append(row.Consume, RateOf(n, con))
+		}
+	}
+	return nil
+}
+
+func runLatency(ctx context.Context, env *Env, c *Contender, row *Row, id string, opts Options, log *slog.Logger) (err error) {
+	runtime.GC()
+	lt, err := c.NewLatency(ctx, env, id)
+	if err != nil {
+		return err
+	}
+	defer func() { err = errors.Join(err, lt.Close()) }()
+	total := opts.LatencyWarm + opts.LatencyN
+	lctx, cancel := context.WithTimeout(ctx, phaseTimeoutBase+time.Duration(float64(total)/opts.LatencyRate*float64(time.Second)))
+	defer cancel()
+	lats, err := lt.Latency(lctx, opts.LatencyWarm, opts.LatencyN, opts.LatencyRate)
+	if err != nil {
+		return err
+	}
+	row.Lat = lats
+	log.Info("latency", "contender", c.Name, "n", len(lats), "p50", lats.Percentile(50), "p99", lats.Percentile(99))
+	return nil
+}
