@@ -119,15 +119,15 @@ func (p Policy) Limits() Limits {
 // Validate checks the policy (defaults filled in); errors are *envconf.Error naming the
 // environment variable of the bad field.
 func (p Policy) Validate() error {
+	for l := range p.Scales {
+		if !l.Valid() {
+			return &envconf.Error{Var: "feedback.Policy.Scales", Value: string(l), Accepted: levelNames()}
+		}
+	}
 	p = p.WithDefaults()
 	for _, l := range Levels {
 		if s := p.Scales[l]; !validScale(s) {
 			return &envconf.Error{Var: scaleVar(l), Value: fmtFloat(s), Accepted: "a number from 0 to 1"}
-		}
-	}
-	for l := range p.Scales {
-		if !l.Valid() {
-			return &envconf.Error{Var: "feedback.Policy.Scales", Value: string(l), Accepted: levelNames()}
 		}
 	}
 	return p.Limits().validate()

@@ -1,0 +1,140 @@
+package feedback_test
+
+import (
+	"context"
+	"errors"
+	"sync"
+	"testing"
+
+	"github.com/stretchr/testify/require"
+
+	"github.com/pulse-bus/pulse/envelope"
+	"github.com/pulse-bus/pulse/feedback"
+)
+
+// errBroker is what fakePublisher returns while told to fail.
+var errBroker = errors.New("broker away")
+
+// fakePublisher records what is published and fails on demand.
+type fakePublisher struct {
+	mu       sync.Mutex
+	failing  bool
+	failNext int
+	calls    int
+	streams  []string
+	envs     []*envelope.Envelope
+	notify   chan struct{} // receives (non-blocking) after each successful publish
+}
+
+func newFakePublisher() *fakePublisher { return &fakePublisher{notify: make(chan struct{}, 1)} }
+
+func (p *fakePublisher) Publish(ctx context.Context, stream string, envs ...*envelope.Envelope) error {
+	p.mu.Lock()
+	defer p.mu.Unlock()
+	p.calls++
+	if err := ctx.Err(); err != nil {
+		return err
+	}
+	if p.failing || p.failNext > 0 {
+		if p.failNext > 0 {
+			p.failNext--
+		}
+		return errBroker
+	}
+	for _, e := range envs {
+		p.streams = append(p.streams, stream)
+		p.envs = append(p.envs, e)
+	}
+	select {
+	case p.notify <- struct{}{}:
+	default:
+	}
+	return nil
+}
+
+func (p *fakePublisher) setFailing(f bool) {
+	p.mu.Lock()
+	defer p.mu.Unlock()
+	p.failing = f
+}
+
+func (p *fakePublisher) published() []*envelope.Envelope {
+	p.mu.Lock()
+	defer p.mu.Unlock()
+	return append([]*envelope.Envelope(nil), p.envs...)
+}
+
+// adjustments parses every published envelope as a RateAdjustment.
+func (p *fakePublisher) adjustments(t testing.TB) []feedback.RateAdjustment {
+	t.Helper()
+	p.mu.Lock()
+	defer p.mu.Unlock()
+	out := make([]feedback.RateAdjustment, len(p.envs))
+	for i, e := range p.envs {
+		require.Equal(t, feedback.StreamRateAdjustment, p.streams[i])
+		a, err := feedback.ParseRateAdjustment(e)
+		require.NoError(t, err)
+		out[i] = a
+	}
+	return out
+}
+
+// events parses every published envelope as a FeedbackEvent.
+func (p *fakePublisher) events(t testing.TB) []feedback.Event {
+	t.Helper()
+	p.mu.Lock()
+	defer p.mu.Unlock()
+	out := make([]feedback.Event, len(p.envs))
+	for i, e := range p.envs {
+		ev, err := feedback.ParseEvent(e)
+		require.NoError(t, err)
+		out[i] = ev
+	}
+	return out
+}
+
+// fakeObserver records the feedback metrics.
+type fakeObserver struct {
+	mu        sync.Mutex
+	processed map[[2]string]int
+	scale     map[string]float64
+	state     map[string]int
+}
+
+func newFakeObserver() *fakeObserver {
+	return &fakeObserver{processed: map[[2]string]int{}, scale: map[string]float64{}, state: map[string]int{}}
+}
+
+func (o *fakeObserver) FeedbackProcessed(provider, level string) {
+	o.mu.Lock()
+	defer o.mu.Unlock()
+	o.processed[[2]string{provider, level}]++
+}
+
+func (o *fakeObserver) RateScale(provider string, scale float64) {
+	o.mu.Lock()
+	defer o.mu.Unlock()
+	o.scale[provider] = scale
+}
+
+func (o *fakeObserver) BackpressureState(provider string, state int) {
+	o.mu.Lock()
+	defer o.mu.Unlock()
+	o.state[provider] = state
+}
+
+func (o *fakeObserver) processedTotal() int {
+	o.mu.Lock()
+	defer o.mu.Unlock()
+	n := 0
+	for _, c := range o.processed {
+		n += c
+	}
+	return n
+}
+
+func (o *fakeObserver) gauges(provider string) (float64, int) {
+	o.mu.Lock()
+	defer o.mu.Unlock()
+	return o.scale[provider], o.state[provider]
+}
