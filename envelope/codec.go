@@ -63,26 +63,34 @@ func (c *Codec) Encode(e *Envelope) ([]byte, error) {
 	if e.TS == 0 {
 		e.TS = float64(c.now().UnixNano()) / 1e9
 	}
-	compact, err := compactJSON(e.Payload)
-	if err != nil {
-		return nil, fmt.Errorf("envelope: encode: payload is not valid JSON: %w", err)
+	if !isJSONObject(e.Payload) {
+		return nil, errors.New("envelope: encode: payload must be a JSON object")
 	}
 	var payload []byte
+	var err error
 	switch track {
 	case TrackV1:
-		// The Python core sends the payload with json.dumps' spacing and hashes pydantic's
-		// compact dump of it.
-		payload = appendPySpaced(make([]byte, 0, len(compact)+len(compact)/8), compact)
+		if !json.Valid(e.Payload) {
+			_, err = compactJSON(e.Payload) // for the syntax error's detail
+			return nil, fmt.Errorf("envelope: encode: payload is not valid JSON: %w", err)
+		}
+		// The Python core sends the payload as json.dumps writes it and hashes pydantic's
+		// compact dump of it: both are functions of the payload's value (strings re-escaped
+		// the Python way), so a payload re-encoded from v1 wire text keeps its bytes and hash.
+		payload = appendPyJSON(make([]byte, 0, len(e.Payload)+len(e.Payload)/8), e.Payload, pyDumps)
+		e.Meta.Hash = hashHex(appendPyJSON(make([]byte, 0, len(e.Payload)), e.Payload, pyCompact))
 	case TrackV2:
+		if payload, err = compactJSON(e.Payload); err != nil {
+			return nil, fmt.Errorf("envelope: encode: payload is not valid JSON: %w", err)
+		}
 		if e.ID == "" {
 			e.ID = NewID()
 		}
-		payload = compact
+		e.Meta.Hash = hashHex(payload)
 	default:
 		return nil, fmt.Errorf("envelope: encode: unknown track %q (accepted: v1, v2)", track)
 	}
 	e.Meta.Track = track
-	e.Meta.Hash = hashHex(compact)
 	if c.Signer != nil {
 		headers := make(map[string]string, len(e.Meta.Headers)+1)
 		for k, v := range e.Meta.Headers {
@@ -160,40 +168,21 @@ func appendEnvelope(b []byte, e *Envelope, payload []byte, py bool) ([]byte, err
 	return b, nil
 }
 
-// appendString appends s as a JSON string; asciiOnly escapes every non-ASCII character as
-// Python's ensure_ascii does. Invalid UTF-8 becomes U+FFFD, as encoding/json does.
+// appendString appends s as a JSON string. asciiOnly writes it exactly as Python's json.dumps
+// does (ensure_ascii: \b \f \n \r \t, every other character outside ' '..'~' as \uXXXX);
+// otherwise non-ASCII characters are written as UTF-8. Invalid UTF-8 becomes U+FFFD, as
+// encoding/json does.
 func appendString(b []byte, s string, asciiOnly bool) []byte {
-	const hex = "0123456789abcdef"
 	b = append(b, '"')
 	for i := 0; i < len(s); {
 		c := s[i]
 		if c < utf8.RuneSelf {
-			switch {
-			case c == '"' || c == '\\':
-				b = append(b, '\\', c)
-			case c == '\n':
-				b = append(b, '\\', 'n')
-			case c == '\r':
-				b = append(b, '\\', 'r')
-			case c == '\t':
-				b = append(b, '\\', 't')
-			case c < 0x20:
-				b = append(b, '\\', 'u', '0', '0', hex[c>>4], hex[c&0xf])
-			default:
-				b = append(b, c)
-			}
+			b = appendPyRune(b, rune(c), asciiOnly)
 			i++
 			continue
 		}
 		r, size := utf8.DecodeRuneInString(s[i:])
-		switch {
-		case asciiOnly:
-			b = appendUnicodeEscape(b, r)
-		case r == utf8.RuneError && size == 1:
-			b = append(b, "\ufffd"...)
-		default:
-			b = append(b, s[i:i+size]...)
-		}
+		b = appendPyRune(b, r, asciiOnly)
 		i += size
 	}
 	return append(b, '"')

@@ -240,6 +240,8 @@ func TestEncodeErrors(t *testing.T) {
 		{"empty schema_id", envelope.Codec{}, func(e *envelope.Envelope) { e.Meta.SchemaID = "" }, "empty schema_id", nil},
 		{"empty payload", envelope.Codec{}, func(e *envelope.Envelope) { e.Payload = nil }, "empty payload", nil},
 		{"payload not JSON", envelope.Codec{}, func(e *envelope.Envelope) { e.Payload = json.RawMessage(`{"a":`) }, "not valid JSON", nil},
+		{"payload an array", envelope.Codec{}, func(e *envelope.Envelope) { e.Payload = json.RawMessage(` [1]`) }, "payload must be a JSON object", nil},
+		{"payload not JSON v2", envelope.Codec{Track: envelope.TrackV2}, func(e *envelope.Envelope) { e.Payload = json.RawMessage(`{"a":}`) }, "not valid JSON", nil},
 		{"unknown track", envelope.Codec{Track: "v9"}, func(*envelope.Envelope) {}, "accepted: v1, v2", nil},
 		{"unknown schema", envelope.Codec{Schemas: testSchemas()}, func(e *envelope.Envelope) { e.Meta.SchemaID = "nope" }, "unknown schema_id", envelope.ErrUnknownSchema},
 		{"invalid payload", envelope.Codec{Schemas: testSchemas()}, func(e *envelope.Envelope) { e.Payload = json.RawMessage(`{"coordinator_id":""}`) }, "coordinator_id is empty", envelope.ErrInvalidPayload},

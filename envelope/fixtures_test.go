@@ -249,3 +249,34 @@ func TestFloat(t *testing.T) {
 		require.Error(t, err, "%v has no JSON form", bad)
 	}
 }
+
+// TestV1PythonStrings proves v1 strings are written exactly as Python's json.dumps writes them
+// and the hash is over pydantic's compact dump, whatever escapes the Go producer used: HTML
+// escapes (\u003c) become characters, non-ASCII and DEL become lower-case \uXXXX (surrogate
+// pairs beyond the BMP), \b and \f keep their short forms. The expected text and hash were
+// computed by hand with python3:
+//
+//	payload = json.loads(text)
+//	h = sha256(json.dumps(payload, separators=(",", ":"), ensure_ascii=False).encode()).hexdigest()
+//	json.dumps({"ts": 1.5, "key": "k<é>\b\x7f", "meta": {"schema_id": "telemetry.Ünknown",
+//	    "track": "v1", "headers": {"a\tb": "ü\f", "z": ""}, "hash": h}, "payload": payload})
+func TestV1PythonStrings(t *testing.T) {
+	const text = `{"s":"\u003ca\u0026b\u003e","u":"caf\u00e9 é","astral":"𝄞","ctl":"\u0008\f\u0000\u007f\u001f","slash":"\/x","n":1.0,"deep":[{"k":"\ud834\udd1e"}]}`
+	const want = `{"ts": 1.5, "key": "k<\u00e9>\b\u007f", "meta": {"schema_id": "telemetry.\u00dcnknown", "track": "v1", "headers": {"a\tb": "\u00fc\f", "z": ""}, "hash": "81b5dea2a76990cdf397d7bf99106db06a3d912f1408d7bdd6e5eaf4fd653166"}, "payload": {"s": "<a&b>", "u": "caf\u00e9 \u00e9", "astral": "\ud834\udd1e", "ctl": "\b\f\u0000\u007f\u001f", "slash": "/x", "n": 1.0, "deep": [{"k": "\ud834\udd1e"}]}}`
+	e := &envelope.Envelope{
+		TS:      1.5,
+		Key:     ptr("k<é>\b\x7f"),
+		Meta:    envelope.Meta{SchemaID: "telemetry.Ünknown", Headers: map[string]string{"a\tb": "ü\f", "z": ""}},
+		Payload: json.RawMessage(text),
+	}
+	got, err := (&envelope.Codec{}).Encode(e)
+	require.NoError(t, err)
+	require.Equal(t, want, string(got))
+
+	// And back: decoding Python's text and encoding again gives the same bytes.
+	d, err := (&envelope.Codec{}).Decode([]byte(want))
+	require.NoError(t, err)
+	again, err := (&envelope.Codec{}).Encode(d)
+	require.NoError(t, err)
+	require.Equal(t, want, string(again))
+}
