@@ -142,8 +142,12 @@ func (b *Bus) Subscribe(ctx context.Context, stream string, h Handler, opts Subs
 	}
 	b.subs[s] = struct{}{}
 	b.mu.Unlock()
+	// The watch may fire at once (ctx already done, or cancelled by an early handler); it
+	// waits until stopWatch is set, which Close reads.
+	watchSet := make(chan struct{})
+	s.stopWatch = context.AfterFunc(ctx, func() { <-watchSet; s.Close() })
+	close(watchSet)
 	go s.run()
-	s.stopWatch = context.AfterFunc(ctx, func() { s.Close() })
 	return s, nil
 }
 
