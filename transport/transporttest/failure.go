@@ -220,7 +220,9 @@ func testPoison(e *env) {
 			poison++
 		}
 	}
-	e.eventually(func() bool { return col.distinct() == 6 && e.rec.Outcome(e.stream, transport.OutcomeRejected) == poison },
+	e.eventually(func() bool {
+		return col.distinct() == 6 && e.rec.Outcome(e.stream, transport.OutcomeRejected) == poison
+	},
 		"good messages handled and poison rejected (recorded %v)", e.rec.snapshot(e.stream))
 	require.Equal(e.t, wantReasons, e.rec.DeadLetterReasons(e.stream))
 	for _, n := range []int{0, 1, 2, 3, 4, 13} {
