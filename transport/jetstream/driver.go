@@ -1,0 +1,376 @@
+package jetstream
+
+import (
+	"context"
+	"errors"
+	"fmt"
+	"log/slog"
+	"net/url"
+	"slices"
+	"strings"
+	"sync"
+	"sync/atomic"
+	"time"
+
+	"github.com/nats-io/nats.go"
+	"github.com/nats-io/nats.go/jetstream"
+
+	"github.com/pulse-bus/pulse/transport"
+)
+
+// Name is the name the driver registers under (EVENT_BUS_BACKEND=jetstream).
+const Name = "jetstream"
+
+// Defaults, defined once.
+const (
+	// DefaultReconnectWait is the pause between reconnect attempts (the client reconnects
+	// forever).
+	DefaultReconnectWait = 250 * time.Millisecond
+	// DefaultDuplicateWindow is the stream's de-duplication window for Nats-Msg-Id, capped at
+	// the stream's max age.
+	DefaultDuplicateWindow = 2 * time.Minute
+	// DefaultPublishMaxPending bounds asynchronous publishes awaiting their PubAck, across
+	// every Publish call of one driver.
+	DefaultPublishMaxPending = 4096
+	// DefaultPublishStallWait is how long one async publish waits for a free in-flight slot
+	// before Publish checks its context and tries again.
+	DefaultPublishStallWait = 250 * time.Millisecond
+	// DefaultPubAckTimeout is how long one message waits for its PubAck before it counts as
+	// failed (and is sent again, see Publish).
+	DefaultPubAckTimeout = 5 * time.Second
+	// DefaultPublishRetryFor bounds how long Publish keeps re-sending messages the broker did
+	// not acknowledge (disconnection, leader election) before it gives up.
+	DefaultPublishRetryFor = 15 * time.Second
+	// DefaultAPITimeout bounds one JetStream API request (stream and consumer management,
+	// key-value access) whose context has no deadline.
+	DefaultAPITimeout = 5 * time.Second
+	// DefaultPingTimeout bounds Ping.
+	DefaultPingTimeout = 2 * time.Second
+	// DefaultFlushTimeout bounds flushing acks at Close.
+	DefaultFlushTimeout = 5 * time.Second
+)
+
+func init() {
+	transport.Register(Name, func(ctx context.Context, cfg transport.Config) (transport.Driver, error) {
+		return Open(ctx, cfg)
+	})
+}
+
+// Driver is the JetStream transport.Driver. It also implements transport.Pinger,
+// transport.StreamAdmin and transport.IdempotencyProvider. It is safe for concurrent use;
+// after Close every method returns transport.ErrClosed.
+type Driver struct {
+	cfg transport.Config
+	nc  *nats.Conn
+	js  jetstream.JetStream
+	log *slog.Logger
+
+	conn connState
+
+	streamsMu sync.Mutex
+	streams   map[string]jetstream.Stream // logical name → ensured stream
+
+	subsMu sync.Mutex
+	subs   map[*subscription]struct{}
+
+	closed    atomic.Bool
+	done      chan struct{} // closed by Close
+	closeOnce sync.Once
+	closeErr  error
+}
+
+// Open connects to the NATS servers of cfg.NATSURL (comma-separated nats:// or tls:// URLs,
+// credentials in the URL or in cfg.NATSCredsFile) or, when it is empty, to the embedded
+// server's address nats://{cfg.NATSListen}. The connection reconnects forever. Open fails if
+// no server answers or the server has no JetStream.
+func Open(ctx context.Context, cfg transport.Config) (*Driver, error) {
+	cfg = withDefaults(cfg)
+	servers, err := serverURLs(cfg)
+	if err != nil {
+		return nil, err
+	}
+	if err := ctx.Err(); err != nil {
+		return nil, err
+	}
+	d := &Driver{
+		cfg:     cfg,
+		log:     cfg.Logger.With("backend", Name),
+		streams: map[string]jetstream.Stream{},
+		subs:    map[*subscription]struct{}{},
+		done:    make(chan struct{}),
+	}
+	d.conn.init()
+	opts := []nats.Option{
+		nats.Name("pulse"),
+		nats.MaxReconnects(-1),
+		nats.ReconnectWait(DefaultReconnectWait),
+		nats.PingInterval(20 * time.Second),
+		nats.DisconnectErrHandler(func(_ *nats.Conn, err error) {
+			d.conn.set(false)
+			if !d.closed.Load() {
+				d.log.Warn("disconnected from NATS; reconnecting", "err", err)
+			}
+		}),
+		nats.ReconnectHandler(func(nc *nats.Conn) {
+			d.conn.set(true)
+			d.log.Info("reconnected to NATS", "server", RedactURL(nc.ConnectedUrl()))
+		}),
+		nats.ClosedHandler(func(*nats.Conn) { d.conn.set(false) }),
+		nats.ErrorHandler(func(_ *nats.Conn, sub *nats.Subscription, err error) {
+			subj := ""
+			if sub != nil {
+				subj = sub.Subject
+			}
+			d.log.Warn("NATS asynchronous error", "subject", subj, "err", err)
+		}),
+	}
+	if cfg.NATSCredsFile != "" {
+		opts = append(opts, nats.UserCredentials(cfg.NATSCredsFile))
+	}
+	nc, err := nats.Connect(strings.Join(servers, ","), opts...)
+	if err != nil {
+		hint := ""
+		if cfg.NATSURL == "" {
+			hint = " (NATS_URL is unset, so this is the embedded server's address PULSE_NATS_LISTEN: is `pulse run` up?)"
+		}
+		return nil, fmt.Errorf("jetstream: connect to %s%s: %w: %w", redactList(servers), hint, transport.ErrUnavailable, err)
+	}
+	d.nc = nc
+	d.conn.set(nc.IsConnected())
+	d.js, err = jetstream.New(nc,
+		jetstream.WithPublishAsyncMaxPending(DefaultPublishMaxPending),
+		jetstream.WithPublishAsyncTimeout(DefaultPubAckTimeout),
+		jetstream.WithDefaultTimeout(DefaultAPITimeout),
+	)
+	if err != nil {
+		nc.Close()
+		return nil, fmt.Errorf("jetstream: %w", err)
+	}
+	actx, cancel := context.WithTimeout(ctx, DefaultAPITimeout)
+	_, err = d.js.AccountInfo(actx)
+	cancel()
+	switch {
+	case errors.Is(err, jetstream.ErrJetStreamNotEnabled), errors.Is(err, jetstream.ErrJetStreamNotEnabledForAccount):
+		nc.Close()
+		return nil, fmt.Errorf("jetstream: %s: %w (accepted: a NATS server started with JetStream enabled, e.g. nats-server -js)", redactList(servers), err)
+	case err != nil && ctx.Err() != nil:
+		nc.Close()
+		return nil, ctx.Err()
+	case err != nil:
+		// A cluster electing its leaders answers later; streams are created on first use.
+		d.log.Warn("JetStream account info unavailable at start; continuing", "err", err)
+	}
+	return d, nil
+}
+
+func withDefaults(c transport.Config) transport.Config {
+	if c.Namespace == "" {
+		c.Namespace = transport.DefaultNamespace
+	}
+	if c.NATSListen == "" {
+		c.NATSListen = transport.DefaultNATSListen
+	}
+	if c.StreamMaxAge <= 0 {
+		c.StreamMaxAge = transport.DefaultStreamMaxAge
+	}
+	if c.Replicas <= 0 {
+		c.Replicas = transport.DefaultStreamReplicas
+	}
+	if c.Logger == nil {
+		c.Logger = slog.New(slog.DiscardHandler)
+	}
+	return c
+}
+
+var acceptedSchemes = []string{"nats", "tls", "ws", "wss"}
+
+// serverURLs splits and checks NATS_URL, or derives the embedded server's URL.
+func serverURLs(cfg transport.Config) ([]string, error) {
+	if cfg.NATSURL == "" {
+		return []string{"nats://" + cfg.NATSListen}, nil
+	}
+	var out []string
+	for _, part := range strings.Split(cfg.NATSURL, ",") {
+		part = strings.TrimSpace(part)
+		u, err := url.Parse(part)
+		if err != nil || u.Host == "" || !slices.Contains(acceptedSchemes, u.Scheme) {
+			return nil, &transport.ConfigError{
+				Var:      "NATS_URL",
+				Value:    RedactURL(cfg.NATSURL),
+				Accepted: "one or more comma-separated URLs nats://[user:password@|token@]host:port or tls://… (also ws://, wss://)",
+			}
+		}
+		out = append(out, part)
+	}
+	return out, nil
+}
+
+// RedactURL masks the credentials in one or several comma-separated NATS URLs (user:password
+// becomes user:xxxxx, a token becomes xxxxx), for logs and `pulse config`.
+func RedactURL(s string) string {
+	parts := strings.Split(s, ",")
+	for i, p := range parts {
+		p = strings.TrimSpace(p)
+		u, err := url.Parse(p)
+		if err != nil {
+			if strings.Contains(p, "@") {
+				parts[i] = "xxxxx"
+			}
+			continue
+		}
+		if u.User != nil {
+			if _, hasPass := u.User.Password(); hasPass {
+				u.User = url.UserPassword(u.User.Username(), "xxxxx")
+			} else {
+				u.User = url.User("xxxxx")
+			}
+		}
+		parts[i] = u.String()
+	}
+	return strings.Join(parts, ",")
+}
+
+func redactList(urls []string) string { return RedactURL(strings.Join(urls, ",")) }
+
+// Conn is the driver's NATS connection (tests, benchmarks, diagnostics). Do not close it.
+func (d *Driver) Conn() *nats.Conn { return d.nc }
+
+// JetStream is the driver's JetStream context (tests, benchmarks, diagnostics).
+func (d *Driver) JetStream() jetstream.JetStream { return d.js }
+
+// Config is the driver's configuration, defaults filled in.
+func (d *Driver) Config() transport.Config { return d.cfg }
+
+// Ping reports whether the server answers: the connection must be up and a JetStream account
+// info request must succeed within DefaultPingTimeout. Errors while the server is away wrap
+// transport.ErrUnavailable.
+func (d *Driver) Ping(ctx context.Context) error {
+	if d.closed.Load() {
+		return transport.ErrClosed
+	}
+	if st := d.nc.Status(); st != nats.CONNECTED {
+		return fmt.Errorf("jetstream: ping: %w: connection %s", transport.ErrUnavailable, strings.ToLower(st.String()))
+	}
+	pctx, cancel := context.WithTimeout(ctx, DefaultPingTimeout)
+	defer cancel()
+	if _, err := d.js.AccountInfo(pctx); err != nil {
+		return d.wrap(ctx, "ping", err)
+	}
+	return nil
+}
+
+// Close closes every subscription still open (buffered deliveries are handed back), flushes
+// pending acks and closes the connection; publishes still waiting fail with ErrClosed. It is
+// idempotent.
+func (d *Driver) Close() error {
+	d.closeOnce.Do(func() {
+		d.subsMu.Lock()
+		subs := make([]*subscription, 0, len(d.subs))
+		for s := range d.subs {
+			subs = append(subs, s)
+		}
+		d.subsMu.Unlock()
+		var errs []error
+		for _, s := range subs {
+			errs = append(errs, s.Close())
+		}
+		d.closed.Store(true)
+		close(d.done)
+		if d.nc.IsConnected() {
+			if err := d.nc.FlushTimeout(DefaultFlushTimeout); err != nil {
+				errs = append(errs, fmt.Errorf("jetstream: flush at close: %w", err))
+			}
+		}
+		d.js.CleanupPublisher()
+		d.nc.Close()
+		d.closeErr = errors.Join(errs...)
+	})
+	return d.closeErr
+}
+
+func (d *Driver) forget(s *subscription) {
+	d.subsMu.Lock()
+	delete(d.subs, s)
+	d.subsMu.Unlock()
+}
+
+// apiCtx bounds an API request whose context has no deadline.
+func apiCtx(ctx context.Context) (context.Context, context.CancelFunc) {
+	if _, ok := ctx.Deadline(); ok {
+		return ctx, func() {}
+	}
+	return context.WithTimeout(ctx, DefaultAPITimeout)
+}
+
+// wrap turns a NATS error into the driver's: the caller's context errors pass through as
+// they are, ErrClosed after Close, errors that mean the broker is away wrap
+// transport.ErrUnavailable.
+func (d *Driver) wrap(ctx context.Context, op string, err error) error {
+	if err == nil {
+		return nil
+	}
+	if cerr := ctx.Err(); cerr != nil && (errors.Is(err, context.Canceled) || errors.Is(err, context.DeadlineExceeded)) {
+		return cerr
+	}
+	if d.closed.Load() || errors.Is(err, jetstream.ErrJetStreamPublisherClosed) {
+		return fmt.Errorf("jetstream: %s: %w", op, transport.ErrClosed)
+	}
+	if unavailable(err) {
+		return fmt.Errorf("jetstream: %s: %w: %w", op, transport.ErrUnavailable, err)
+	}
+	return fmt.Errorf("jetstream: %s: %w", op, err)
+}
+
+// unavailable reports whether err means the broker cannot be reached or cannot serve right
+// now (disconnected, timed out, no stream leader, cluster not ready).
+func unavailable(err error) bool {
+	switch {
+	case errors.Is(err, context.DeadlineExceeded),
+		errors.Is(err, nats.ErrTimeout),
+		errors.Is(err, nats.ErrDisconnected),
+		errors.Is(err, nats.ErrConnectionReconnecting),
+		errors.Is(err, nats.ErrConnectionClosed),
+		errors.Is(err, nats.ErrNoResponders),
+		errors.Is(err, nats.ErrNoServers),
+		errors.Is(err, nats.ErrStaleConnection),
+		errors.Is(err, jetstream.ErrNoStreamResponse),
+		errors.Is(err, jetstream.ErrAsyncPublishTimeout),
+		errors.Is(err, jetstream.ErrTooManyStalledMsgs),
+		errors.Is(err, jetstream.ErrConnectionClosed),
+		errors.Is(err, jetstream.ErrServerShutdown):
+		return true
+	}
+	var apiErr *jetstream.APIError
+	if errors.As(err, &apiErr) {
+		// 503: JetStream temporarily unavailable, no leader, cluster not ready.
+		return apiErr.Code == 503 && apiErr.ErrorCode != jetstream.JSErrCodeJetStreamNotEnabled &&
+			apiErr.ErrorCode != jetstream.JSErrCodeJetStreamNotEnabledForAccount
+	}
+	return false
+}
+
+// connState tracks whether the connection is up, and lets waiters learn of every change.
+type connState struct {
+	mu      sync.Mutex
+	up      bool
+	changed chan struct{} // closed and replaced on every change
+}
+
+func (c *connState) init() { c.changed = make(chan struct{}) }
+
+func (c *connState) set(up bool) {
+	c.mu.Lock()
+	defer c.mu.Unlock()
+	if c.up == up {
+		return
+	}
+	c.up = up
+	close(c.changed)
+	c.changed = make(chan struct{})
+}
+
+func (c *connState) get() (up bool, changed <-chan struct{}) {
+	c.mu.Lock()
+	defer c.mu.Unlock()
+	return c.up, c.changed
+}

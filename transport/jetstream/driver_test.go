@@ -1,0 +1,237 @@
+package jetstream_test
+
+import (
+	"context"
+	"errors"
+	"strconv"
+	"testing"
+	"time"
+
+	"github.com/stretchr/testify/require"
+
+	"github.com/pulse-bus/pulse/transport"
+	"github.com/pulse-bus/pulse/transport/jetstream"
+)
+
+// TestNames proves the documented mapping from logical names to JetStream names.
+func TestNames(t *testing.T) {
+	tests := []struct {
+		ns, stream, subject, name string
+	}{
+		{"mdp", "telemetry.feedback", "mdp.telemetry.feedback", "MDP_TELEMETRY_FEEDBACK"},
+		{"mdp", "telemetry.feedback.dlq", "mdp.telemetry.feedback.dlq", "MDP_TELEMETRY_FEEDBACK_DLQ"},
+		{"mdp", "telemetry.rate_adjustment", "mdp.telemetry.rate_adjustment", "MDP_TELEMETRY_RATE_ADJUSTMENT"},
+		{"dev-1", "mdp.telemetry.feedback", "dev-1.mdp.telemetry.feedback", "DEV-1_MDP_TELEMETRY_FEEDBACK"},
+	}
+	for _, tt := range tests {
+		require.Equal(t, tt.subject, jetstream.Subject(tt.ns, tt.stream))
+		require.Equal(t, tt.name, jetstream.StreamName(tt.ns, tt.stream))
+	}
+	require.Equal(t, "pipeline", jetstream.DurableName("pipeline"))
+	require.Equal(t, "MDP_PULSE_IDEMPOTENCY", jetstream.IdempotencyBucket("mdp"))
+}
+
+// TestBadURL proves that NATS_URL values that are not NATS URLs are refused with a
+// ConfigError naming the variable, with the credentials masked.
+func TestBadURL(t *testing.T) {
+	for _, u := range []string{"http://u:secret@localhost:4222", "nats://", "localhost:4222", "nats://a:1,redis://b:2"} {
+		_, err := jetstream.Open(context.Background(), config(u, "x"))
+		var ce *transport.ConfigError
+		require.ErrorAs(t, err, &ce, u)
+		require.Equal(t, "NATS_URL", ce.Var)
+		require.NotContains(t, err.Error(), "secret")
+	}
+}
+
+// TestRedactURL proves that passwords and tokens never reach logs or `pulse config`.
+func TestRedactURL(t *testing.T) {
+	tests := map[string]string{
+		"nats://u:pw@h:4222":                  "nats://u:xxxxx@h:4222",
+		"nats://tok@h:4222,tls://a:b@h2:4222": "nats://xxxxx@h:4222,tls://a:xxxxx@h2:4222",
+		"nats://h:4222":                       "nats://h:4222",
+	}
+	for in, want := range tests {
+		require.Equal(t, want, jetstream.RedactURL(in))
+	}
+}
+
+// TestOpenUnreachable proves that opening against an address where nothing listens fails at
+// once with ErrUnavailable and, for the embedded default, says where it looked.
+func TestOpenUnreachable(t *testing.T) {
+	cfg := transport.Config{NATSListen: "127.0.0.1:1"}
+	start := time.Now()
+	_, err := jetstream.Open(context.Background(), cfg)
+	require.ErrorIs(t, err, transport.ErrUnavailable)
+	require.Contains(t, err.Error(), "PULSE_NATS_LISTEN")
+	require.Less(t, time.Since(start), 10*time.Second)
+}
+
+// TestRoundTrip proves, directly on the driver, that bodies, ids and headers survive, that
+// the transport id is the stream sequence and the first attempt is 1, and that acked
+// messages are not delivered again.
+func TestRoundTrip(t *testing.T) {
+	srv := natsSrv.Server(t)
+	d := open(t, config(srv.ClientURL(), "rt"))
+	ctx := context.Background()
+	msgs := []transport.RawMessage{
+		{Body: []byte(`{"a":1}`), ID: "id-1"},
+		{Body: []byte(`{"a":2}`), Headers: map[string]string{"reason": "boom", "error": "line1\nline2"}},
+		{Body: []byte(`{"a":3}`)},
+	}
+	ids, err := d.Publish(ctx, "s.one", msgs)
+	require.NoError(t, err)
+	require.Equal(t, []string{"1", "2", "3"}, ids)
+
+	sub, err := d.Subscribe(ctx, "s.one", transport.DriverSubscribeOptions{Group: "g", Consumer: "c", AckWait: 5 * time.Second, BatchSize: 8})
+	require.NoError(t, err)
+	defer sub.Close()
+	var got []*transport.RawDelivery
+	for len(got) < 3 {
+		rctx, cancel := context.WithTimeout(ctx, 5*time.Second)
+		batch, err := sub.Receive(rctx, 8)
+		cancel()
+		require.NoError(t, err)
+		got = append(got, batch...)
+	}
+	require.Len(t, got, 3)
+	for i, g := range got {
+		require.Equal(t, msgs[i].Body, g.Body)
+		require.Equal(t, strconv.Itoa(i+1), g.TransportID)
+		require.Equal(t, 1, g.Attempt)
+	}
+	require.Equal(t, "id-1", got[0].ID)
+	require.Nil(t, got[0].Headers)
+	require.Equal(t, map[string]string{"reason": "boom", "error": `line1\nline2`}, got[1].Headers)
+	require.NoError(t, sub.Ack(ctx, got))
+
+	require.Eventually(t, func() bool {
+		info, err := d.Info(ctx, "s.one", "g")
+		return err == nil && info.Length == 3 && info.Pending == 0 && info.Unread == 0
+	}, 5*time.Second, 10*time.Millisecond)
+	rctx, cancel := context.WithTimeout(ctx, 200*time.Millisecond)
+	defer cancel()
+	_, err = sub.Receive(rctx, 8)
+	require.ErrorIs(t, err, context.DeadlineExceeded)
+}
+
+// TestPublishDedupe proves that the same v2 id published twice within the duplicate window
+// is stored once and that the retry gets the original sequence.
+func TestPublishDedupe(t *testing.T) {
+	srv := natsSrv.Server(t)
+	d := open(t, config(srv.ClientURL(), "dedupe"))
+	ctx := context.Background()
+	m := transport.RawMessage{Body: []byte(`{"x":1}`), ID: "01JABCDEFGHJKMNPQRSTVWXYZ0"}
+	first, err := d.Publish(ctx, "s", []transport.RawMessage{m})
+	require.NoError(t, err)
+	again, err := d.Publish(ctx, "s", []transport.RawMessage{m, {Body: []byte(`{"x":2}`), ID: "other"}})
+	require.NoError(t, err)
+	require.Equal(t, first[0], again[0])
+	require.NotEqual(t, first[0], again[1])
+	info, err := d.Info(ctx, "s", "")
+	require.NoError(t, err)
+	require.EqualValues(t, 2, info.Length)
+}
+
+// TestNakDelay proves that a Nak with a delay is redelivered, with the attempt counted by
+// the server, not before the delay.
+func TestNakDelay(t *testing.T) {
+	srv := natsSrv.Server(t)
+	d := open(t, config(srv.ClientURL(), "nak"))
+	ctx := context.Background()
+	_, err := d.Publish(ctx, "s", []transport.RawMessage{{Body: []byte("x")}})
+	require.NoError(t, err)
+	sub, err := d.Subscribe(ctx, "s", transport.DriverSubscribeOptions{Group: "g", AckWait: 10 * time.Second, BatchSize: 4})
+	require.NoError(t, err)
+	defer sub.Close()
+	recv := func() *transport.RawDelivery {
+		rctx, cancel := context.WithTimeout(ctx, 5*time.Second)
+		defer cancel()
+		b, err := sub.Receive(rctx, 4)
+		require.NoError(t, err)
+		require.Len(t, b, 1)
+		return b[0]
+	}
+	first := recv()
+	require.Equal(t, 1, first.Attempt)
+	const delay = 300 * time.Millisecond
+	naked := time.Now()
+	require.NoError(t, sub.Nak(ctx, first, delay))
+	second := recv()
+	require.GreaterOrEqual(t, time.Since(naked), delay)
+	require.Equal(t, 2, second.Attempt)
+	require.Equal(t, first.TransportID, second.TransportID)
+	require.NoError(t, sub.Term(ctx, second))
+}
+
+// TestCloseHandsBackBuffered proves that deliveries buffered in a member that closes are
+// handed back at once (a new member gets them long before the 30 s AckWait), none lost.
+func TestCloseHandsBackBuffered(t *testing.T) {
+	srv := natsSrv.Server(t)
+	d := open(t, config(srv.ClientURL(), "handback"))
+	ctx := context.Background()
+	const n = 50
+	msgs := make([]transport.RawMessage, n)
+	for i := range msgs {
+		msgs[i] = transport.RawMessage{Body: []byte(strconv.Itoa(i))}
+	}
+	_, err := d.Publish(ctx, "s", msgs)
+	require.NoError(t, err)
+	opts := transport.DriverSubscribeOptions{Group: "g", AckWait: 30 * time.Second, BatchSize: 16}
+	a, err := d.Subscribe(ctx, "s", opts)
+	require.NoError(t, err)
+	rctx, cancel := context.WithTimeout(ctx, 5*time.Second)
+	first, err := a.Receive(rctx, 1)
+	cancel()
+	require.NoError(t, err)
+	require.NoError(t, a.Ack(ctx, first))
+	// Let the member buffer what it can, then close it without receiving the rest.
+	require.Eventually(t, func() bool {
+		info, err := d.Info(ctx, "s", "g")
+		return err == nil && info.Pending > 1
+	}, 5*time.Second, 5*time.Millisecond)
+	require.NoError(t, a.Close())
+	require.NoError(t, a.Close(), "Close is idempotent")
+	rctx, cancel = context.WithTimeout(ctx, time.Second)
+	_, err = a.Receive(rctx, 1)
+	cancel()
+	require.ErrorIs(t, err, transport.ErrClosed)
+
+	b, err := d.Subscribe(ctx, "s", opts)
+	require.NoError(t, err)
+	defer b.Close()
+	seen := map[string]bool{first[0].TransportID: true}
+	deadline := time.Now().Add(10 * time.Second)
+	for len(seen) < n && time.Now().Before(deadline) {
+		rctx, cancel := context.WithTimeout(ctx, 5*time.Second)
+		batch, err := b.Receive(rctx, 16)
+		cancel()
+		require.NoError(t, err)
+		for _, m := range batch {
+			seen[m.TransportID] = true
+		}
+		require.NoError(t, b.Ack(ctx, batch))
+	}
+	require.Len(t, seen, n)
+}
+
+// TestReceiveHonoursContext proves that a blocked Receive returns ctx.Err() promptly.
+func TestReceiveHonoursContext(t *testing.T) {
+	srv := natsSrv.Server(t)
+	d := open(t, config(srv.ClientURL(), "ctx"))
+	sub, err := d.Subscribe(context.Background(), "s", transport.DriverSubscribeOptions{Group: "g", AckWait: time.Second, BatchSize: 4})
+	require.NoError(t, err)
+	defer sub.Close()
+	ctx, cancel := context.WithCancel(context.Background())
+	errc := make(chan error, 1)
+	go func() {
+		_, err := sub.Receive(ctx, 4)
+		errc <- err
+	}()
+	cancel()
+	select {
+	case err := <-errc:
+		require.True(t, errors.Is(err, context.Canceled), "got %v", err)
+	case <-time.After(2 * time.Second):
+		t.Fatal("Receive did not return after cancel")
+	}
+}

@@ -1,0 +1,83 @@
+package jetstream
+
+import (
+	"context"
+	"encoding/base64"
+	"errors"
+	"regexp"
+	"strings"
+	"time"
+
+	"github.com/nats-io/nats.go/jetstream"
+
+	"github.com/pulse-bus/pulse/transport"
+)
+
+// IdempotencyStore implements transport.IdempotencyProvider with the key-value bucket
+// IdempotencyBucket(namespace), created or updated with ttl as its entries' max age and the
+// configured replicas. The record is shared by every replica and survives restarts. Each Seen
+// and Done is one request to the server.
+func (d *Driver) IdempotencyStore(ctx context.Context, ttl time.Duration) (transport.IdempotencyStore, error) {
+	if d.closed.Load() {
+		return nil, transport.ErrClosed
+	}
+	if ttl <= 0 {
+		ttl = transport.DefaultIdempotencyTTL
+	}
+	bucket := IdempotencyBucket(d.cfg.Namespace)
+	actx, cancel := apiCtx(ctx)
+	defer cancel()
+	kv, err := d.js.CreateOrUpdateKeyValue(actx, jetstream.KeyValueConfig{
+		Bucket:      bucket,
+		Description: "pulse: ids of handled messages, per stream and group",
+		History:     1,
+		TTL:         ttl,
+		Storage:     jetstream.FileStorage,
+		Replicas:    d.cfg.Replicas,
+	})
+	if err != nil {
+		return nil, d.wrap(ctx, "key-value bucket "+bucket, err)
+	}
+	return &kvIdempotency{d: d, kv: kv}, nil
+}
+
+type kvIdempotency struct {
+	d  *Driver
+	kv jetstream.KeyValue
+}
+
+var kvKeyRE = regexp.MustCompile(`^[-/_=.a-zA-Z0-9]+$`)
+
+// kvKey maps an idempotency key (stream/group/id) to a valid bucket key: as is when it
+// already is one, else "b64." and its unpadded URL-safe base64.
+func kvKey(key string) string {
+	if kvKeyRE.MatchString(key) && !strings.HasPrefix(key, ".") && !strings.HasSuffix(key, ".") && !strings.Contains(key, "..") {
+		return key
+	}
+	return "b64." + base64.RawURLEncoding.EncodeToString([]byte(key))
+}
+
+// Seen implements transport.IdempotencyStore.
+func (k *kvIdempotency) Seen(ctx context.Context, key string) (bool, error) {
+	actx, cancel := apiCtx(ctx)
+	defer cancel()
+	_, err := k.kv.Get(actx, kvKey(key))
+	switch {
+	case err == nil:
+		return true, nil
+	case errors.Is(err, jetstream.ErrKeyNotFound), errors.Is(err, jetstream.ErrKeyDeleted):
+		return false, nil
+	default:
+		return false, k.d.wrap(ctx, "idempotency lookup", err)
+	}
+}
+
+// Done implements transport.IdempotencyStore.
+func (k *kvIdempotency) Done(ctx context.Context, key string) error {
+	actx, cancel := apiCtx(ctx)
+	defer cancel()
+	if _, err := k.kv.Put(actx, kvKey(key), []byte{'1'}); err != nil {
+		return k.d.wrap(ctx, "idempotency record", err)
+	}
+	return nil
+}

@@ -1,0 +1,202 @@
+package jetstream
+
+import (
+	"context"
+	"errors"
+	"fmt"
+	"strconv"
+	"strings"
+	"time"
+
+	"github.com/nats-io/nats.go"
+	"github.com/nats-io/nats.go/jetstream"
+
+	"github.com/pulse-bus/pulse/transport"
+)
+
+// maxHeaderValue bounds one header value (a dead letter's error text can hold a stack trace).
+const maxHeaderValue = 4096
+
+// Retry pacing of Publish.
+const (
+	publishRetryMin = 25 * time.Millisecond
+	publishRetryMax = time.Second
+)
+
+// Publish stores msgs on the stream's subject with asynchronous publishes (at most
+// DefaultPublishMaxPending in flight per driver) and returns once every one has its PubAck,
+// with the stream sequences as transport ids. A message with an ID carries it as
+// Nats-Msg-Id, so the stream stores it once however often it is sent within the duplicate
+// window; RawMessage.Headers travel as NATS headers (CR and LF escaped as \r and \n, values
+// cut at 4 KiB).
+//
+// A full in-flight window is waited out, never dropped. Messages that fail for a reason that
+// may pass (disconnection, no PubAck in time, no stream leader) are sent again, with backoff,
+// for up to DefaultPublishRetryFor; a message whose send is ambiguous may then be stored
+// twice, which Nats-Msg-Id (v2) or the consumers' de-duplication absorbs. Retried messages
+// may land after later ones of the same call. The stream is created on first use.
+func (d *Driver) Publish(ctx context.Context, stream string, msgs []transport.RawMessage) ([]string, error) {
+	if d.closed.Load() {
+		return nil, transport.ErrClosed
+	}
+	if err := checkStream(stream); err != nil {
+		return nil, err
+	}
+	ids := make([]string, len(msgs))
+	if len(msgs) == 0 {
+		return ids, nil
+	}
+	nmsgs := make([]*nats.Msg, len(msgs))
+	subject := Subject(d.cfg.Namespace, stream)
+	for i, m := range msgs {
+		nm, err := toNATS(subject, m)
+		if err != nil {
+			return nil, err
+		}
+		nmsgs[i] = nm
+	}
+
+	pending := make([]int, len(msgs))
+	for i := range pending {
+		pending[i] = i
+	}
+	var giveUp time.Time
+	wait := publishRetryMin
+	for {
+		var err error
+		if _, err = d.ensureStream(ctx, stream); err == nil {
+			pending, err = d.publishOnce(ctx, nmsgs, pending, ids)
+			if err == nil {
+				return ids, nil
+			}
+		}
+		if ctx.Err() != nil {
+			return ids, ctx.Err()
+		}
+		if d.closed.Load() {
+			return ids, transport.ErrClosed
+		}
+		if !errors.Is(err, transport.ErrUnavailable) {
+			return ids, err
+		}
+		if giveUp.IsZero() {
+			giveUp = time.Now().Add(DefaultPublishRetryFor)
+		} else if time.Now().After(giveUp) {
+			return ids, fmt.Errorf("%w (gave up after %s)", err, DefaultPublishRetryFor)
+		}
+		if errors.Is(err, jetstream.ErrNoStreamResponse) || errors.Is(err, nats.ErrNoResponders) {
+			d.forgetStream(stream) // deleted, or its leader moved: ensure it again
+		}
+		d.log.Debug("publish incomplete; retrying", "stream", stream, "left", len(pending), "err", err)
+		t := time.NewTimer(wait)
+		select {
+		case <-t.C:
+		case <-ctx.Done():
+			t.Stop()
+			return ids, ctx.Err()
+		case <-d.done:
+			t.Stop()
+			return ids, transport.ErrClosed
+		}
+		wait = min(wait*2, publishRetryMax)
+	}
+}
+
+// publishOnce sends msgs[idx...] and waits for their PubAcks, filling ids. It returns the
+// indexes still to be sent and the error of the last failure (wrapped); a failure that may
+// pass wraps transport.ErrUnavailable.
+func (d *Driver) publishOnce(ctx context.Context, msgs []*nats.Msg, idx []int, ids []string) ([]int, error) {
+	futs := make([]jetstream.PubAckFuture, 0, len(idx))
+	var failed []int
+	var lastErr error
+	stall := jetstream.WithStallWait(DefaultPublishStallWait)
+	for k, i := range idx {
+		f, err := d.js.PublishMsgAsync(msgs[i], stall)
+		for errors.Is(err, jetstream.ErrTooManyStalledMsgs) {
+			// The in-flight window is full and no PubAck came within the stall wait: wait
+			// again rather than drop the message.
+			if ctx.Err() != nil || d.closed.Load() {
+				break
+			}
+			f, err = d.js.PublishMsgAsync(msgs[i], stall)
+		}
+		if err != nil {
+			lastErr = err
+			failed = append(failed, idx[k:]...)
+			break
+		}
+		futs = append(futs, f)
+	}
+	for k, f := range futs {
+		select {
+		case ack := <-f.Ok():
+			ids[idx[k]] = strconv.FormatUint(ack.Sequence, 10)
+		case err := <-f.Err():
+			lastErr = err
+			failed = append(failed, idx[k])
+		case <-ctx.Done():
+			return append(failed, idx[k:]...), ctx.Err()
+		case <-d.done:
+			return append(failed, idx[k:]...), transport.ErrClosed
+		}
+	}
+	if len(failed) == 0 {
+		return nil, nil
+	}
+	return failed, d.wrap(ctx, fmt.Sprintf("publish %d of %d message(s) to %s", len(failed), len(idx), msgs[0].Subject), lastErr)
+}
+
+// toNATS builds the NATS message of m. Headers are set directly (NATS header names are case
+// sensitive and kept as given).
+func toNATS(subject string, m transport.RawMessage) (*nats.Msg, error) {
+	nm := &nats.Msg{Subject: subject, Data: m.Body}
+	if m.ID == "" && len(m.Headers) == 0 {
+		return nm, nil
+	}
+	nm.Header = make(nats.Header, len(m.Headers)+1)
+	for k, v := range m.Headers {
+		if k == "" || strings.ContainsAny(k, " \t\r\n:") {
+			return nil, fmt.Errorf("jetstream: invalid header name %q (accepted: non-empty, without spaces, colons or line breaks)", k)
+		}
+		nm.Header[k] = []string{headerValue(v)}
+	}
+	if m.ID != "" {
+		if strings.ContainsAny(m.ID, "\r\n") {
+			return nil, fmt.Errorf("jetstream: invalid message id %q (accepted: a single line)", m.ID)
+		}
+		nm.Header[jetstream.MsgIDHeader] = []string{m.ID}
+	}
+	return nm, nil
+}
+
+var headerEscaper = strings.NewReplacer("\r", `\r`, "\n", `\n`)
+
+func headerValue(v string) string {
+	v = headerEscaper.Replace(v)
+	if len(v) > maxHeaderValue {
+		v = strings.ToValidUTF8(v[:maxHeaderValue-len("…")], "") + "…"
+	}
+	return v
+}
+
+// fromHeader splits NATS headers into the producer id (Nats-Msg-Id) and the other headers;
+// headers the server adds (Nats-*) are left out.
+func fromHeader(h nats.Header) (id string, headers map[string]string) {
+	for k, vs := range h {
+		if len(vs) == 0 {
+			continue
+		}
+		if k == jetstream.MsgIDHeader {
+			id = vs[0]
+			continue
+		}
+		if strings.HasPrefix(k, "Nats-") {
+			continue
+		}
+		if headers == nil {
+			headers = make(map[string]string, len(h))
+		}
+		headers[k] = vs[0]
+	}
+	return id, headers
+}

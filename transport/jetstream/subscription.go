@@ -1,0 +1,384 @@
+package jetstream
+
+import (
+	"context"
+	"errors"
+	"fmt"
+	"log/slog"
+	"strconv"
+	"sync"
+	"time"
+
+	"github.com/nats-io/nats.go/jetstream"
+
+	"github.com/pulse-bus/pulse/transport"
+)
+
+// Client-side buffering of one subscription, derived from its BatchSize B (see bufferSizes).
+const (
+	// maxPull caps PullMaxMessages.
+	maxPull = 1024
+	// pullExpiry is the life of one pull request; idle heartbeats come every half of it, so
+	// a pull lost to a leader change or a dead server is noticed within this time.
+	pullExpiry = 5 * time.Second
+	// closeDrainWait bounds how long Close waits for the pull subscription to drain.
+	closeDrainWait = 2 * time.Second
+)
+
+// bufferSizes derives, from the Bus's batch size B, how many messages the client may hold:
+// pull requests keep up to 2B messages coming (PullMaxMessages; B=256 → 512, the setting
+// that measured ~190k msgs/s here, where 100 halved it), the driver's queue holds B more, and
+// the Bus works on one batch of B. MaxAckPending is their sum (4B), so the server never has
+// more unacknowledged messages out than the members can hold, and a message waits behind at
+// most 4B-1 others: with a 30 s AckWait and the default B=256, handlers of up to ~29 ms per
+// message never let a buffered message age past AckWait. Slower handlers should lower
+// PULSE_BATCH_SIZE, which shrinks every buffer with it. A message that has waited more than
+// half of AckWait in the buffer gets InProgress() when it is handed to the Bus, so its
+// handler has a whole AckWait.
+func bufferSizes(batch int) (pull, queue, maxAckPending int) {
+	batch = max(batch, 1)
+	pull = min(2*batch, maxPull)
+	queue = batch
+	return pull, queue, pull + queue + batch
+}
+
+// consumerConfig is the durable pull consumer of a group: every message of the retained
+// stream (a group created after publishing still gets the earlier messages), explicit acks,
+// the subscription's AckWait, and no delivery limit — the Bus dead-letters on the last attempt
+// itself and then terminates the message, so the server must not give up first.
+func consumerConfig(opts transport.DriverSubscribeOptions) jetstream.ConsumerConfig {
+	_, _, maxAck := bufferSizes(opts.BatchSize)
+	return jetstream.ConsumerConfig{
+		Durable:       DurableName(opts.Group),
+		Description:   "pulse group " + opts.Group,
+		DeliverPolicy: jetstream.DeliverAllPolicy,
+		AckPolicy:     jetstream.AckExplicitPolicy,
+		AckWait:       opts.AckWait,
+		MaxDeliver:    -1,
+		MaxAckPending: maxAck,
+		ReplayPolicy:  jetstream.ReplayInstantPolicy,
+	}
+}
+
+func (d *Driver) ensureConsumer(ctx context.Context, stream string, opts transport.DriverSubscribeOptions) (jetstream.Consumer, error) {
+	for attempt := 0; ; attempt++ {
+		st, err := d.ensureStream(ctx, stream)
+		if err != nil {
+			return nil, err
+		}
+		actx, cancel := apiCtx(ctx)
+		cons, err := st.CreateOrUpdateConsumer(actx, consumerConfig(opts))
+		cancel()
+		if errors.Is(err, jetstream.ErrStreamNotFound) && attempt == 0 {
+			d.forgetStream(stream) // deleted behind our back: create it again
+			continue
+		}
+		if err != nil {
+			return nil, d.wrap(ctx, fmt.Sprintf("create or update consumer %s on %s", DurableName(opts.Group), StreamName(d.cfg.Namespace, stream)), err)
+		}
+		return cons, nil
+	}
+}
+
+// Subscribe implements transport.Driver: it creates or updates the stream and the group's
+// durable consumer, and starts pulling.
+func (d *Driver) Subscribe(ctx context.Context, stream string, opts transport.DriverSubscribeOptions) (transport.DriverSubscription, error) {
+	if d.closed.Load() {
+		return nil, transport.ErrClosed
+	}
+	if err := checkStream(stream); err != nil {
+		return nil, err
+	}
+	if opts.Group == "" {
+		opts.Group = transport.DefaultGroup
+	}
+	if opts.AckWait <= 0 {
+		opts.AckWait = transport.DefaultAckWait
+	}
+	if opts.BatchSize < 1 {
+		opts.BatchSize = transport.DefaultBatchSize
+	}
+	pull, queue, _ := bufferSizes(opts.BatchSize)
+	s := &subscription{
+		d:      d,
+		stream: stream,
+		opts:   opts,
+		log:    d.log.With("stream", stream, "group", opts.Group, "consumer", opts.Consumer),
+		pull:   pull,
+		queue:  make(chan queued, queue),
+		stop:   make(chan struct{}),
+	}
+	s.mu.Lock()
+	err := s.startLocked(ctx)
+	s.mu.Unlock()
+	if err != nil {
+		return nil, err
+	}
+	d.subsMu.Lock()
+	d.subs[s] = struct{}{}
+	d.subsMu.Unlock()
+	if d.closed.Load() {
+		s.Close()
+		return nil, transport.ErrClosed
+	}
+	return s, nil
+}
+
+// subscription is one member of a group: a Consume on the group's durable consumer whose
+// callback feeds a bounded queue that Receive empties.
+type subscription struct {
+	d      *Driver
+	stream string
+	opts   transport.DriverSubscribeOptions
+	log    *slog.Logger
+	pull   int
+	queue  chan queued
+	stop   chan struct{} // closed by Close
+
+	mu     sync.Mutex // guards the fields below
+	closed bool
+	cc     jetstream.ConsumeContext
+	ccDone <-chan struct{}
+
+	closeOnce sync.Once
+	closeErr  error
+}
+
+type queued struct {
+	msg jetstream.Msg
+	at  time.Time
+}
+
+// startLocked (re)creates the consumer and starts consuming. s.mu is held.
+func (s *subscription) startLocked(ctx context.Context) error {
+	cons, err := s.d.ensureConsumer(ctx, s.stream, s.opts)
+	if err != nil {
+		return err
+	}
+	cc, err := cons.Consume(s.onMsg,
+		jetstream.PullMaxMessages(s.pull),
+		jetstream.PullExpiry(pullExpiry),
+		jetstream.ConsumeErrHandler(s.onConsumeErr),
+	)
+	if err != nil {
+		return s.d.wrap(ctx, "consume "+StreamName(s.d.cfg.Namespace, s.stream), err)
+	}
+	s.cc, s.ccDone = cc, cc.Closed()
+	return nil
+}
+
+// onMsg runs on the pull subscription's goroutine, one message at a time. While the queue is
+// full it blocks, and the client stops pulling (PullMaxMessages bounds what waits behind).
+func (s *subscription) onMsg(m jetstream.Msg) {
+	select {
+	case <-s.stop:
+		_ = m.Nak() // closing: hand it back for another member at once
+		return
+	default:
+	}
+	select {
+	case s.queue <- queued{msg: m, at: time.Now()}:
+	case <-s.stop:
+		_ = m.Nak()
+	}
+}
+
+func (s *subscription) onConsumeErr(_ jetstream.ConsumeContext, err error) {
+	if errors.Is(err, jetstream.ErrNoHeartbeat) || errors.Is(err, jetstream.ErrConsumerLeadershipChanged) {
+		s.log.Debug("pull consumer notice", "err", err)
+		return
+	}
+	s.log.Warn("pull consumer error", "err", err)
+}
+
+// consuming returns the channel closed when the current Consume stops, restarting it if it
+// stopped (consumer or stream deleted, connection closed).
+func (s *subscription) consuming(ctx context.Context) (<-chan struct{}, error) {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	if s.closed {
+		return nil, transport.ErrClosed
+	}
+	select {
+	case <-s.ccDone:
+	default:
+		return s.ccDone, nil
+	}
+	s.log.Warn("pull consumer stopped; starting it again")
+	s.d.forgetStream(s.stream)
+	if err := s.startLocked(ctx); err != nil {
+		return nil, err
+	}
+	return s.ccDone, nil
+}
+
+// Receive implements transport.DriverSubscription. It blocks until a message is buffered,
+// ctx is done (ctx.Err() is returned) or the subscription is closed (ErrClosed). While the
+// connection is down and nothing is buffered it returns an error wrapping
+// transport.ErrUnavailable at once; consuming resumes by itself after reconnecting.
+func (s *subscription) Receive(ctx context.Context, limit int) ([]*transport.RawDelivery, error) {
+	limit = max(limit, 1)
+	for {
+		if err := ctx.Err(); err != nil {
+			return nil, err
+		}
+		ccDone, err := s.consuming(ctx)
+		if err != nil {
+			return nil, err
+		}
+		up, changed := s.d.conn.get()
+		var first queued
+		if up {
+			select {
+			case first = <-s.queue:
+			case <-ctx.Done():
+				return nil, ctx.Err()
+			case <-s.stop:
+				return nil, transport.ErrClosed
+			case <-changed:
+				continue
+			case <-ccDone:
+				continue
+			}
+		} else {
+			select {
+			case first = <-s.queue:
+			case <-s.stop:
+				return nil, transport.ErrClosed
+			default:
+				return nil, fmt.Errorf("jetstream: receive from %s: %w: disconnected from NATS, reconnecting", StreamName(s.d.cfg.Namespace, s.stream), transport.ErrUnavailable)
+			}
+		}
+		out := make([]*transport.RawDelivery, 0, min(limit, 1+len(s.queue)))
+		out = s.appendDelivery(out, first)
+	fill:
+		for len(out) < limit {
+			select {
+			case q := <-s.queue:
+				out = s.appendDelivery(out, q)
+			default:
+				break fill
+			}
+		}
+		if len(out) > 0 {
+			return out, nil
+		}
+	}
+}
+
+func (s *subscription) appendDelivery(out []*transport.RawDelivery, q queued) []*transport.RawDelivery {
+	meta, err := q.msg.Metadata()
+	if err != nil {
+		s.log.Error("dropping a message without JetStream metadata", "subject", q.msg.Subject(), "err", err)
+		return out
+	}
+	if time.Since(q.at) > s.opts.AckWait/2 {
+		_ = q.msg.InProgress() // buffered long: give its handler a whole AckWait
+	}
+	rd := &transport.RawDelivery{
+		RawMessage:  transport.RawMessage{Body: q.msg.Data()},
+		TransportID: strconv.FormatUint(meta.Sequence.Stream, 10),
+		Attempt:     int(meta.NumDelivered),
+		Handle:      q.msg,
+	}
+	if h := q.msg.Headers(); len(h) > 0 {
+		rd.ID, rd.Headers = fromHeader(h)
+	}
+	return append(out, rd)
+}
+
+func handle(d *transport.RawDelivery) (jetstream.Msg, error) {
+	m, ok := d.Handle.(jetstream.Msg)
+	if !ok || m == nil {
+		return nil, fmt.Errorf("jetstream: delivery %s was not received by this driver", d.TransportID)
+	}
+	return m, nil
+}
+
+// Ack implements transport.DriverSubscription with one fire-and-forget +ACK per delivery
+// (they share the connection's write buffer); Close flushes them.
+func (s *subscription) Ack(ctx context.Context, ds []*transport.RawDelivery) error {
+	var errs []error
+	for _, d := range ds {
+		m, err := handle(d)
+		if err == nil {
+			err = m.Ack()
+		}
+		if err != nil {
+			errs = append(errs, err)
+		}
+	}
+	if len(errs) > 0 {
+		return s.d.wrap(ctx, fmt.Sprintf("ack %d of %d deliveries", len(errs), len(ds)), errors.Join(errs...))
+	}
+	return nil
+}
+
+// Nak implements transport.DriverSubscription: NakWithDelay, or a bare Nak when delay ≤ 0.
+func (s *subscription) Nak(ctx context.Context, d *transport.RawDelivery, delay time.Duration) error {
+	m, err := handle(d)
+	if err != nil {
+		return err
+	}
+	if delay > 0 {
+		err = m.NakWithDelay(delay)
+	} else {
+		err = m.Nak()
+	}
+	return s.d.wrap(ctx, "nak "+d.TransportID, err)
+}
+
+// Term implements transport.DriverSubscription.
+func (s *subscription) Term(ctx context.Context, d *transport.RawDelivery) error {
+	m, err := handle(d)
+	if err != nil {
+		return err
+	}
+	return s.d.wrap(ctx, "term "+d.TransportID, m.Term())
+}
+
+// Close implements transport.DriverSubscription: it stops pulling, hands every buffered
+// delivery back (Nak, so another member gets it without waiting for AckWait), and flushes
+// the acks sent so far. Deliveries handed out by Receive and not settled are redelivered after
+// AckWait. It is idempotent.
+func (s *subscription) Close() error {
+	s.closeOnce.Do(func() {
+		s.mu.Lock()
+		s.closed = true
+		cc, ccDone := s.cc, s.ccDone
+		s.mu.Unlock()
+		close(s.stop)
+		if cc != nil {
+			if s.d.nc.IsConnected() {
+				cc.Drain() // buffered messages pass through onMsg, which naks them
+				t := time.NewTimer(closeDrainWait)
+				select {
+				case <-ccDone:
+				case <-t.C:
+					s.log.Warn("pull subscription did not drain in time; the rest comes back after AckWait")
+				}
+				t.Stop()
+			} else {
+				cc.Stop()
+			}
+		}
+	handBack:
+		for {
+			select {
+			case q := <-s.queue:
+				_ = q.msg.Nak()
+			default:
+				break handBack
+			}
+		}
+		if s.d.nc.IsConnected() {
+			if err := s.d.nc.FlushTimeout(DefaultFlushTimeout); err != nil {
+				s.closeErr = fmt.Errorf("jetstream: flush acks at close: %w: %w", transport.ErrUnavailable, err)
+			}
+		} else {
+			s.log.Warn("closing while disconnected; unsent acks are lost and those messages come back after AckWait")
+		}
+		s.d.forget(s)
+	})
+	return s.closeErr
+}
