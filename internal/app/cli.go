@@ -45,6 +45,7 @@ func commands() []command {
 		{"run", "the pipeline side: consume feedback, scale the provider's rate, serve HTTP", cmdRun},
 		{"publish", "the Store side: publish one FeedbackEvent", cmdPublish},
 		{"dlq", "list, replay or purge dead letters", cmdDLQ},
+		{"demo", "the whole feedback loop in one process, live in the terminal", cmdDemo},
 		{"config", "print the effective configuration (secrets masked)", cmdConfig},
 		{"version", "print the version", cmdVersion},
 	}

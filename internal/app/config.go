@@ -132,10 +132,11 @@ var settings = []setting{
 // overrides holds the values given by flags, keyed by the variable they override.
 type overrides map[string]string
 
-// register adds one flag per overridable setting to fs.
-func (o overrides) register(fs *flag.FlagSet) {
+// register adds one flag per overridable setting to fs, or only for the variables named in
+// only when it is not empty.
+func (o overrides) register(fs *flag.FlagSet, only ...string) {
 	for _, s := range settings {
-		if s.flag == "" {
+		if s.flag == "" || len(only) > 0 && !slices.Contains(only, s.env) {
 			continue
 		}
 		set := func(v string) error { o[s.env] = v; return nil }

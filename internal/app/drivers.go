@@ -4,4 +4,5 @@ package app
 // style). The names they register are EVENT_BUS_BACKEND's accepted values.
 import (
 	_ "github.com/pulse-bus/pulse/transport/inmem"
+	_ "github.com/pulse-bus/pulse/transport/jetstream"
 )

@@ -6,6 +6,7 @@ import (
 	"io"
 	"math"
 	"strings"
+	"time"
 )
 
 // Plot geometry, in SVG user units.
@@ -26,6 +27,8 @@ const (
 const (
 	colourDepth = "#1f77b4"
 	colourRate  = "#ff7f0e"
+	colourSet   = "#f4a259"
+	colourDrain = "#7f7f7f"
 	colourHigh  = "#d62728"
 	colourLow   = "#2ca02c"
 	colourSoft  = "#fff3c4"
@@ -34,9 +37,14 @@ const (
 	colourGrid  = "#e5e5e5"
 )
 
+// throughputWindow is the moving-average window of the plotted provider throughput.
+const throughputWindow = time.Second
+
 // WriteSVG draws the run as an SVG picture: queue depth (left axis) and the provider's rate
-// (right axis) over time, the high and low watermarks as dashed lines, and the periods the
-// pipeline spent at soft and hard as shaded bands. It uses nothing but the standard library.
+// (right axis: the rate the pipeline set, and the messages per second it actually sent,
+// averaged over a second, beside the Store's drain rate) over time, the high and low
+// watermarks as dashed lines, and the periods the pipeline spent at soft and hard as shaded
+// bands. It uses nothing but the standard library.
 func WriteSVG(w io.Writer, r *Result) error {
 	bw := bufio.NewWriter(w)
 	p := newPlot(r)
@@ -57,7 +65,7 @@ func newPlot(r *Result) *plot {
 		y0: plotTop, y1: plotHeight - plotBottom,
 		tMax: r.Duration.Seconds(),
 		dMax: float64(r.Params.Capacity),
-		rMax: niceCeil(r.Params.BaseRate * 1.1),
+		rMax: niceCeil(r.BaseRate * 1.1),
 	}
 	if n := len(r.Samples); n > 0 {
 		p.tMax = max(p.tMax, r.Samples[n-1].T.Seconds())
@@ -80,11 +88,12 @@ func (p *plot) yRate(v float64) float64 { return p.y1 - (p.y1-p.y0)*v/p.rMax }
 func (p *plot) write(w *bufio.Writer) {
 	fmt.Fprintf(w, `<svg xmlns="http://www.w3.org/2000/svg" width="%d" height="%d" viewBox="0 0 %d %d" font-family="sans-serif" font-size="%d">`+"\n",
 		plotWidth, plotHeight, plotWidth, plotHeight, plotFontPx)
+	fmt.Fprintln(w, `<style>.halo{paint-order:stroke;stroke:white;stroke-width:4px;stroke-linejoin:round}</style>`)
 	fmt.Fprintf(w, `<rect width="%d" height="%d" fill="white"/>`+"\n", plotWidth, plotHeight)
 	p.bands(w)
 	p.grid(w)
-	p.watermarks(w)
 	p.series(w)
+	p.watermarks(w)
 	p.axes(w)
 	p.legend(w)
 	fmt.Fprintln(w, `</svg>`)
@@ -124,7 +133,12 @@ func (p *plot) grid(w *bufio.Writer) {
 	}
 }
 
+// watermarks draws the watermarks and the drain rate, with their labels, over the series.
 func (p *plot) watermarks(w *bufio.Writer) {
+	// The drain rate, for comparison with what the provider sends.
+	y := p.yRate(p.r.Params.DrainRate)
+	fmt.Fprintf(w, `<line x1="%.1f" y1="%.1f" x2="%.1f" y2="%.1f" stroke="%s" stroke-dasharray="2 3"/>`+"\n", p.x0, y, p.x1, y, colourDrain)
+	fmt.Fprintf(w, `<text class="halo" x="%.1f" y="%.1f" fill="%s">Store drain rate (%s/s)</text>`+"\n", p.x0+4, y-4, colourDrain, fmtTick(p.r.Params.DrainRate))
 	for _, m := range []struct {
 		v      float64
 		colour string
@@ -135,25 +149,36 @@ func (p *plot) watermarks(w *bufio.Writer) {
 	} {
 		y := p.yDepth(m.v)
 		fmt.Fprintf(w, `<line x1="%.1f" y1="%.1f" x2="%.1f" y2="%.1f" stroke="%s" stroke-width="1.5" stroke-dasharray="6 4"/>`+"\n", p.x0, y, p.x1, y, m.colour)
-		fmt.Fprintf(w, `<text x="%.1f" y="%.1f" fill="%s" text-anchor="end">%s</text>`+"\n", p.x1-4, y-4, m.colour, escape(m.label))
+		fmt.Fprintf(w, `<text class="halo" x="%.1f" y="%.1f" fill="%s" text-anchor="end">%s</text>`+"\n", p.x1-4, y-4, m.colour, escape(m.label))
 	}
 }
 
 func (p *plot) series(w *bufio.Writer) {
-	var depth, rate strings.Builder
-	for i, s := range p.r.Samples {
+	samples := p.r.Samples
+	if len(samples) == 0 {
+		return
+	}
+	var set, sent, depth strings.Builder
+	window := max(1, int(throughputWindow/p.r.Params.Tick))
+	produced := 0
+	for i, s := range samples {
 		cmd := "L"
 		if i == 0 {
 			cmd = "M"
 		}
 		t := s.T.Seconds()
+		produced += s.Produced
+		if i >= window {
+			produced -= samples[i-window].Produced
+		}
+		n := min(i+1, window)
+		throughput := float64(produced) / (float64(n) * p.r.Params.Tick.Seconds())
+		fmt.Fprintf(&set, "%s%.1f %.1f ", cmd, p.x(t), p.yRate(s.Rate))
+		fmt.Fprintf(&sent, "%s%.1f %.1f ", cmd, p.x(t), p.yRate(throughput))
 		fmt.Fprintf(&depth, "%s%.1f %.1f ", cmd, p.x(t), p.yDepth(float64(s.Depth)))
-		fmt.Fprintf(&rate, "%s%.1f %.1f ", cmd, p.x(t), p.yRate(s.Rate))
 	}
-	if len(p.r.Samples) == 0 {
-		return
-	}
-	fmt.Fprintf(w, `<path d="%s" fill="none" stroke="%s" stroke-width="2"/>`+"\n", strings.TrimSpace(rate.String()), colourRate)
+	fmt.Fprintf(w, `<path d="%s" fill="none" stroke="%s" stroke-width="1" stroke-opacity="0.7"/>`+"\n", strings.TrimSpace(set.String()), colourSet)
+	fmt.Fprintf(w, `<path d="%s" fill="none" stroke="%s" stroke-width="2"/>`+"\n", strings.TrimSpace(sent.String()), colourRate)
 	fmt.Fprintf(w, `<path d="%s" fill="none" stroke="%s" stroke-width="2"/>`+"\n", strings.TrimSpace(depth.String()), colourDepth)
 }
 
@@ -186,11 +211,13 @@ func (p *plot) axes(w *bufio.Writer) {
 }
 
 func (p *plot) legend(w *bufio.Writer) {
-	title := fmt.Sprintf("pulse demo — %s backend, drain %s/s, base rate %s/s", p.r.Backend, fmtTick(p.r.Params.DrainRate), fmtTick(p.r.Params.BaseRate))
+	title := fmt.Sprintf("pulse demo — %s bus; provider %s/s at ok, %s/s at soft, %s/s at hard; Store drains %s/s", p.r.Backend,
+		fmtTick(p.r.BaseRate), fmtTick(p.r.SoftRate), fmtTick(p.r.MinRate), fmtTick(p.r.Params.DrainRate))
 	fmt.Fprintf(w, `<text x="%.1f" y="20" font-size="%d" font-weight="bold">%s</text>`+"\n", p.x0, plotTitlePx, escape(title))
 	items := []struct{ colour, label, kind string }{
 		{colourDepth, "queue depth", "line"},
-		{colourRate, "provider rate", "line"},
+		{colourSet, "provider rate (set)", "line"},
+		{colourRate, "provider sent (1 s average)", "line"},
 		{colourSoft, "soft", "box"},
 		{colourHard, "hard", "box"},
 	}
