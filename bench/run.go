@@ -117,6 +117,9 @@ func (o Options) validate() error {
 	if o.N < 0 {
 		return fmt.Errorf("bench: message count %d (accepted: a positive integer, or 0 for the defaults)", o.N)
 	}
+	if o.N >= maxMessages || o.LatencyN+o.LatencyWarm >= maxMessages {
+		return fmt.Errorf("bench: message count %d (accepted: at most %d, the width of the sequence numbers)", max(o.N, o.LatencyN+o.LatencyWarm), maxMessages-1)
+	}
 	return nil
 }
 

@@ -28,6 +28,9 @@ const SchemaID = "bench.m"
 // every message of a run has the same size.
 const seqWidth = 8
 
+// maxMessages is one more than the largest sequence number seqWidth digits hold.
+const maxMessages = 100_000_000
+
 var seqField = []byte(`"seq":`)
 
 // Workload builds the benchmark envelopes. Every contender sends the same bytes: Pulse
