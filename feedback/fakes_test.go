@@ -138,3 +138,10 @@ func (o *fakeObserver) gauges(provider string) (float64, int) {
 	defer o.mu.Unlock()
 	return o.scale[provider], o.state[provider]
 }
+
+// discardPublisher accepts and forgets (benchmarks).
+type discardPublisher struct{}
+
+func newFakeDiscard() discardPublisher { return discardPublisher{} }
+
+func (discardPublisher) Publish(context.Context, string, ...*envelope.Envelope) error { return nil }
