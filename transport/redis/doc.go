@@ -1,0 +1,2 @@
+// Package redis is the Redis Streams backend of Pulse, registered as "redis".
+package redis

@@ -1,0 +1,396 @@
+package redis
+
+import (
+	"context"
+	"errors"
+	"fmt"
+	"log/slog"
+	"net/url"
+	"slices"
+	"strconv"
+	"strings"
+	"sync"
+	"time"
+
+	goredis "github.com/redis/go-redis/v9"
+
+	"github.com/pulse-bus/pulse/transport"
+)
+
+// Name is the backend name the driver registers under (EVENT_BUS_BACKEND=redis).
+const Name = "redis"
+
+// DataField is the one entry field that holds the envelope's JSON (CONTRACT.md §2), as the
+// Python market-data-core writes it.
+const DataField = "data"
+
+// IdempotencyKeyInfix sits between the namespace and the Bus's key in the shared idempotency
+// record: `{ns}:idem:{stream}/{group}/{id}`. Stream keys never contain it (':' is not allowed
+// in stream names), so the two cannot collide.
+const IdempotencyKeyInfix = ":idem:"
+
+func init() {
+	transport.Register(Name, func(ctx context.Context, cfg transport.Config) (transport.Driver, error) {
+		return Open(ctx, cfg)
+	})
+}
+
+// Driver is the Redis Streams backend. It is safe for concurrent use. After Close every
+// method returns transport.ErrClosed.
+//
+// One go-redis client (its own connection pool) serves publishing, acks, claims and the
+// admin commands; every subscription reads with a client of its own (one connection), so a
+// blocked XREADGROUP never holds a connection a publisher is waiting for.
+type Driver struct {
+	opts      *goredis.Options // parsed REDIS_URL; cloned for each subscription's reader
+	client    *goredis.Client
+	ns        string
+	retention retention
+	log       *slog.Logger
+
+	mu     sync.Mutex
+	closed bool
+	subs   map[*subscription]struct{}
+}
+
+var (
+	_ transport.Driver              = (*Driver)(nil)
+	_ transport.Pinger              = (*Driver)(nil)
+	_ transport.StreamAdmin         = (*Driver)(nil)
+	_ transport.IdempotencyProvider = (*Driver)(nil)
+)
+
+// Open connects to the Redis of cfg.RedisURL (`redis://` or `rediss://`, with user, password
+// and database number) and checks that it answers. Zero fields of cfg take the transport
+// defaults. A malformed URL or an unsafe retention setting is a *transport.ConfigError; a
+// Redis that does not answer is an error wrapping transport.ErrUnavailable.
+func Open(ctx context.Context, cfg transport.Config) (*Driver, error) {
+	opts, err := ParseURL(cfg.RedisURL)
+	if err != nil {
+		return nil, err
+	}
+	ret, err := retentionFor(cfg)
+	if err != nil {
+		return nil, err
+	}
+	ns := cfg.Namespace
+	if ns == "" {
+		ns = transport.DefaultNamespace
+	}
+	log := cfg.Logger
+	if log == nil {
+		log = slog.New(slog.DiscardHandler)
+	}
+	d := &Driver{
+		opts:      opts,
+		client:    goredis.NewClient(opts),
+		ns:        ns,
+		retention: ret,
+		log:       log.With("backend", Name),
+		subs:      map[*subscription]struct{}{},
+	}
+	if err := d.Ping(ctx); err != nil {
+		d.client.Close()
+		return nil, fmt.Errorf("redis: connect to %s: %w", redactURL(cfg.RedisURL), err)
+	}
+	return d, nil
+}
+
+// ParseURL parses a REDIS_URL. Only `redis://` and `rediss://` (TLS) are accepted, with an
+// optional user and password and a database number as the path. An error is a
+// *transport.ConfigError naming REDIS_URL (the password masked) and the accepted forms.
+func ParseURL(raw string) (*goredis.Options, error) {
+	if raw == "" {
+		raw = transport.DefaultRedisURL
+	}
+	bad := func() error {
+		return &transport.ConfigError{Var: "REDIS_URL", Value: redactURL(raw),
+			Accepted: "redis://[user[:password]@]host[:port][/db] or rediss://… (TLS), db a number ≥ 0"}
+	}
+	u, err := url.Parse(raw)
+	if err != nil || (u.Scheme != "redis" && u.Scheme != "rediss") || u.Host == "" || u.Opaque != "" {
+		return nil, bad()
+	}
+	opts, err := goredis.ParseURL(raw)
+	if err != nil {
+		return nil, bad()
+	}
+	return opts, nil
+}
+
+// redactURL masks the password of a URL for messages and logs.
+func redactURL(raw string) string {
+	u, err := url.Parse(raw)
+	if err != nil || u.User == nil {
+		if i := strings.LastIndex(raw, "@"); i >= 0 { // unparsable: drop everything before '@'
+			return "…" + raw[i:]
+		}
+		return raw
+	}
+	return u.Redacted()
+}
+
+// key is the Redis key of a logical stream: `{ns}:{stream}` (CONTRACT.md §1).
+func (d *Driver) key(stream string) string { return d.ns + ":" + stream }
+
+func (d *Driver) isClosed() bool {
+	d.mu.Lock()
+	defer d.mu.Unlock()
+	return d.closed
+}
+
+// Ping reports whether Redis answers; while it is away the error wraps
+// transport.ErrUnavailable.
+func (d *Driver) Ping(ctx context.Context) error {
+	if d.isClosed() {
+		return transport.ErrClosed
+	}
+	return d.wrap("ping", d.client.Ping(ctx).Err())
+}
+
+// Publish XADDs msgs to the stream's key in one pipelined round trip, in order, each entry
+// holding the body in the field `data` and, for dead letters, each header as a further field
+// (sorted by name). Every XADD trims the stream as the retention settings say (see the
+// package documentation). It returns the entry ids; on error, the ids of the leading entries
+// that were stored. While Redis is away the error wraps transport.ErrUnavailable.
+func (d *Driver) Publish(ctx context.Context, stream string, msgs []transport.RawMessage) ([]string, error) {
+	if d.isClosed() {
+		return nil, transport.ErrClosed
+	}
+	if !transport.ValidStreamName(stream) {
+		return nil, fmt.Errorf("redis: invalid stream name %q (accepted: dot-separated tokens of letters, digits, '_' and '-')", stream)
+	}
+	if len(msgs) == 0 {
+		return nil, nil
+	}
+	key := d.key(stream)
+	minID, maxLen := d.retention.limits(stream, time.Now())
+	pipe := d.client.Pipeline()
+	cmds := make([]*goredis.StringCmd, len(msgs))
+	for i := range msgs {
+		cmds[i] = pipe.XAdd(ctx, &goredis.XAddArgs{
+			Stream: key,
+			MinID:  minID,
+			Approx: true,
+			Values: entryValues(&msgs[i]),
+		})
+	}
+	if maxLen > 0 {
+		pipe.XTrimMaxLenApprox(ctx, key, maxLen, 0)
+	}
+	_, err := pipe.Exec(ctx)
+	ids := make([]string, 0, len(msgs))
+	for _, c := range cmds {
+		if c.Err() != nil {
+			break
+		}
+		ids = append(ids, c.Val())
+	}
+	if err != nil {
+		return ids, d.wrap("publish to "+key, err)
+	}
+	return ids, nil
+}
+
+// entryValues lays out one entry: `data` first, then the headers sorted by name.
+func entryValues(m *transport.RawMessage) []any {
+	if len(m.Headers) == 0 {
+		return []any{DataField, m.Body}
+	}
+	names := make([]string, 0, len(m.Headers))
+	for k := range m.Headers {
+		if k != DataField { // `data` is the body's; a header of that name cannot shadow it
+			names = append(names, k)
+		}
+	}
+	slices.Sort(names)
+	v := make([]any, 0, 2+2*len(names))
+	v = append(v, DataField, m.Body)
+	for _, k := range names {
+		v = append(v, k, m.Headers[k])
+	}
+	return v
+}
+
+// Subscribe joins group on stream as opts.Consumer. The group is created if it does not exist
+// (XGROUP CREATE … 0 MKSTREAM: from the start of the retained stream, so nothing published
+// before the group existed is missed; BUSYGROUP means it exists and is success).
+// opts.MaxDeliveries is not enforced here: the Bus dead-letters on the last attempt.
+func (d *Driver) Subscribe(ctx context.Context, stream string, opts transport.DriverSubscribeOptions) (transport.DriverSubscription, error) {
+	if d.isClosed() {
+		return nil, transport.ErrClosed
+	}
+	if !transport.ValidStreamName(stream) {
+		return nil, fmt.Errorf("redis: invalid stream name %q (accepted: dot-separated tokens of letters, digits, '_' and '-')", stream)
+	}
+	if opts.Group == "" || opts.Consumer == "" {
+		return nil, fmt.Errorf("redis: subscribe to %s: group and consumer names are required", stream)
+	}
+	s := newSubscription(d, stream, opts)
+	if err := s.createGroup(ctx); err != nil {
+		s.closeReader()
+		return nil, err
+	}
+	d.mu.Lock()
+	defer d.mu.Unlock()
+	if d.closed {
+		s.closeReader()
+		return nil, transport.ErrClosed
+	}
+	d.subs[s] = struct{}{}
+	return s, nil
+}
+
+func (d *Driver) forget(s *subscription) {
+	d.mu.Lock()
+	delete(d.subs, s)
+	d.mu.Unlock()
+}
+
+// Close closes the subscriptions still open (see their Close) and the connection pool. It is
+// idempotent.
+func (d *Driver) Close() error {
+	d.mu.Lock()
+	if d.closed {
+		d.mu.Unlock()
+		return nil
+	}
+	subs := make([]*subscription, 0, len(d.subs))
+	for s := range d.subs {
+		subs = append(subs, s)
+	}
+	d.mu.Unlock()
+	for _, s := range subs {
+		s.Close()
+	}
+	d.mu.Lock()
+	d.closed = true
+	d.mu.Unlock()
+	if err := d.client.Close(); err != nil && !errors.Is(err, goredis.ErrClosed) {
+		return fmt.Errorf("redis: close: %w", err)
+	}
+	return nil
+}
+
+// IdempotencyStore returns the shared record of handled ids: one key per id,
+// `{ns}:idem:{key}`, written with SET NX PX ttl, so that every replica and every restart sees
+// it until it expires. It lives as long as the driver.
+func (d *Driver) IdempotencyStore(_ context.Context, ttl time.Duration) (transport.IdempotencyStore, error) {
+	if d.isClosed() {
+		return nil, transport.ErrClosed
+	}
+	if ttl <= 0 {
+		ttl = transport.DefaultIdempotencyTTL
+	}
+	return &idempotencyStore{d: d, prefix: d.ns + IdempotencyKeyInfix, ttl: ttl}, nil
+}
+
+type idempotencyStore struct {
+	d      *Driver
+	prefix string
+	ttl    time.Duration
+}
+
+// Seen implements transport.IdempotencyStore.
+func (s *idempotencyStore) Seen(ctx context.Context, key string) (bool, error) {
+	n, err := s.d.client.Exists(ctx, s.prefix+key).Result()
+	if err != nil {
+		return false, s.d.wrap("idempotency record", err)
+	}
+	return n == 1, nil
+}
+
+// Done implements transport.IdempotencyStore: SET key 1 NX PX ttl (an existing record is
+// kept, with its expiry).
+func (s *idempotencyStore) Done(ctx context.Context, key string) error {
+	err := s.d.client.SetArgs(ctx, s.prefix+key, "1", goredis.SetArgs{Mode: "NX", TTL: s.ttl}).Err()
+	if errors.Is(err, goredis.Nil) { // NX and already there
+		err = nil
+	}
+	return s.d.wrap("idempotency record", err)
+}
+
+// wrap turns a go-redis error into the driver's: context errors pass through unwrapped; a
+// closed driver is transport.ErrClosed; a broker that cannot be reached (connection refused
+// or lost, timeouts, a Redis still loading or without a master) wraps
+// transport.ErrUnavailable; anything else Redis answered is wrapped as is.
+func (d *Driver) wrap(op string, err error) error {
+	switch {
+	case err == nil:
+		return nil
+	case errors.Is(err, context.Canceled) || errors.Is(err, context.DeadlineExceeded):
+		return err
+	case errors.Is(err, goredis.ErrClosed) && d.isClosed():
+		return transport.ErrClosed
+	case unavailable(err):
+		return fmt.Errorf("redis: %s: %w: %w", op, transport.ErrUnavailable, err)
+	default:
+		return fmt.Errorf("redis: %s: %w", op, err)
+	}
+}
+
+// unavailable reports whether err means Redis cannot serve right now rather than that it
+// refused this command.
+func unavailable(err error) bool {
+	var rerr goredis.Error
+	if !errors.As(err, &rerr) {
+		return true // dial, I/O, timeout, pool: nothing was answered
+	}
+	msg := rerr.Error()
+	for _, p := range []string{"LOADING", "BUSY ", "TRYAGAIN", "CLUSTERDOWN", "MASTERDOWN", "READONLY", "MISCONF"} {
+		if strings.HasPrefix(msg, p) {
+			return true
+		}
+	}
+	return false
+}
+
+// isNoGroup reports a missing stream or group (NOGROUP): Redis restarted without
+// persistence, was flushed, or the group was destroyed.
+func isNoGroup(err error) bool {
+	return err != nil && strings.Contains(err.Error(), "NOGROUP")
+}
+
+// retention is the trimming applied on every XADD.
+type retention struct {
+	maxAge time.Duration // entries older than this are trimmed (MINID ~)
+	maxLen int64         // 0, or the most entries a (non-dead-letter) stream keeps (MAXLEN ~)
+}
+
+// retentionFor checks the retention settings against the retry schedule: trimming by age must
+// never remove an entry that is still being retried, so the age must exceed the longest
+// schedule, MaxDeliveries × (AckWait + RetryBackoffMax).
+func retentionFor(cfg transport.Config) (retention, error) {
+	def := func(v, d time.Duration) time.Duration {
+		if v == 0 {
+			return d
+		}
+		return v
+	}
+	maxAge := def(cfg.StreamMaxAge, transport.DefaultStreamMaxAge)
+	maxDeliveries := cfg.MaxDeliveries
+	if maxDeliveries == 0 {
+		maxDeliveries = transport.DefaultMaxDeliveries
+	}
+	schedule := time.Duration(maxDeliveries) * (def(cfg.AckWait, transport.DefaultAckWait) + def(cfg.RetryBackoffMax, transport.DefaultRetryBackoffMax))
+	if maxAge < schedule {
+		return retention{}, &transport.ConfigError{Var: "PULSE_STREAM_MAX_AGE", Value: maxAge.String(),
+			Accepted: "a duration of at least PULSE_MAX_DELIVERIES × (PULSE_ACK_WAIT + the longest retry backoff) = " + schedule.String() +
+				", so that trimming never removes a message that is still being retried"}
+	}
+	if cfg.StreamMaxLen < 0 {
+		return retention{}, &transport.ConfigError{Var: "PULSE_STREAM_MAX_LEN", Value: strconv.FormatInt(cfg.StreamMaxLen, 10), Accepted: "0 (unlimited) or a positive number of messages"}
+	}
+	return retention{maxAge: maxAge, maxLen: cfg.StreamMaxLen}, nil
+}
+
+// limits returns the MINID threshold for an XADD at now and the MAXLEN to trim to (0: none).
+// Dead-letter streams are trimmed by age only: a burst of failures must not push dead letters
+// out before an operator has seen them.
+func (r retention) limits(stream string, now time.Time) (minID string, maxLen int64) {
+	minID = strconv.FormatInt(now.Add(-r.maxAge).UnixMilli(), 10)
+	if !strings.HasSuffix(stream, transport.DLQSuffix) {
+		maxLen = r.maxLen
+	}
+	return minID, maxLen
+}
