@@ -25,6 +25,8 @@ import (
 	"testing"
 	"time"
 
+	"go.uber.org/goleak"
+
 	"github.com/pulse-bus/pulse/transport/jetstream/embedded"
 )
 
@@ -203,4 +205,23 @@ func (r mainRunner) Run() int {
 		fmt.Fprintln(os.Stderr, "natstest: stopping the shared server:", err)
 	}
 	return code
+}
+
+// LeakOptions ignore the goroutines an embedded server keeps for every stream and consumer
+// it stores (they live as long as the server, which outlives the test that created them);
+// for goleak checks made while a server is still running.
+func LeakOptions() []goleak.Option {
+	var opts []goleak.Option
+	for _, f := range []string{
+		"(*consumer).loopAndGatherMsgs",
+		"(*consumer).processInboundAcks",
+		"(*consumer).processInboundNextMsgReqs",
+		"(*consumerFileStore).flushLoop",
+		"(*fileStore).flushStreamStateLoop",
+		"(*stream).internalLoop",
+		"(*stream).signalConsumersLoop",
+	} {
+		opts = append(opts, goleak.IgnoreAnyFunction("github.com/nats-io/nats-server/v2/server."+f))
+	}
+	return opts
 }
