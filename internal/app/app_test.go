@@ -1,0 +1,263 @@
+package app
+
+import (
+	"context"
+	"encoding/json"
+	"errors"
+	"net"
+	"strings"
+	"testing"
+	"time"
+
+	"github.com/stretchr/testify/require"
+
+	"github.com/pulse-bus/pulse/feedback"
+	"github.com/pulse-bus/pulse/transport"
+)
+
+var backends = []string{"inmem", "jetstream"}
+
+// TestAppAppliesFeedbackAndServesHTTP proves the pipeline side end to end in process: once
+// /readyz says ready, a hard FeedbackEvent published by another connection drops the
+// provider's rate to its floor, /state and /metrics show it, the RateAdjustment is
+// published, and an ok event restores the base rate.
+func TestAppAppliesFeedbackAndServesHTTP(t *testing.T) {
+	for _, backend := range backends {
+		t.Run(backend, func(t *testing.T) {
+			env := baseEnv(t, backend)
+			a := startApp(t, env)
+			base := "http://" + a.HTTPAddr()
+			require.Eventually(t, func() bool { code, _ := get(t, base+"/readyz"); return code == 200 }, waitTimeout, 5*time.Millisecond)
+			code, body := get(t, base+"/healthz")
+			require.Equal(t, 200, code)
+			require.Equal(t, "ok\n", body)
+
+			b := clientBus(t, env, "")
+			publishEvent(t, b, DefaultFeedbackStream, "c1", feedback.LevelHard)
+			require.Eventually(t, func() bool { return a.Rates().Rate("ibkr") == 1 }, waitTimeout, 5*time.Millisecond)
+
+			code, body = get(t, base+"/state")
+			require.Equal(t, 200, code)
+			var st struct {
+				Providers map[string]struct {
+					BaseRate float64 `json:"base_rate"`
+					Scale    float64 `json:"scale"`
+					Rate     float64 `json:"rate"`
+				} `json:"providers"`
+				Coordinators map[string]struct {
+					Level     string    `json:"level"`
+					EventTS   float64   `json:"event_ts"`
+					AppliedAt time.Time `json:"applied_at"`
+				} `json:"coordinators"`
+				Consumer struct {
+					Backend string `json:"backend"`
+					Group   string `json:"group"`
+				} `json:"consumer"`
+			}
+			require.NoError(t, json.Unmarshal([]byte(body), &st), body)
+			require.Equal(t, 60.0, st.Providers["ibkr"].BaseRate)
+			require.Equal(t, 0.0, st.Providers["ibkr"].Scale)
+			require.Equal(t, 1.0, st.Providers["ibkr"].Rate)
+			require.Equal(t, "hard", st.Coordinators["c1"].Level)
+			require.Greater(t, st.Coordinators["c1"].EventTS, 0.0)
+			require.False(t, st.Coordinators["c1"].AppliedAt.IsZero())
+			require.Equal(t, backend, st.Consumer.Backend)
+			require.Equal(t, "pipeline-pipeline_w1", st.Consumer.Group)
+
+			waitMetrics(t, base+"/metrics",
+				`pipeline_rate_scale_factor{provider="ibkr"} 0`,
+				`pipeline_backpressure_state{provider="ibkr"} 2`,
+				`feedback_events_processed_total{level="hard",provider="ibkr"} 1`,
+				`pulse_consume_total{outcome="success",stream="telemetry.feedback",track="v1"} 1`,
+				`pulse_publish_total{outcome="success",stream="telemetry.rate_adjustment",track="v1"} 1`)
+
+			admin := b.Driver().(transport.StreamAdmin)
+			require.Eventually(t, func() bool {
+				info, err := admin.Info(context.Background(), DefaultRateStream, "")
+				return err == nil && info.Length == 1
+			}, waitTimeout, 5*time.Millisecond, "the applied change is published as a RateAdjustment")
+
+			publishEvent(t, b, DefaultFeedbackStream, "c1", feedback.LevelOK)
+			require.Eventually(t, func() bool { return a.Rates().Rate("ibkr") == 60 }, waitTimeout, 5*time.Millisecond)
+		})
+	}
+}
+
+// TestAppPublisherAuthentication proves CONTRACT.md §4 through the App: with PUBLISHER_TOKEN
+// on both sides a signed hard event applies; with it on the consumer only, an unsigned (or
+// wrongly signed) hard event changes no rate, is dead-lettered `unauthenticated` and counted
+// `rejected`.
+func TestAppPublisherAuthentication(t *testing.T) {
+	const token = "s3cret-token"
+	for _, backend := range backends {
+		for _, tc := range []struct {
+			name, publisherToken string
+			applies              bool
+		}{
+			{"signed", token, true},
+			{"unsigned", "", false},
+			{"forged", "another-token", false},
+		} {
+			t.Run(backend+"/"+tc.name, func(t *testing.T) {
+				env := baseEnv(t, backend)
+				env["PUBLISHER_TOKEN"] = token
+				a := startApp(t, env)
+				b := clientBus(t, env, tc.publisherToken)
+				publishEvent(t, b, DefaultFeedbackStream, "c1", feedback.LevelHard)
+				admin := b.Driver().(transport.StreamAdmin)
+				base := "http://" + a.HTTPAddr()
+				if tc.applies {
+					require.Eventually(t, func() bool { return a.Rates().Rate("ibkr") == 1 }, waitTimeout, 5*time.Millisecond)
+					return
+				}
+				var letters []transport.StoredMessage
+				require.Eventually(t, func() bool {
+					letters = letters[:0]
+					err := admin.Range(context.Background(), DefaultFeedbackStream+transport.DLQSuffix, 0, func(m transport.StoredMessage) error {
+						letters = append(letters, m)
+						return nil
+					})
+					return err == nil && len(letters) == 1
+				}, waitTimeout, 5*time.Millisecond)
+				require.Equal(t, "unauthenticated", letters[0].Headers[transport.DLQReason])
+				require.Equal(t, 60.0, a.Rates().Rate("ibkr"), "a forged hard event must not throttle the pipeline")
+				require.Empty(t, a.Handler().State().Coordinators)
+				waitMetrics(t, base+"/metrics",
+					`pulse_consume_total{outcome="rejected",stream="telemetry.feedback",track="unknown"} 1`,
+					`pulse_dlq_total{reason="unauthenticated",stream="telemetry.feedback"} 1`,
+					`pipeline_rate_scale_factor{provider="ibkr"} 1`)
+			})
+		}
+	}
+}
+
+// TestAppEmbeddedJetStream proves that with the jetstream backend and no NATS_URL the App
+// hosts the JetStream server itself (on PULSE_NATS_LISTEN, store under PULSE_DATA_DIR) and
+// that another connection to it reaches the consumer.
+func TestAppEmbeddedJetStream(t *testing.T) {
+	env := map[string]string{
+		"EVENT_BUS_BACKEND": "jetstream",
+		"PULSE_NATS_LISTEN": "127.0.0.1:0",
+		"PULSE_DATA_DIR":    t.TempDir(),
+		"PULSE_HTTP_ADDR":   "127.0.0.1:0",
+	}
+	a := startApp(t, env)
+	require.True(t, strings.HasPrefix(a.NATSURL(), "nats://127.0.0.1:"), a.NATSURL())
+	require.Contains(t, a.where(), "embedded "+a.NATSURL())
+	env["NATS_URL"] = a.NATSURL()
+	b := clientBus(t, env, "")
+	publishEvent(t, b, DefaultFeedbackStream, "store-1", feedback.LevelSoft)
+	require.Eventually(t, func() bool { return a.Rates().Rate("ibkr") == 30 }, waitTimeout, 5*time.Millisecond)
+}
+
+// TestAppStopIsIdempotent proves Stop can be called again (and concurrently) with the first
+// call's result, and that after it the bus is closed and HTTP no longer answers.
+func TestAppStopIsIdempotent(t *testing.T) {
+	a, err := New(loadEnv(t, baseEnv(t, "inmem")), testLogger(t))
+	require.NoError(t, err)
+	require.NoError(t, a.Start(context.Background()))
+	addr := a.HTTPAddr()
+	errs := make(chan error, 3)
+	for range 3 {
+		go func() { errs <- a.Stop(context.Background()) }()
+	}
+	for range 3 {
+		require.NoError(t, <-errs)
+	}
+	require.NoError(t, a.Stop(context.Background()))
+	require.ErrorIs(t, a.Bus().Publish(context.Background(), "s", nil), transport.ErrClosed)
+	_, err = net.DialTimeout("tcp", addr, time.Second)
+	require.Error(t, err, "HTTP must be shut down")
+	require.Error(t, a.ready(context.Background()))
+}
+
+// TestStackUnwindsLIFO proves the teardown order: last started, first stopped, each once,
+// errors joined and named.
+func TestStackUnwindsLIFO(t *testing.T) {
+	var s stack
+	var order []string
+	boom := errors.New("boom")
+	for _, name := range []string{"a", "b", "c"} {
+		s.push(name, func(context.Context) error {
+			order = append(order, name)
+			if name == "b" {
+				return boom
+			}
+			return nil
+		})
+	}
+	err := s.unwind(context.Background())
+	require.ErrorIs(t, err, boom)
+	require.ErrorContains(t, err, "stop b")
+	require.Equal(t, []string{"c", "b", "a"}, order)
+	require.NoError(t, s.unwind(context.Background()))
+	require.Len(t, order, 3, "a second unwind stops nothing again")
+}
+
+// TestAppStopHonoursItsDeadline proves Stop returns ErrStopTimeout when a component does not
+// stop in time, instead of hanging the process.
+func TestAppStopHonoursItsDeadline(t *testing.T) {
+	a, err := New(loadEnv(t, baseEnv(t, "inmem")), testLogger(t))
+	require.NoError(t, err)
+	release := make(chan struct{})
+	stopped := make(chan struct{})
+	a.stack.push("stuck", func(context.Context) error {
+		defer close(stopped)
+		<-release
+		return nil
+	})
+	ctx, cancel := context.WithTimeout(context.Background(), 20*time.Millisecond)
+	defer cancel()
+	require.ErrorIs(t, a.Stop(ctx), ErrStopTimeout)
+	require.ErrorIs(t, a.Stop(context.Background()), ErrStopTimeout, "later calls return the first result")
+	close(release)
+	<-stopped
+}
+
+// TestAppReportsAFailedConsumer proves that a consumer that stops on its own (not through
+// Stop) is reported on Failed and makes /readyz answer 503 with the reason.
+func TestAppReportsAFailedConsumer(t *testing.T) {
+	a := startApp(t, baseEnv(t, "inmem"))
+	require.NoError(t, a.consumer.Load().Close())
+	select {
+	case err := <-a.Failed():
+		require.ErrorContains(t, err, "feedback consumer")
+	case <-time.After(waitTimeout):
+		t.Fatal("no failure reported")
+	}
+	code, body := get(t, "http://"+a.HTTPAddr()+"/readyz")
+	require.Equal(t, 503, code)
+	require.Contains(t, body, "not ready: ")
+	require.Contains(t, body, "closed")
+}
+
+// TestAppDisabledConsumer proves PULSE_ENABLED=false serves HTTP (ready, the provider at its
+// base rate) without opening a bus.
+func TestAppDisabledConsumer(t *testing.T) {
+	env := baseEnv(t, "inmem")
+	env["PULSE_ENABLED"] = "false"
+	a := startApp(t, env)
+	require.Nil(t, a.Bus())
+	code, body := get(t, "http://"+a.HTTPAddr()+"/readyz")
+	require.Equal(t, 200, code, body)
+	_, body = get(t, "http://"+a.HTTPAddr()+"/state")
+	require.Contains(t, body, `"enabled": false`)
+	require.Contains(t, body, `"rate": 60`)
+}
+
+// TestAppStartFailureStopsWhatStarted proves that a component failing to start (the HTTP
+// address is taken) fails Start with an error naming the setting and leaves nothing running
+// (goleak checks the goroutines at the end of the package).
+func TestAppStartFailureStopsWhatStarted(t *testing.T) {
+	ln, err := net.Listen("tcp", "127.0.0.1:0")
+	require.NoError(t, err)
+	defer ln.Close()
+	env := baseEnv(t, "inmem")
+	env["PULSE_HTTP_ADDR"] = ln.Addr().String()
+	a, err := New(loadEnv(t, env), testLogger(t))
+	require.NoError(t, err)
+	err = a.Start(context.Background())
+	require.ErrorContains(t, err, "PULSE_HTTP_ADDR")
+	require.ErrorIs(t, a.Start(context.Background()), err, "Start runs once")
+	require.NoError(t, a.Stop(context.Background()))
+}
