@@ -6,6 +6,7 @@ import (
 	"errors"
 	"fmt"
 	"strconv"
+	"strings"
 
 	"github.com/nats-io/nats.go/jetstream"
 
@@ -81,19 +82,68 @@ func (d *Driver) Delete(ctx context.Context, stream string, transportIDs ...stri
 	if err != nil || st == nil {
 		return err
 	}
+	name := StreamName(d.cfg.Namespace, stream)
 	for _, seq := range seqs {
-		actx, cancel := apiCtx(ctx)
-		err := st.DeleteMsg(actx, seq)
-		cancel()
-		var apiErr *jetstream.APIError
-		if errors.As(err, &apiErr) && apiErr.ErrorCode == jetstream.JSErrCodeMessageNotFound {
+		// The jetstream package's DeleteMsg flattens the API error; ask the API directly.
+		var resp struct {
+			Success bool `json:"success"`
+		}
+		err := d.apiRequest(ctx, "STREAM.MSG.DELETE."+name, map[string]any{"seq": seq, "no_erase": true}, &resp)
+		if missingMsg(err) {
 			continue
 		}
 		if err != nil {
-			return d.wrap(ctx, fmt.Sprintf("delete %d from %s", seq, StreamName(d.cfg.Namespace, stream)), err)
+			return d.wrap(ctx, fmt.Sprintf("delete %d from %s", seq, name), err)
 		}
 	}
 	return nil
+}
+
+// apiRequest sends req as JSON to the JetStream API subject $JS.API.{op} and decodes the
+// answer into resp; an error answer is returned as a *jetstream.APIError.
+func (d *Driver) apiRequest(ctx context.Context, op string, req, resp any) error {
+	body, err := json.Marshal(req)
+	if err != nil {
+		return err
+	}
+	actx, cancel := apiCtx(ctx)
+	defer cancel()
+	msg, err := d.nc.RequestWithContext(actx, "$JS.API."+op, body)
+	if err != nil {
+		return err
+	}
+	var apiErr struct {
+		Error *jetstream.APIError `json:"error"`
+	}
+	if err := json.Unmarshal(msg.Data, &apiErr); err != nil {
+		return fmt.Errorf("invalid JetStream API answer %q: %w", msg.Data, err)
+	}
+	if apiErr.Error != nil {
+		return apiErr.Error
+	}
+	return json.Unmarshal(msg.Data, resp)
+}
+
+// jsErrCodeMsgDeleteFailed is the server's JSStreamMsgDeleteFailedF (no constant in nats.go).
+const jsErrCodeMsgDeleteFailed jetstream.ErrorCode = 10057
+
+// missingMsg reports whether a delete failed only because the message is not there (already
+// deleted, or past the end of the stream).
+func missingMsg(err error) bool {
+	var apiErr *jetstream.APIError
+	if !errors.As(err, &apiErr) {
+		return false
+	}
+	switch apiErr.ErrorCode {
+	case jetstream.JSErrCodeMessageNotFound:
+		return true
+	case jsErrCodeMsgDeleteFailed:
+		// The server reports its store's ErrStoreMsgNotFound ("no message found") or ErrStoreEOF
+		// ("stream store EOF") only in the text.
+		d := strings.ToLower(apiErr.Description)
+		return strings.Contains(d, "not found") || strings.Contains(d, "no message found") || strings.Contains(d, "eof")
+	}
+	return false
 }
 
 // Purge implements transport.StreamAdmin, with the count the server reports.
@@ -109,23 +159,12 @@ func (d *Driver) Purge(ctx context.Context, stream string) (int64, error) {
 		return 0, err
 	}
 	// The jetstream package's Purge drops the count; ask the API directly.
-	actx, cancel := apiCtx(ctx)
-	defer cancel()
 	name := StreamName(d.cfg.Namespace, stream)
-	resp, err := d.nc.RequestWithContext(actx, "$JS.API.STREAM.PURGE."+name, []byte("{}"))
-	if err != nil {
-		return 0, d.wrap(ctx, "purge "+name, err)
-	}
 	var pr struct {
-		Success bool                `json:"success"`
-		Purged  uint64              `json:"purged"`
-		Error   *jetstream.APIError `json:"error"`
+		Purged uint64 `json:"purged"`
 	}
-	if err := json.Unmarshal(resp.Data, &pr); err != nil {
-		return 0, fmt.Errorf("jetstream: purge %s: invalid response %q: %w", name, resp.Data, err)
-	}
-	if pr.Error != nil {
-		return 0, d.wrap(ctx, "purge "+name, pr.Error)
+	if err := d.apiRequest(ctx, "STREAM.PURGE."+name, struct{}{}, &pr); err != nil {
+		return 0, d.wrap(ctx, "purge "+name, err)
 	}
 	return int64(pr.Purged), nil
 }
