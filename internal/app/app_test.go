@@ -15,7 +15,7 @@ import (
 	"github.com/pulse-bus/pulse/transport"
 )
 
-var backends = []string{"inmem", "jetstream"}
+var backends = []string{"inmem", "jetstream", "redis"}
 
 // TestAppAppliesFeedbackAndServesHTTP proves the pipeline side end to end in process: once
 // /readyz says ready, a hard FeedbackEvent published by another connection drops the

@@ -4,6 +4,7 @@ import (
 	"context"
 	"io"
 	"log/slog"
+	"os"
 	"net/http"
 	"strconv"
 	"strings"
@@ -17,13 +18,17 @@ import (
 	"github.com/pulse-bus/pulse/envelope"
 	"github.com/pulse-bus/pulse/feedback"
 	"github.com/pulse-bus/pulse/internal/envconf"
+	"github.com/pulse-bus/pulse/internal/redistest"
 	"github.com/pulse-bus/pulse/transport"
 	"github.com/pulse-bus/pulse/transport/jetstream/embedded"
 )
 
+// redisSrv is the package's redis-server, started on first use.
+var redisSrv redistest.Shared
+
 // TestMain fails the package if a test leaves a goroutine behind: an App's HTTP server,
 // watchers, consumer, bus or embedded server.
-func TestMain(m *testing.M) { goleak.VerifyTestMain(m) }
+func TestMain(m *testing.M) { goleak.VerifyTestMain(redisSrv.Main(m)) }
 
 // waitTimeout bounds every wait for a condition in these tests.
 const waitTimeout = 10 * time.Second
@@ -49,7 +54,8 @@ func (w tWriter) Write(p []byte) (int, error) {
 }
 
 // baseEnv is the environment of an App on backend in a namespace of its own, HTTP on a free
-// loopback port. For jetstream it starts an embedded server the test owns (NATS_URL).
+// loopback port. For jetstream it starts an embedded server the test owns (NATS_URL); for
+// redis it uses the package's redis-server.
 func baseEnv(t *testing.T, backend string) map[string]string {
 	env := map[string]string{
 		"EVENT_BUS_BACKEND": backend,
@@ -57,8 +63,11 @@ func baseEnv(t *testing.T, backend string) map[string]string {
 		"PULSE_HTTP_ADDR":   "127.0.0.1:0",
 		"PULSE_ACK_WAIT":    "5s",
 	}
-	if backend == "jetstream" {
+	switch backend {
+	case "jetstream":
 		env["NATS_URL"] = startNATS(t).ClientURL()
+	case "redis":
+		env["REDIS_URL"] = redisSrv.Server(t).URL()
 	}
 	return env
 }
@@ -165,4 +174,11 @@ func waitCond(d time.Duration, cond func() bool) bool {
 		<-tick.C
 	}
 	return true
+}
+
+func readFile(t *testing.T, path string) string {
+	t.Helper()
+	b, err := os.ReadFile(path)
+	require.NoError(t, err)
+	return string(b)
 }
