@@ -3,7 +3,6 @@ package envelope
 import (
 	"crypto/sha256"
 	"encoding/hex"
-	"encoding/json"
 	"errors"
 	"fmt"
 	"slices"
@@ -70,8 +69,7 @@ func (c *Codec) Encode(e *Envelope) ([]byte, error) {
 	var err error
 	switch track {
 	case TrackV1:
-		if !json.Valid(e.Payload) {
-			_, err = compactJSON(e.Payload) // for the syntax error's detail
+		if err = validJSON(e.Payload); err != nil {
 			return nil, fmt.Errorf("envelope: encode: payload is not valid JSON: %w", err)
 		}
 		// The Python core sends the payload as json.dumps writes it and hashes pydantic's
@@ -101,7 +99,17 @@ func (c *Codec) Encode(e *Envelope) ([]byte, error) {
 		}
 		e.Meta.Headers = headers
 	}
-	return appendEnvelope(make([]byte, 0, len(payload)+256), e, payload, track == TrackV1)
+	return appendEnvelope(make([]byte, 0, encodedSizeHint(e, payload)), e, payload, track == TrackV1)
+}
+
+// encodedSizeHint is the encoded size of e when its strings need no escapes.
+func encodedSizeHint(e *Envelope, payload []byte) int {
+	const fixed = 128 // field names, separators, quotes, ts
+	n := fixed + len(payload) + len(e.ID) + len(e.KeyOf()) + len(e.Meta.SchemaID) + len(e.Meta.Hash)
+	for k, v := range e.Meta.Headers {
+		n += len(k) + len(v) + 8
+	}
+	return n
 }
 
 // appendEnvelope writes the envelope; py selects Python's spacing and ASCII-only strings.
@@ -145,7 +153,8 @@ func appendEnvelope(b []byte, e *Envelope, payload []byte, py bool) ([]byte, err
 	b = appendString(b, string(e.Meta.Track), py)
 	field("headers", false)
 	b = append(b, '{')
-	keys := make([]string, 0, len(e.Meta.Headers))
+	var keyBuf [8]string
+	keys := keyBuf[:0]
 	for k := range e.Meta.Headers {
 		keys = append(keys, k)
 	}
@@ -176,6 +185,15 @@ func appendString(b []byte, s string, asciiOnly bool) []byte {
 	b = append(b, '"')
 	for i := 0; i < len(s); {
 		c := s[i]
+		if c >= 0x20 && c < 0x7f && c != '"' && c != '\\' {
+			j := i + 1
+			for j < len(s) && s[j] >= 0x20 && s[j] < 0x7f && s[j] != '"' && s[j] != '\\' {
+				j++
+			}
+			b = append(b, s[i:j]...)
+			i = j
+			continue
+		}
 		if c < utf8.RuneSelf {
 			b = appendPyRune(b, rune(c), asciiOnly)
 			i++
@@ -191,21 +209,6 @@ func appendString(b []byte, s string, asciiOnly bool) []byte {
 func hashHex(b []byte) string {
 	sum := sha256.Sum256(b)
 	return hex.EncodeToString(sum[:])
-}
-
-type wireEnvelope struct {
-	ID      *string         `json:"id"`
-	TS      *float64        `json:"ts"`
-	Key     *string         `json:"key"`
-	Meta    *wireMeta       `json:"meta"`
-	Payload json.RawMessage `json:"payload"`
-}
-
-type wireMeta struct {
-	SchemaID string            `json:"schema_id"`
-	Track    string            `json:"track"`
-	Headers  map[string]string `json:"headers"`
-	Hash     *string           `json:"hash"`
 }
 
 // Decode parses wire bytes of either track. A double-wrapped envelope (schema_id
@@ -235,56 +238,6 @@ func (c *Codec) Decode(b []byte) (*Envelope, error) {
 		if err := c.Signer.verify(e); err != nil {
 			return nil, err
 		}
-	}
-	return e, nil
-}
-
-func decodeWire(b []byte) (*Envelope, error) {
-	var w wireEnvelope
-	if err := json.Unmarshal(b, &w); err != nil {
-		return nil, fmt.Errorf("%w: %v", ErrMalformed, err)
-	}
-	switch {
-	case w.Meta == nil:
-		return nil, fmt.Errorf("%w: missing meta", ErrMalformed)
-	case w.TS == nil:
-		return nil, fmt.Errorf("%w: missing ts", ErrMalformed)
-	case w.Meta.SchemaID == "":
-		return nil, fmt.Errorf("%w: missing meta.schema_id", ErrMalformed)
-	case len(w.Payload) == 0 || w.Payload[0] != '{':
-		return nil, fmt.Errorf("%w: payload must be a JSON object", ErrMalformed)
-	}
-	e := &Envelope{
-		TS:      *w.TS,
-		Key:     w.Key,
-		Payload: w.Payload,
-		Meta: Meta{
-			SchemaID: w.Meta.SchemaID,
-			Track:    Track(w.Meta.Track),
-			Headers:  w.Meta.Headers,
-		},
-	}
-	if w.ID != nil {
-		e.ID = *w.ID
-	}
-	if w.Meta.Hash != nil {
-		e.Meta.Hash = *w.Meta.Hash
-	}
-	switch e.Meta.Track {
-	case TrackV1:
-		// The Python core's hash never matches its own payload text; v1 readers ignore it.
-		// v1 has no producer id (the Python inner envelope writes "id": ""): the transport id
-		// stands in, so an id field here is not trusted for de-duplication.
-		e.ID = ""
-	case TrackV2:
-		if e.ID == "" {
-			return nil, fmt.Errorf("%w: v2 envelope without id", ErrMalformed)
-		}
-		if got := hashHex(w.Payload); got != e.Meta.Hash {
-			return nil, fmt.Errorf("%w: meta.hash %q, payload hashes to %q", ErrHashMismatch, e.Meta.Hash, got)
-		}
-	default:
-		return nil, fmt.Errorf("%w %q (accepted: v1, v2)", ErrUnknownTrack, e.Meta.Track)
 	}
 	return e, nil
 }

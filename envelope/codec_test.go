@@ -139,6 +139,27 @@ func TestUnknownFieldsIgnored(t *testing.T) {
 	require.Equal(t, "", e.Header("absent"))
 }
 
+func upperHash(v2 string) string {
+	i := strings.Index(v2, `"hash":"`) + len(`"hash":"`)
+	return v2[:i] + strings.ToUpper(v2[i:i+64]) + v2[i+64:]
+}
+
+// TestDecodeExactFields proves field names are matched exactly after unescaping (as Python's
+// json.loads does), a repeated field takes its last value (as a Python dict does), and
+// unknown fields of any type are skipped.
+func TestDecodeExactFields(t *testing.T) {
+	b := []byte(`{"t\u0073":1,"ts":2.5,"Key":"no","key":"k1","key":"k2","meta":{"schema_id":"old"},` +
+		`"meta":{"schema_id":"x","track":"v1","headers":{"h":"1","h":"2","n":null},"extra":[true,false,null,-1.5e-3,"\ud83d\ude00"]},` +
+		`"payload":{"a":1},"PAYLOAD":{"b":2}}`)
+	e, err := (&envelope.Codec{}).Decode(b)
+	require.NoError(t, err)
+	require.Equal(t, 2.5, e.TS)
+	require.Equal(t, "k2", e.KeyOf())
+	require.Equal(t, "x", e.Meta.SchemaID)
+	require.Equal(t, map[string]string{"h": "2", "n": ""}, e.Meta.Headers)
+	require.Equal(t, `{"a":1}`, string(e.Payload))
+}
+
 func mustEncodeV2(t *testing.T) []byte {
 	t.Helper()
 	b, err := (&envelope.Codec{Track: envelope.TrackV2}).Encode(newFeedback())
@@ -171,7 +192,18 @@ func TestDecodeErrors(t *testing.T) {
 		{"not JSON", `hello`, false, envelope.ErrMalformed, "malformed", ""},
 		{"empty", ``, false, envelope.ErrMalformed, "malformed", ""},
 		{"JSON array", `[1,2]`, false, envelope.ErrMalformed, "malformed", ""},
-		{"JSON null", `null`, false, envelope.ErrMalformed, "malformed", "missing meta"},
+		{"JSON null", `null`, false, envelope.ErrMalformed, "malformed", "envelope must be a JSON object"},
+		{"JSON string", ` "x" `, false, envelope.ErrMalformed, "malformed", "envelope must be a JSON object"},
+		{"field names match exactly", `{"TS":1,"key":null,"Meta":{"schema_id":"x","track":"v1"},"payload":{}}`, false, envelope.ErrMalformed, "malformed", "missing meta"},
+		{"data after the envelope", `{"ts":1,"key":null,"meta":{"schema_id":"x","track":"v1"},"payload":{}} {}`, false, envelope.ErrMalformed, "malformed", "data after the envelope"},
+		{"byte order mark", "\ufeff" + `{"ts":1,"key":null,"meta":{"schema_id":"x","track":"v1"},"payload":{}}`, false, envelope.ErrMalformed, "malformed", ""},
+		{"ts out of range", `{"ts":1e400,"key":null,"meta":{"schema_id":"x","track":"v1"},"payload":{}}`, false, envelope.ErrMalformed, "malformed", "out of range"},
+		{"ts null", `{"ts":null,"key":null,"meta":{"schema_id":"x","track":"v1"},"payload":{}}`, false, envelope.ErrMalformed, "malformed", "missing ts"},
+		{"meta a string", `{"ts":1,"key":null,"meta":"x","payload":{}}`, false, envelope.ErrMalformed, "malformed", "meta must be an object"},
+		{"invalid JSON in an unknown field", `{"ts":1,"x":[1,,2],"key":null,"meta":{"schema_id":"x","track":"v1"},"payload":{}}`, false, envelope.ErrMalformed, "malformed", "invalid JSON"},
+		{"invalid JSON in the payload", `{"ts":1,"key":null,"meta":{"schema_id":"x","track":"v1"},"payload":{"a":01}}`, false, envelope.ErrMalformed, "malformed", "invalid JSON"},
+		{"control character in a string", "{\"ts\":1,\"key\":\"a\nb\",\"meta\":{\"schema_id\":\"x\",\"track\":\"v1\"},\"payload\":{}}", false, envelope.ErrMalformed, "malformed", "control character"},
+		{"upper-case v2 hash", upperHash(v2), false, envelope.ErrHashMismatch, "hash_mismatch", ""},
 		{"payload array", `{"ts":1,"key":null,"meta":{"schema_id":"x","track":"v1"},"payload":[1]}`, false, envelope.ErrMalformed, "malformed", "payload must be a JSON object"},
 		{"payload string", `{"ts":1,"key":null,"meta":{"schema_id":"x","track":"v1"},"payload":"{}"}`, false, envelope.ErrMalformed, "malformed", "payload must be a JSON object"},
 		{"payload null", `{"ts":1,"key":null,"meta":{"schema_id":"x","track":"v1"},"payload":null}`, false, envelope.ErrMalformed, "malformed", "payload must be a JSON object"},

@@ -37,6 +37,7 @@ func FuzzDecode(f *testing.F) {
 		if e.Meta.Track == envelope.TrackV1 && e.ID != "" {
 			t.Fatalf("v1 envelope with id %q", e.ID)
 		}
+		checkAgainstEncodingJSON(t, b, e)
 		// A zero ts means "unset" to Encode, which fills it from the clock: pin the clock at
 		// the epoch so that zero stays zero.
 		c := &envelope.Codec{Track: e.Meta.Track, Now: func() time.Time { return time.Unix(0, 0) }}
@@ -60,6 +61,62 @@ func FuzzDecode(f *testing.F) {
 			t.Fatalf("encoding is not a fixed point:\n%q\n%q", b2, b3)
 		}
 	})
+}
+
+// checkAgainstEncodingJSON is a differential check of the hand-written reader: what it
+// accepted is valid JSON, and encoding/json (into maps, whose keys match exactly and whose
+// repeated keys take the last value) reads the same fields out of it.
+func checkAgainstEncodingJSON(t *testing.T, b []byte, e *envelope.Envelope) {
+	t.Helper()
+	if !json.Valid(b) {
+		t.Fatalf("accepted invalid JSON %q", b)
+	}
+	var top map[string]json.RawMessage
+	if err := json.Unmarshal(b, &top); err != nil {
+		t.Fatalf("encoding/json cannot read an accepted envelope: %v", err)
+	}
+	var meta struct {
+		SchemaID string            `json:"schema_id"`
+		Track    string            `json:"track"`
+		Headers  map[string]string `json:"headers"`
+	}
+	var metaFields map[string]json.RawMessage
+	if err := json.Unmarshal(top["meta"], &metaFields); err != nil {
+		t.Fatalf("meta: %v", err)
+	}
+	for name, dst := range map[string]any{"schema_id": &meta.SchemaID, "track": &meta.Track, "headers": &meta.Headers} {
+		if raw, ok := metaFields[name]; ok {
+			if err := json.Unmarshal(raw, dst); err != nil {
+				t.Fatalf("meta.%s: %v", name, err)
+			}
+		}
+	}
+	if meta.SchemaID == envelope.WrappedSchemaID {
+		checkAgainstEncodingJSON(t, top["payload"], e)
+		return
+	}
+	var ts float64
+	var key *string
+	if err := json.Unmarshal(top["ts"], &ts); err != nil {
+		t.Fatalf("ts: %v", err)
+	}
+	if raw, ok := top["key"]; ok {
+		if err := json.Unmarshal(raw, &key); err != nil {
+			t.Fatalf("key: %v", err)
+		}
+	}
+	switch {
+	case ts != e.TS:
+		t.Fatalf("ts: encoding/json reads %v, Decode %v", ts, e.TS)
+	case (key == nil) != (e.Key == nil) || key != nil && *key != *e.Key:
+		t.Fatalf("key: encoding/json reads %v, Decode %v", key, e.Key)
+	case meta.SchemaID != e.Meta.SchemaID || meta.Track != string(e.Meta.Track):
+		t.Fatalf("meta: encoding/json reads %+v, Decode %+v", meta, e.Meta)
+	case !maps.Equal(meta.Headers, e.Meta.Headers):
+		t.Fatalf("headers: encoding/json reads %q, Decode %q", meta.Headers, e.Meta.Headers)
+	case !bytes.Equal(top["payload"], e.Payload):
+		t.Fatalf("payload: encoding/json reads %s, Decode %s", top["payload"], e.Payload)
+	}
 }
 
 func assertSameEnvelope(t *testing.T, a, b *envelope.Envelope, wire []byte) {

@@ -2,7 +2,6 @@ package envelope
 
 import (
 	"bytes"
-	"encoding/json"
 	"fmt"
 	"math"
 	"strconv"
@@ -31,15 +30,21 @@ func appendPyFloat(dst []byte, v float64) ([]byte, error) {
 		return append(dst, "0.0"...), nil
 	}
 	// Shortest round-trip digits and exponent, e.g. "-1.2345e+09".
-	var buf [32]byte
+	var buf, dbuf [32]byte
 	e := strconv.AppendFloat(buf[:0], v, 'e', -1, 64)
 	neg := e[0] == '-'
 	if neg {
 		e = e[1:]
 	}
 	mant, expText, _ := bytes.Cut(e, []byte{'e'})
-	exp, _ := strconv.Atoi(string(expText))
-	digits := make([]byte, 0, len(mant))
+	exp := 0
+	for _, c := range expText[1:] { // after the sign strconv always writes
+		exp = exp*10 + int(c-'0')
+	}
+	if expText[0] == '-' {
+		exp = -exp
+	}
+	digits := dbuf[:0]
 	for _, c := range mant {
 		if c != '.' {
 			digits = append(digits, c)
@@ -272,12 +277,59 @@ func isJSONObject(b []byte) bool {
 	return false
 }
 
-// compactJSON returns src without insignificant whitespace.
+// validJSON checks that src is exactly one JSON value (surrounding whitespace allowed).
+func validJSON(src []byte) error {
+	r := reader{b: src}
+	if r.skip(0) && r.peek() != 0 {
+		r.fail("data after the JSON value")
+	}
+	return r.err
+}
+
+// compactJSON returns src without the whitespace outside strings, after checking that it is
+// valid JSON. When there is no such whitespace it returns src itself (callers only read it).
 func compactJSON(src []byte) ([]byte, error) {
-	var b bytes.Buffer
-	b.Grow(len(src))
-	if err := json.Compact(&b, src); err != nil {
+	if err := validJSON(src); err != nil {
 		return nil, err
 	}
-	return b.Bytes(), nil
+	inString := false
+	for i := 0; i < len(src); i++ {
+		switch c := src[i]; {
+		case inString:
+			switch c {
+			case '\\':
+				i++
+			case '"':
+				inString = false
+			}
+		case c == '"':
+			inString = true
+		case c == ' ' || c == '\t' || c == '\n' || c == '\r':
+			return appendCompact(make([]byte, 0, len(src)), src), nil
+		}
+	}
+	return src, nil
+}
+
+// appendCompact appends valid JSON src without the whitespace outside strings.
+func appendCompact(dst, src []byte) []byte {
+	inString := false
+	start := 0
+	for i := 0; i < len(src); i++ {
+		switch c := src[i]; {
+		case inString:
+			switch c {
+			case '\\':
+				i++
+			case '"':
+				inString = false
+			}
+		case c == '"':
+			inString = true
+		case c == ' ' || c == '\t' || c == '\n' || c == '\r':
+			dst = append(dst, src[start:i]...)
+			start = i + 1
+		}
+	}
+	return append(dst, src[start:]...)
 }

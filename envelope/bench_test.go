@@ -1,0 +1,73 @@
+package envelope_test
+
+import (
+	"encoding/json"
+	"testing"
+
+	"github.com/pulse-bus/pulse/envelope"
+)
+
+// benchPayload is a FeedbackEvent of about 200 bytes, the size the bus benchmarks use.
+const benchPayload = `{"coordinator_id":"bars_1-us-east-coordinator","queue_size":8523,"capacity":10000,"level":"hard","source":"store","ts":1760812345.6789,"note":"queue above the high watermark for 3 consecutive checks"}`
+
+func benchEnvelope() *envelope.Envelope {
+	return &envelope.Envelope{
+		TS:      1760812345.712345,
+		Key:     ptr("bars_1"),
+		Meta:    envelope.Meta{SchemaID: "telemetry.FeedbackEvent", Headers: map[string]string{"reason": "high_watermark", "utilization": "0.852300"}},
+		Payload: json.RawMessage(benchPayload),
+	}
+}
+
+func benchEncode(b *testing.B, track envelope.Track) {
+	c := &envelope.Codec{Track: track}
+	e := benchEnvelope()
+	out, err := c.Encode(e)
+	if err != nil {
+		b.Fatal(err)
+	}
+	b.SetBytes(int64(len(out)))
+	b.ReportAllocs()
+	for b.Loop() {
+		e.ID = "" // a new message each time on v2
+		if _, err := c.Encode(e); err != nil {
+			b.Fatal(err)
+		}
+	}
+}
+
+func benchDecode(b *testing.B, track envelope.Track) {
+	in, err := (&envelope.Codec{Track: track}).Encode(benchEnvelope())
+	if err != nil {
+		b.Fatal(err)
+	}
+	c := &envelope.Codec{}
+	b.SetBytes(int64(len(in)))
+	b.ReportAllocs()
+	for b.Loop() {
+		if _, err := c.Decode(in); err != nil {
+			b.Fatal(err)
+		}
+	}
+}
+
+func BenchmarkEncodeV1(b *testing.B) { benchEncode(b, envelope.TrackV1) }
+func BenchmarkEncodeV2(b *testing.B) { benchEncode(b, envelope.TrackV2) }
+func BenchmarkDecodeV1(b *testing.B) { benchDecode(b, envelope.TrackV1) }
+func BenchmarkDecodeV2(b *testing.B) { benchDecode(b, envelope.TrackV2) }
+
+// BenchmarkDecodeV2Signed is a v2 decode with PUBLISHER_TOKEN set (HMAC verification).
+func BenchmarkDecodeV2Signed(b *testing.B) {
+	signer := envelope.NewSigner(testToken)
+	in, err := (&envelope.Codec{Track: envelope.TrackV2, Signer: signer}).Encode(benchEnvelope())
+	if err != nil {
+		b.Fatal(err)
+	}
+	c := &envelope.Codec{Signer: signer}
+	b.ReportAllocs()
+	for b.Loop() {
+		if _, err := c.Decode(in); err != nil {
+			b.Fatal(err)
+		}
+	}
+}

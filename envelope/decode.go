@@ -1,0 +1,618 @@
+package envelope
+
+import (
+	"crypto/sha256"
+	"encoding/hex"
+	"errors"
+	"fmt"
+	"strconv"
+	"unicode/utf16"
+	"unicode/utf8"
+)
+
+// The envelope reader. It is a small hand-written JSON parser rather than encoding/json for
+// two reasons: speed (the bus decodes every message; this is several times faster and
+// allocates only the strings it returns), and exactness: encoding/json matches field names
+// case-insensitively, so {"META": …} or a second "Payload" would be read as meta or payload,
+// where the Python core (and CONTRACT.md §2: unknown fields are ignored) sees an unknown field.
+// Here field names match exactly (after unescaping, as Python's json.loads does), a repeated
+// field takes its last value (as a Python dict does), and the whole input must be one valid
+// JSON value, with nothing after it but whitespace.
+
+// maxDepth bounds the nesting of arrays and objects, as encoding/json does.
+const maxDepth = 10000
+
+// errSyntax is the detail of a malformed-JSON error.
+type errSyntax struct {
+	msg string
+	off int
+}
+
+func (e *errSyntax) Error() string { return fmt.Sprintf("invalid JSON at offset %d: %s", e.off, e.msg) }
+
+type reader struct {
+	b       []byte
+	i       int
+	err     error  // the first syntax error
+	problem string // the first field of the wrong type (in valid JSON)
+}
+
+func (r *reader) fail(msg string) {
+	if r.err == nil {
+		r.err = &errSyntax{msg: msg, off: r.i}
+	}
+}
+
+func (r *reader) ws() {
+	for r.i < len(r.b) {
+		switch r.b[r.i] {
+		case ' ', '\t', '\n', '\r':
+			r.i++
+		default:
+			return
+		}
+	}
+}
+
+// peek returns the next non-whitespace byte, or 0 at the end.
+func (r *reader) peek() byte {
+	r.ws()
+	if r.i >= len(r.b) {
+		return 0
+	}
+	return r.b[r.i]
+}
+
+func (r *reader) expect(c byte) bool {
+	if r.peek() != c {
+		r.fail(fmt.Sprintf("expected %q", c))
+		return false
+	}
+	r.i++
+	return true
+}
+
+// field advances to the next member of the object whose '{' has been consumed, and returns
+// its (unescaped) name with the reader at its value, which the caller must consume. It returns
+// false at the closing '}' (consumed) or on a syntax error (r.err set). first must start true.
+func (r *reader) field(first *bool, scratch []byte) ([]byte, bool) {
+	c := r.peek()
+	switch {
+	case c == '}':
+		r.i++
+		return nil, false
+	case !*first:
+		if c != ',' {
+			r.fail("expected ',' or '}'")
+			return nil, false
+		}
+		r.i++
+		c = r.peek()
+	}
+	*first = false
+	if c != '"' {
+		r.fail("expected a field name")
+		return nil, false
+	}
+	name, ok := r.stringBytes(scratch)
+	if !ok || !r.expect(':') {
+		return nil, false
+	}
+	r.ws()
+	return name, true
+}
+
+// typeErr records the first field of the wrong type; it is reported if the JSON is valid.
+func (r *reader) typeErr(what string) {
+	if r.problem == "" {
+		r.problem = what
+	}
+}
+
+// stringBytes reads a string token and returns its unescaped UTF-8 bytes: a slice of the
+// input when it holds no escapes and valid UTF-8, else built in buf. Invalid UTF-8 and lone
+// surrogates become U+FFFD, as encoding/json does.
+func (r *reader) stringBytes(buf []byte) ([]byte, bool) {
+	r.i++ // opening quote
+	start := r.i
+	for r.i < len(r.b) {
+		c := r.b[r.i]
+		switch {
+		case c == '"':
+			s := r.b[start:r.i]
+			r.i++
+			return s, true
+		case c == '\\' || c >= utf8.RuneSelf:
+			return r.slowString(append(buf, r.b[start:r.i]...))
+		case c < 0x20:
+			r.fail("control character in string")
+			return nil, false
+		}
+		r.i++
+	}
+	r.fail("unterminated string")
+	return nil, false
+}
+
+func (r *reader) slowString(out []byte) ([]byte, bool) {
+	for r.i < len(r.b) {
+		c := r.b[r.i]
+		switch {
+		case c == '"':
+			r.i++
+			return out, true
+		case c < 0x20:
+			r.fail("control character in string")
+			return nil, false
+		case c == '\\':
+			if r.i+1 >= len(r.b) {
+				r.fail("unterminated string")
+				return nil, false
+			}
+			esc := r.b[r.i+1]
+			switch esc {
+			case '"', '\\', '/', 'b', 'f', 'n', 'r', 't':
+				out = append(out, unescapeChar(esc))
+				r.i += 2
+			case 'u':
+				u, ok := r.hexEscape(r.i)
+				if !ok {
+					return nil, false
+				}
+				r.i += 6
+				if utf16.IsSurrogate(u) {
+					if lo, ok := r.lowSurrogate(u); ok {
+						u = utf16.DecodeRune(u, lo)
+						r.i += 6
+					} else {
+						u = utf8.RuneError
+					}
+				}
+				out = utf8.AppendRune(out, u)
+			default:
+				r.fail("invalid escape")
+				return nil, false
+			}
+		case c < utf8.RuneSelf:
+			out = append(out, c)
+			r.i++
+		default:
+			ru, size := utf8.DecodeRune(r.b[r.i:])
+			out = utf8.AppendRune(out, ru) // RuneError for invalid bytes
+			r.i += size
+		}
+	}
+	r.fail("unterminated string")
+	return nil, false
+}
+
+// hexEscape parses the \uXXXX escape at offset at.
+func (r *reader) hexEscape(at int) (rune, bool) {
+	if at+6 > len(r.b) {
+		r.fail("short \\u escape")
+		return 0, false
+	}
+	for _, c := range r.b[at+2 : at+6] {
+		if !isHex(c) {
+			r.fail("invalid \\u escape")
+			return 0, false
+		}
+	}
+	return hex4(r.b[at+2:]), true
+}
+
+// lowSurrogate reports the low half following the high surrogate hi at r.i, if there is one.
+func (r *reader) lowSurrogate(hi rune) (rune, bool) {
+	if hi >= 0xdc00 || r.i+6 > len(r.b) || r.b[r.i] != '\\' || r.b[r.i+1] != 'u' {
+		return 0, false
+	}
+	for _, c := range r.b[r.i+2 : r.i+6] {
+		if !isHex(c) {
+			return 0, false // reported when that escape is read
+		}
+	}
+	lo := hex4(r.b[r.i+2:])
+	return lo, lo >= 0xdc00 && lo <= 0xdfff
+}
+
+func isHex(c byte) bool {
+	return c >= '0' && c <= '9' || c >= 'a' && c <= 'f' || c >= 'A' && c <= 'F'
+}
+
+// str reads a string value; a JSON null reads as "" with null reported.
+func (r *reader) str() (s string, null, ok bool) {
+	switch r.peek() {
+	case '"':
+		var buf [64]byte
+		b, ok := r.stringBytes(buf[:0])
+		return string(b), false, ok
+	case 'n':
+		return "", true, r.literal("null")
+	}
+	r.fail("expected a string or null")
+	return "", false, false
+}
+
+func (r *reader) literal(word string) bool {
+	if len(r.b)-r.i < len(word) || string(r.b[r.i:r.i+len(word)]) != word {
+		r.fail("invalid literal")
+		return false
+	}
+	r.i += len(word)
+	return true
+}
+
+// number reads a number token, checking JSON's grammar, and returns its text.
+func (r *reader) number() ([]byte, bool) {
+	start := r.i
+	digits := func() int {
+		n := 0
+		for r.i < len(r.b) && r.b[r.i] >= '0' && r.b[r.i] <= '9' {
+			r.i++
+			n++
+		}
+		return n
+	}
+	if r.i < len(r.b) && r.b[r.i] == '-' {
+		r.i++
+	}
+	switch {
+	case r.i < len(r.b) && r.b[r.i] == '0':
+		r.i++
+	case digits() == 0:
+		r.fail("invalid number")
+		return nil, false
+	}
+	if r.i < len(r.b) && r.b[r.i] == '.' {
+		r.i++
+		if digits() == 0 {
+			r.fail("invalid number")
+			return nil, false
+		}
+	}
+	if r.i < len(r.b) && (r.b[r.i] == 'e' || r.b[r.i] == 'E') {
+		r.i++
+		if r.i < len(r.b) && (r.b[r.i] == '+' || r.b[r.i] == '-') {
+			r.i++
+		}
+		if digits() == 0 {
+			r.fail("invalid number")
+			return nil, false
+		}
+	}
+	return r.b[start:r.i], true
+}
+
+// skip reads and validates any value.
+func (r *reader) skip(depth int) bool {
+	if depth > maxDepth {
+		r.fail("nested too deeply")
+		return false
+	}
+	switch r.peek() {
+	case '{':
+		r.i++
+		var scratch [32]byte
+		for first := true; ; {
+			if _, ok := r.field(&first, scratch[:0]); !ok {
+				return r.err == nil
+			}
+			if !r.skip(depth + 1) {
+				return false
+			}
+		}
+	case '[':
+		r.i++
+		if r.peek() == ']' {
+			r.i++
+			return true
+		}
+		for {
+			if !r.skip(depth + 1) {
+				return false
+			}
+			switch r.peek() {
+			case ',':
+				r.i++
+			case ']':
+				r.i++
+				return true
+			default:
+				r.fail("expected ',' or ']'")
+				return false
+			}
+		}
+	case '"':
+		r.i++
+		for r.i < len(r.b) {
+			switch c := r.b[r.i]; {
+			case c == '"':
+				r.i++
+				return true
+			case c == '\\':
+				if r.i+1 >= len(r.b) {
+					r.fail("unterminated string")
+					return false
+				}
+				switch r.b[r.i+1] {
+				case '"', '\\', '/', 'b', 'f', 'n', 'r', 't':
+					r.i += 2
+				case 'u':
+					if _, ok := r.hexEscape(r.i); !ok {
+						return false
+					}
+					r.i += 6
+				default:
+					r.fail("invalid escape")
+					return false
+				}
+			case c < 0x20:
+				r.fail("control character in string")
+				return false
+			default:
+				r.i++
+			}
+		}
+		r.fail("unterminated string")
+		return false
+	case 't':
+		return r.literal("true")
+	case 'f':
+		return r.literal("false")
+	case 'n':
+		return r.literal("null")
+	case 0:
+		r.fail("unexpected end of input")
+		return false
+	}
+	if c := r.b[r.i]; c == '-' || c >= '0' && c <= '9' {
+		_, ok := r.number()
+		return ok
+	}
+	r.fail("unexpected character")
+	return false
+}
+
+// decodeWire parses one envelope (no unwrapping, no schema or signature checks).
+func decodeWire(b []byte) (*Envelope, error) {
+	r := reader{b: b}
+	e := &Envelope{}
+	var (
+		haveTS, haveMeta bool
+		payload          []byte
+		id               string
+		scratch          [32]byte
+	)
+	switch r.peek() {
+	case '{':
+		r.i++
+	case 0:
+		return nil, fmt.Errorf("%w: empty message", ErrMalformed)
+	default:
+		// Tell "valid JSON but not an object" from garbage.
+		if r.skip(0) && r.peek() == 0 {
+			return nil, fmt.Errorf("%w: envelope must be a JSON object", ErrMalformed)
+		}
+		return nil, fmt.Errorf("%w: %v", ErrMalformed, r.errOr("data after the JSON value"))
+	}
+	ok := true
+	for first := true; ok; {
+		name, more := r.field(&first, scratch[:0])
+		if !more {
+			ok = r.err == nil
+			break
+		}
+		switch string(name) {
+		case "id":
+			var s []byte
+			if s, _, ok = r.strBytes(); ok {
+				id = string(s)
+			}
+		case "ts":
+			switch c := r.peek(); {
+			case c == 'n':
+				haveTS = false
+				ok = r.literal("null")
+			case c == '-' || c >= '0' && c <= '9':
+				var tok []byte
+				if tok, ok = r.number(); ok {
+					v, err := strconv.ParseFloat(string(tok), 64)
+					if err != nil {
+						r.typeErr("ts " + string(tok) + " is out of range")
+					}
+					e.TS, haveTS = v, true
+				}
+			default:
+				r.typeErr("ts must be a number")
+				ok = r.skip(1)
+			}
+		case "key":
+			var s []byte
+			var null bool
+			if s, null, ok = r.strBytes(); ok {
+				if null {
+					e.Key = nil
+				} else {
+					k := string(s)
+					e.Key = &k
+				}
+			}
+		case "meta":
+			switch r.peek() {
+			case 'n':
+				haveMeta = false
+				ok = r.literal("null")
+			case '{':
+				haveMeta = true
+				e.Meta = Meta{}
+				ok = r.meta(&e.Meta)
+			default:
+				r.typeErr("meta must be an object")
+				ok = r.skip(1)
+			}
+		case "payload":
+			start := r.i
+			if ok = r.skip(1); ok {
+				payload = b[start:r.i]
+			}
+		default:
+			ok = r.skip(1)
+		}
+	}
+	if ok && r.peek() != 0 {
+		r.fail("data after the envelope")
+		ok = false
+	}
+	switch {
+	case !ok:
+		return nil, fmt.Errorf("%w: %v", ErrMalformed, r.errOr("invalid JSON"))
+	case r.problem != "":
+		return nil, fmt.Errorf("%w: %s", ErrMalformed, r.problem)
+	case !haveMeta:
+		return nil, fmt.Errorf("%w: missing meta", ErrMalformed)
+	case !haveTS:
+		return nil, fmt.Errorf("%w: missing ts", ErrMalformed)
+	case e.Meta.SchemaID == "":
+		return nil, fmt.Errorf("%w: missing meta.schema_id", ErrMalformed)
+	case len(payload) == 0 || payload[0] != '{':
+		return nil, fmt.Errorf("%w: payload must be a JSON object", ErrMalformed)
+	}
+	e.Payload = payload
+	switch e.Meta.Track {
+	case TrackV1:
+		// The Python core's hash never matches its own payload text; v1 readers ignore it.
+		// v1 has no producer id (the Python inner envelope writes "id": ""): the transport id
+		// stands in, so an id field here is not trusted for de-duplication.
+	case TrackV2:
+		if id == "" {
+			return nil, fmt.Errorf("%w: v2 envelope without id", ErrMalformed)
+		}
+		e.ID = id
+		if !hashMatches(e.Meta.Hash, payload) {
+			return nil, fmt.Errorf("%w: meta.hash %q, payload hashes to %q", ErrHashMismatch, e.Meta.Hash, hashHex(payload))
+		}
+	default:
+		return nil, fmt.Errorf("%w %q (accepted: v1, v2)", ErrUnknownTrack, e.Meta.Track)
+	}
+	return e, nil
+}
+
+func (r *reader) errOr(msg string) error {
+	if r.err != nil {
+		return r.err
+	}
+	return errors.New(msg)
+}
+
+// strBytes reads a string or null value (null reads as empty, with null true). Another type
+// is recorded with typeErr and skipped. The bytes may alias the input: copy them.
+func (r *reader) strBytes() (s []byte, null, ok bool) {
+	switch r.peek() {
+	case '"':
+		s, ok = r.stringBytes(nil)
+		return s, false, ok
+	case 'n':
+		return nil, true, r.literal("null")
+	}
+	r.typeErr(fmt.Sprintf("a string was expected at offset %d", r.i))
+	return nil, false, r.skip(1)
+}
+
+// meta reads the meta object, whose '{' is next, into m.
+func (r *reader) meta(m *Meta) bool {
+	r.i++
+	var scratch [32]byte
+	for first := true; ; {
+		name, more := r.field(&first, scratch[:0])
+		if !more {
+			return r.err == nil
+		}
+		ok := true
+		switch string(name) {
+		case "schema_id":
+			var s []byte
+			if s, _, ok = r.strBytes(); ok {
+				m.SchemaID = internSchema(s)
+			}
+		case "track":
+			var s []byte
+			if s, _, ok = r.strBytes(); ok {
+				m.Track = internTrack(s)
+			}
+		case "hash":
+			var s []byte
+			if s, _, ok = r.strBytes(); ok {
+				m.Hash = string(s)
+			}
+		case "headers":
+			switch r.peek() {
+			case 'n':
+				m.Headers = nil
+				ok = r.literal("null")
+			case '{':
+				ok = r.headers(m)
+			default:
+				r.typeErr("meta.headers must be an object")
+				ok = r.skip(2)
+			}
+		default:
+			ok = r.skip(2)
+		}
+		if !ok {
+			return false
+		}
+	}
+}
+
+// headers reads the headers object, whose '{' is next; values must be strings (null reads as
+// ""). An empty object gives a nil map.
+func (r *reader) headers(m *Meta) bool {
+	r.i++
+	m.Headers = nil
+	var scratch [32]byte
+	for first := true; ; {
+		k, more := r.field(&first, scratch[:0])
+		if !more {
+			return r.err == nil
+		}
+		key := string(k)
+		v, _, ok := r.strBytes()
+		if !ok {
+			return false
+		}
+		if m.Headers == nil {
+			m.Headers = make(map[string]string, 4)
+		}
+		m.Headers[key] = string(v)
+	}
+}
+
+func internTrack(s []byte) Track {
+	switch string(s) {
+	case "v1":
+		return TrackV1
+	case "v2":
+		return TrackV2
+	}
+	return Track(s)
+}
+
+// knownSchemas are schema_ids read without allocating.
+var knownSchemas = []string{"telemetry.FeedbackEvent", "telemetry.RateAdjustment", WrappedSchemaID}
+
+func internSchema(s []byte) string {
+	for _, k := range knownSchemas {
+		if string(s) == k {
+			return k
+		}
+	}
+	return string(s)
+}
+
+// hashMatches reports whether want is the lower-case hex SHA-256 of payload.
+func hashMatches(want string, payload []byte) bool {
+	sum := sha256.Sum256(payload)
+	var buf [2 * sha256.Size]byte
+	hex.Encode(buf[:], sum[:])
+	return string(buf[:]) == want
+}
