@@ -1,0 +1,404 @@
+package transport_test
+
+import (
+	"context"
+	"encoding/json"
+	"errors"
+	"fmt"
+	"strconv"
+	"testing"
+	"time"
+
+	"github.com/stretchr/testify/require"
+
+	"github.com/pulse-bus/pulse/envelope"
+	"github.com/pulse-bus/pulse/transport"
+	"github.com/pulse-bus/pulse/transport/transporttest"
+)
+
+const stream = "unit.events"
+
+// newBus returns a Bus over a fake driver with short timings, and its recorder.
+func newBus(t *testing.T, mods ...func(*transport.Config)) (*transport.Bus, *fakeDriver, *transporttest.Recorder) {
+	t.Helper()
+	rec := transporttest.NewRecorder()
+	cfg := transport.Config{
+		Track:           envelope.TrackV2,
+		MaxDeliveries:   3,
+		RetryBackoffMin: 10 * time.Millisecond,
+		RetryBackoffMax: 15 * time.Millisecond,
+		DrainTimeout:    2 * time.Second,
+		Observer:        rec,
+	}
+	for _, m := range mods {
+		m(&cfg)
+	}
+	drv := newFakeDriver()
+	bus, err := transport.New(drv, cfg)
+	require.NoError(t, err)
+	t.Cleanup(func() { _ = bus.Close() })
+	return bus, drv, rec
+}
+
+// subscribe subscribes h and returns the fake driver's subscription.
+func subscribe(t *testing.T, bus *transport.Bus, drv *fakeDriver, h transport.Handler) (*transport.Subscription, *fakeSub) {
+	t.Helper()
+	sub, err := bus.Subscribe(context.Background(), stream, h, transport.SubscribeOptions{})
+	require.NoError(t, err)
+	t.Cleanup(func() { _ = sub.Close() })
+	return sub, drv.nextSub(t)
+}
+
+// body encodes a v2 envelope of n.
+func body(t *testing.T, bus *transport.Bus, n int) []byte {
+	t.Helper()
+	b, err := bus.Codec().Encode(&envelope.Envelope{Meta: envelope.Meta{SchemaID: "unit.Event"}, Payload: json.RawMessage(fmt.Sprintf(`{"n":%d}`, n))})
+	require.NoError(t, err)
+	return b
+}
+
+func ok(context.Context, *transport.Delivery) error { return nil }
+
+// TestSuccessesAckedPerBatch proves that the successes of one batch are acked in one driver
+// call and counted success.
+func TestSuccessesAckedPerBatch(t *testing.T) {
+	bus, drv, rec := newBus(t)
+	_, fs := subscribe(t, bus, drv, ok)
+	fs.deliver(raw("1", 1, body(t, bus, 1)), raw("2", 1, body(t, bus, 2)), raw("3", 1, body(t, bus, 3)))
+	c := drv.next(t)
+	require.Equal(t, "ack", c.kind)
+	require.Equal(t, []string{"1", "2", "3"}, c.tids)
+	require.Equal(t, 3, rec.Outcome(stream, transport.OutcomeSuccess))
+}
+
+// TestFailureBacksOffThenDeadLetters proves the retry policy on the Bus side: a failing
+// handler's delivery is Nak'ed with RetryBackoffMin, then doubled and capped at
+// RetryBackoffMax, and on attempt MaxDeliveries it is published to the DLQ with the original
+// bytes and its metadata, then terminated.
+func TestFailureBacksOffThenDeadLetters(t *testing.T) {
+	bus, drv, rec := newBus(t)
+	boom := errors.New("boom")
+	_, fs := subscribe(t, bus, drv, func(context.Context, *transport.Delivery) error { return boom })
+	b := body(t, bus, 1)
+	fs.deliver(raw("7", 1, b))
+	c := drv.next(t)
+	require.Equal(t, call{kind: "nak", stream: stream, tids: []string{"7"}, delay: 10 * time.Millisecond}, c)
+	fs.deliver(raw("7", 2, b))
+	c = drv.next(t)
+	require.Equal(t, call{kind: "nak", stream: stream, tids: []string{"7"}, delay: 15 * time.Millisecond}, c, "doubled, capped at max")
+	fs.deliver(raw("7", 3, b))
+	c = drv.next(t)
+	require.Equal(t, "publish", c.kind)
+	require.Equal(t, stream+transport.DLQSuffix, c.stream)
+	require.Len(t, c.msgs, 1)
+	dl := c.msgs[0]
+	require.Equal(t, string(b), string(dl.Body))
+	require.Equal(t, "7", dl.Headers[transport.DLQOriginalID])
+	require.Equal(t, "max_deliveries", dl.Headers[transport.DLQReason])
+	require.Equal(t, "3", dl.Headers[transport.DLQAttempts])
+	require.Equal(t, stream, dl.Headers[transport.DLQStream])
+	require.Equal(t, "boom", dl.Headers[transport.DLQError])
+	_, err := time.Parse(time.RFC3339Nano, dl.Headers[transport.DLQFailedAt])
+	require.NoError(t, err)
+	require.Equal(t, call{kind: "term", stream: stream, tids: []string{"7"}}, drv.next(t))
+	require.Equal(t, 2, rec.Outcome(stream, transport.OutcomeError))
+	require.Equal(t, 1, rec.Outcome(stream, transport.OutcomeDeadLetter))
+	require.Equal(t, 1, rec.DeadLetters(stream, "max_deliveries"))
+	require.Equal(t, 2, rec.Redeliveries(stream))
+}
+
+// TestHandlerPanicRecoveredAndRetried proves that a panicking handler neither crashes the
+// subscription nor loses the message: the panic is a failure, retried with backoff, and the
+// next attempt that succeeds is acked.
+func TestHandlerPanicRecoveredAndRetried(t *testing.T) {
+	bus, drv, rec := newBus(t)
+	_, fs := subscribe(t, bus, drv, func(_ context.Context, d *transport.Delivery) error {
+		if d.Attempt == 1 {
+			panic("handler bug")
+		}
+		return nil
+	})
+	b := body(t, bus, 1)
+	fs.deliver(raw("1", 1, b))
+	require.Equal(t, call{kind: "nak", stream: stream, tids: []string{"1"}, delay: 10 * time.Millisecond}, drv.next(t))
+	fs.deliver(raw("1", 2, b))
+	require.Equal(t, call{kind: "ack", stream: stream, tids: []string{"1"}}, drv.next(t))
+	require.Equal(t, 1, rec.Outcome(stream, transport.OutcomeError))
+	require.Equal(t, 1, rec.Outcome(stream, transport.OutcomeSuccess))
+}
+
+// TestErrStaleAcked proves that a handler returning (a wrapped) ErrStale gets its delivery
+// acked, not retried, counted stale, and recorded as handled (a redelivery is a duplicate).
+func TestErrStaleAcked(t *testing.T) {
+	bus, drv, rec := newBus(t)
+	calls := 0
+	_, fs := subscribe(t, bus, drv, func(context.Context, *transport.Delivery) error {
+		calls++
+		return fmt.Errorf("older event: %w", transport.ErrStale)
+	})
+	b := body(t, bus, 1)
+	fs.deliver(raw("1", 1, b))
+	require.Equal(t, call{kind: "ack", stream: stream, tids: []string{"1"}}, drv.next(t))
+	require.Equal(t, 1, rec.Outcome(stream, transport.OutcomeStale))
+	fs.deliver(raw("1", 2, b))
+	require.Equal(t, call{kind: "ack", stream: stream, tids: []string{"1"}}, drv.next(t))
+	require.Equal(t, 1, rec.Outcome(stream, transport.OutcomeDuplicate))
+	require.Equal(t, 1, calls)
+}
+
+// TestPoisonDeadLetteredAtOnce proves that an undecodable message and one the handler
+// declares poison go to the DLQ on attempt 1 with their reasons, are terminated, and are
+// counted rejected; the undecodable one never reaches the handler.
+func TestPoisonDeadLetteredAtOnce(t *testing.T) {
+	bus, drv, rec := newBus(t)
+	calls := 0
+	_, fs := subscribe(t, bus, drv, func(context.Context, *transport.Delivery) error {
+		calls++
+		return transport.Poison("refused", errors.New("never"))
+	})
+	fs.deliver(raw("1", 1, []byte("{not json")))
+	c := drv.next(t)
+	require.Equal(t, "publish", c.kind)
+	require.Equal(t, "malformed", c.msgs[0].Headers[transport.DLQReason])
+	require.Equal(t, "1", c.msgs[0].Headers[transport.DLQAttempts])
+	require.Equal(t, "{not json", string(c.msgs[0].Body))
+	require.Equal(t, call{kind: "term", stream: stream, tids: []string{"1"}}, drv.next(t))
+	require.Zero(t, calls)
+
+	fs.deliver(raw("2", 1, body(t, bus, 2)))
+	c = drv.next(t)
+	require.Equal(t, "publish", c.kind)
+	require.Equal(t, "refused", c.msgs[0].Headers[transport.DLQReason])
+	require.Equal(t, call{kind: "term", stream: stream, tids: []string{"2"}}, drv.next(t))
+	require.Equal(t, 2, rec.Outcome(stream, transport.OutcomeRejected))
+	require.Equal(t, map[string]int{"malformed": 1, "refused": 1}, rec.DeadLetterReasons(stream))
+}
+
+// TestDeadLetterWriteFailureRetries proves that when the DLQ cannot be written the original
+// is Nak'ed for a later retry, not terminated: dead-lettering never loses a message.
+func TestDeadLetterWriteFailureRetries(t *testing.T) {
+	bus, drv, rec := newBus(t)
+	drv.setPublishErr(errors.New("broker down"))
+	_, fs := subscribe(t, bus, drv, ok)
+	fs.deliver(raw("1", 1, []byte("garbage")))
+	require.Equal(t, call{kind: "nak", stream: stream, tids: []string{"1"}, delay: 10 * time.Millisecond}, drv.next(t))
+	require.Zero(t, rec.DeadLetters(stream, "malformed"))
+}
+
+// TestDuplicateAckedWithoutHandling proves that a second delivery of an id already handled
+// (the v2 producer id, under another transport id: a publish retry) is acked without calling
+// the handler and counted duplicate.
+func TestDuplicateAckedWithoutHandling(t *testing.T) {
+	bus, drv, rec := newBus(t)
+	calls := 0
+	_, fs := subscribe(t, bus, drv, func(context.Context, *transport.Delivery) error { calls++; return nil })
+	b := body(t, bus, 1)
+	fs.deliver(raw("1", 1, b))
+	require.Equal(t, "ack", drv.next(t).kind)
+	fs.deliver(raw("2", 1, b))
+	require.Equal(t, call{kind: "ack", stream: stream, tids: []string{"2"}}, drv.next(t))
+	require.Equal(t, 1, calls)
+	require.Equal(t, 1, rec.Outcome(stream, transport.OutcomeDuplicate))
+}
+
+// TestIdempotencyUnavailableHandlesAnyway proves that a failing idempotency record does not
+// stop consumption: at least once wins over exactly once.
+func TestIdempotencyUnavailableHandlesAnyway(t *testing.T) {
+	bus, drv, rec := newBus(t, func(c *transport.Config) { c.Idempotency = errIdem{} })
+	_, fs := subscribe(t, bus, drv, ok)
+	fs.deliver(raw("1", 1, body(t, bus, 1)))
+	require.Equal(t, call{kind: "ack", stream: stream, tids: []string{"1"}}, drv.next(t))
+	require.Equal(t, 1, rec.Outcome(stream, transport.OutcomeSuccess))
+}
+
+// TestDrainFinishesInFlight proves that Close lets an in-flight handler finish and acks its
+// delivery before returning.
+func TestDrainFinishesInFlight(t *testing.T) {
+	bus, drv, _ := newBus(t)
+	started, release := make(chan struct{}), make(chan struct{})
+	sub, fs := subscribe(t, bus, drv, func(context.Context, *transport.Delivery) error {
+		close(started)
+		<-release
+		return nil
+	})
+	fs.deliver(raw("1", 1, body(t, bus, 1)))
+	<-started
+	closed := make(chan error)
+	go func() { closed <- sub.Close() }()
+	select {
+	case <-closed:
+		t.Fatal("Close returned while a handler was running")
+	case <-time.After(20 * time.Millisecond):
+	}
+	close(release)
+	require.Equal(t, call{kind: "ack", stream: stream, tids: []string{"1"}}, drv.next(t))
+	require.NoError(t, <-closed)
+	<-sub.Done()
+}
+
+// TestDrainDeadlineReleasesDelivery proves that a handler still running at the drain deadline
+// has its context cancelled, and that its delivery, cut off, is handed back at once (Nak
+// without delay) for another member rather than counted as a failure.
+func TestDrainDeadlineReleasesDelivery(t *testing.T) {
+	bus, drv, rec := newBus(t, func(c *transport.Config) { c.DrainTimeout = 30 * time.Millisecond })
+	started := make(chan struct{})
+	sub, fs := subscribe(t, bus, drv, func(ctx context.Context, _ *transport.Delivery) error {
+		close(started)
+		<-ctx.Done()
+		return ctx.Err()
+	})
+	fs.deliver(raw("1", 1, body(t, bus, 1)))
+	<-started
+	require.NoError(t, sub.Close())
+	require.Equal(t, call{kind: "nak", stream: stream, tids: []string{"1"}, delay: 0}, drv.next(t))
+	require.Zero(t, rec.Outcome(stream, transport.OutcomeError))
+}
+
+// TestReceiveErrorReportedAndRecovered proves that fetch errors are the subscription's
+// health (Err) and are retried, and that Err clears once deliveries flow again.
+func TestReceiveErrorReportedAndRecovered(t *testing.T) {
+	bus, drv, _ := newBus(t)
+	sub, fs := subscribe(t, bus, drv, ok)
+	fs.recvErr <- fmt.Errorf("conn reset: %w", transport.ErrUnavailable)
+	require.Eventually(t, func() bool { return errors.Is(sub.Err(), transport.ErrUnavailable) }, 5*time.Second, time.Millisecond)
+	fs.deliver(raw("1", 1, body(t, bus, 1)))
+	require.Equal(t, "ack", drv.next(t).kind)
+	require.NoError(t, sub.Err())
+}
+
+// TestSubscribeContextCancelCloses proves that cancelling Subscribe's context drains and
+// stops the subscription.
+func TestSubscribeContextCancelCloses(t *testing.T) {
+	bus, drv, _ := newBus(t)
+	ctx, cancel := context.WithCancel(context.Background())
+	sub, err := bus.Subscribe(ctx, stream, ok, transport.SubscribeOptions{})
+	require.NoError(t, err)
+	drv.nextSub(t)
+	cancel()
+	select {
+	case <-sub.Done():
+	case <-time.After(5 * time.Second):
+		t.Fatal("cancelling the context did not stop the subscription")
+	}
+}
+
+// TestSubscribeValidates proves that Subscribe rejects a nil handler and invalid stream,
+// group and consumer names, saying what is accepted.
+func TestSubscribeValidates(t *testing.T) {
+	bus, _, _ := newBus(t)
+	_, err := bus.Subscribe(context.Background(), stream, nil, transport.SubscribeOptions{})
+	require.ErrorContains(t, err, "nil handler")
+	for _, tc := range []struct {
+		stream string
+		opts   transport.SubscribeOptions
+	}{
+		{"", transport.SubscribeOptions{}},
+		{"a..b", transport.SubscribeOptions{}},
+		{"a b", transport.SubscribeOptions{}},
+		{stream, transport.SubscribeOptions{Group: "a.b"}},
+		{stream, transport.SubscribeOptions{Consumer: "c d"}},
+	} {
+		_, err := bus.Subscribe(context.Background(), tc.stream, ok, tc.opts)
+		require.ErrorContains(t, err, "accepted", "%q %+v", tc.stream, tc.opts)
+	}
+}
+
+// TestPublish proves Bus.Publish: one driver call per batch, v2 producer ids passed to the
+// driver for de-duplication, v1 without, every message reported to the Observer, encode and
+// driver errors returned (the latter wrapped) and counted, nothing sent for an empty batch.
+func TestPublish(t *testing.T) {
+	for _, track := range []envelope.Track{envelope.TrackV1, envelope.TrackV2} {
+		t.Run(string(track), func(t *testing.T) {
+			bus, drv, rec := newBus(t, func(c *transport.Config) { c.Track = track })
+			envs := []*envelope.Envelope{
+				{Meta: envelope.Meta{SchemaID: "s"}, Payload: json.RawMessage(`{"a":1}`)},
+				{Meta: envelope.Meta{SchemaID: "s"}, Payload: json.RawMessage(`{"a":2}`)},
+			}
+			require.NoError(t, bus.Publish(t.Context(), stream, envs...))
+			c := drv.next(t)
+			require.Equal(t, "publish", c.kind)
+			require.Len(t, c.msgs, 2)
+			for i, m := range c.msgs {
+				require.Equal(t, envs[i].ID, m.ID)
+				if track == envelope.TrackV2 {
+					require.NotEmpty(t, m.ID)
+				} else {
+					require.Empty(t, m.ID)
+				}
+				d, err := bus.Codec().Decode(m.Body)
+				require.NoError(t, err)
+				require.JSONEq(t, string(envs[i].Payload), string(d.Payload))
+			}
+			require.Equal(t, 2, rec.PublishedCount(stream, true))
+
+			require.NoError(t, bus.Publish(t.Context(), stream))
+			require.Error(t, bus.Publish(t.Context(), "bad stream", envs...))
+			require.ErrorContains(t, bus.Publish(t.Context(), stream, &envelope.Envelope{Payload: json.RawMessage(`{}`)}), "schema_id")
+
+			down := errors.New("down")
+			drv.setPublishErr(down)
+			require.ErrorIs(t, bus.Publish(t.Context(), stream, envs[0]), down)
+			require.Equal(t, 1, rec.PublishedCount(stream, false))
+			select {
+			case c := <-drv.calls:
+				t.Fatalf("unexpected driver call %+v", c)
+			default:
+			}
+		})
+	}
+}
+
+// TestBusClose proves that Bus.Close stops every subscription, closes the driver once, is
+// idempotent, and that the Bus then answers ErrClosed.
+func TestBusClose(t *testing.T) {
+	bus, drv, _ := newBus(t)
+	sub, _ := subscribe(t, bus, drv, ok)
+	require.NoError(t, bus.Close())
+	<-sub.Done()
+	require.Equal(t, "close", drv.next(t).kind)
+	require.NoError(t, bus.Close())
+	select {
+	case c := <-drv.calls:
+		t.Fatalf("second Close reached the driver: %+v", c)
+	default:
+	}
+	require.ErrorIs(t, bus.Publish(t.Context(), stream), transport.ErrClosed)
+	_, err := bus.PublishRaw(t.Context(), stream)
+	require.ErrorIs(t, err, transport.ErrClosed)
+	_, err = bus.Subscribe(t.Context(), stream, ok, transport.SubscribeOptions{})
+	require.ErrorIs(t, err, transport.ErrClosed)
+	require.ErrorIs(t, bus.Ping(t.Context()), transport.ErrClosed)
+}
+
+// TestConcurrentHandlersAckTogether proves that with Concurrency > 1 a batch's handlers run at
+// once and their successes are still acked in one call.
+func TestConcurrentHandlersAckTogether(t *testing.T) {
+	bus, drv, _ := newBus(t)
+	const n = 4
+	arrived := make(chan struct{}, n)
+	all := make(chan struct{})
+	sub, err := bus.Subscribe(context.Background(), stream, func(context.Context, *transport.Delivery) error {
+		arrived <- struct{}{}
+		<-all // only returns once all n run at the same time
+		return nil
+	}, transport.SubscribeOptions{Concurrency: n})
+	require.NoError(t, err)
+	t.Cleanup(func() { _ = sub.Close() })
+	fs := drv.nextSub(t)
+	batch := make([]*transport.RawDelivery, n)
+	for i := range batch {
+		batch[i] = raw(strconv.Itoa(i), 1, body(t, bus, i))
+	}
+	fs.deliver(batch...)
+	for range n {
+		select {
+		case <-arrived:
+		case <-time.After(5 * time.Second):
+			t.Fatal("handlers did not run concurrently")
+		}
+	}
+	close(all)
+	c := drv.next(t)
+	require.Equal(t, "ack", c.kind)
+	require.ElementsMatch(t, []string{"0", "1", "2", "3"}, c.tids)
+}
