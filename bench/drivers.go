@@ -1,5 +1,8 @@
 package bench
 
 // The Pulse drivers measured here register themselves on import, as in an application. A
-// driver not imported (not written yet) leaves its contender "unavailable" in the report.
-import ()
+// driver not imported leaves its contender "unavailable" in the report.
+import (
+	_ "github.com/pulse-bus/pulse/transport/inmem"
+	_ "github.com/pulse-bus/pulse/transport/jetstream"
+)

@@ -5,8 +5,11 @@ import (
 	"errors"
 	"fmt"
 	"log/slog"
+	"os"
+	"path/filepath"
 	"regexp"
 	"runtime"
+	"runtime/pprof"
 	"slices"
 	"strings"
 	"time"
@@ -64,6 +67,9 @@ type Options struct {
 	LatencyWarm int
 	// Match, if set, selects contenders by name.
 	Match *regexp.Regexp
+	// ProfileDir, if set, receives a CPU profile of every measured phase of every contender
+	// (<contender>-<phase>-r<rep>.pprof), for finding where the time goes.
+	ProfileDir string
 	// Log receives progress; nil discards it.
 	Log *slog.Logger
 }
@@ -305,7 +311,11 @@ func runSection(ctx context.Context, name string, env *Env, opts Options) (*Sect
 				continue
 			}
 			id := fmt.Sprintf("%s%d%s", shortName(c.Name), rep+opts.Warmups, name[:1])
-			if err := runOne(ctx, env, c, row, id, n, rep >= 0, log); err != nil {
+			prof := phaseProfiler{dir: opts.ProfileDir, name: shortName(c.Name), rep: rep + 1}
+			if rep < 0 {
+				prof.dir = ""
+			}
+			if err := runOne(ctx, env, c, row, id, n, rep >= 0, prof, log); err != nil {
 				if ctx.Err() != nil {
 					return nil, ctx.Err()
 				}
@@ -357,60 +367,83 @@ func phaseCtx(ctx context.Context, n int) (context.Context, context.CancelFunc) 
 }
 
 // runOne runs one repetition of c and, if record, appends its measurements to row.
-func runOne(ctx context.Context, env *Env, c *Contender, row *Row, id string, n int, record bool, log *slog.Logger) (err error) {
+func runOne(ctx context.Context, env *Env, c *Contender, row *Row, id string, n int, record bool, prof phaseProfiler, log *slog.Logger) error {
 	runtime.GC() // start every trial from the same heap state
 	switch {
 	case c.NewPipe != nil:
-		p, err := c.NewPipe(ctx, env, id)
-		if err != nil {
-			return err
-		}
-		defer func() { err = errors.Join(err, p.Close()) }()
-		pctx, cancel := phaseCtx(ctx, n)
-		defer cancel()
-		start := time.Now()
-		if err := p.Run(pctx, n); err != nil {
-			return err
-		}
-		d := time.Since(start)
-		log.Info("trial", "contender", c.Name, "id", id, "n", n, "e2e_msgs_per_s", int(RateOf(n, d)), "measured", record)
-		if dr, ok := p.(interface{ Duplicates() int64 }); ok && record {
-			row.Dups += dr.Duplicates()
-		}
-		if record {
-			row.E2E = append(row.E2E, RateOf(n, d))
-		}
+		return runPipe(ctx, env, c, row, id, n, record, prof, log)
 	case c.NewTrial != nil:
-		t, err := c.NewTrial(ctx, env, id)
-		if err != nil {
-			return err
-		}
-		defer func() { err = errors.Join(err, t.Close()) }()
-		pctx, cancel := phaseCtx(ctx, n)
-		defer cancel()
-		start := time.Now()
-		if err := t.Publish(pctx, n); err != nil {
-			return fmt.Errorf("publish: %w", err)
-		}
-		pub := time.Since(start)
-		cctx, cancel2 := phaseCtx(ctx, n)
-		defer cancel2()
-		start = time.Now()
-		if err := t.Consume(cctx, n); err != nil {
-			return fmt.Errorf("consume: %w", err)
-		}
-		con := time.Since(start)
-		log.Info("trial", "contender", c.Name, "id", id, "n", n,
-			"publish_msgs_per_s", int(RateOf(n, pub)), "consume_msgs_per_s", int(RateOf(n, con)), "measured", record)
-		if dr, ok := t.(interface{ Duplicates() int64 }); ok && record {
-			row.Dups += dr.Duplicates()
-		}
-		if record {
-			row.Publish = append(row.Publish, RateOf(n, pub))
-			row.Consume = append(row.Consume, RateOf(n, con))
-		}
+		return runTrial(ctx, env, c, row, id, n, record, prof, log)
 	}
 	return nil
+}
+
+func runPipe(ctx context.Context, env *Env, c *Contender, row *Row, id string, n int, record bool, prof phaseProfiler, log *slog.Logger) (err error) {
+	p, err := c.NewPipe(ctx, env, id)
+	if err != nil {
+		return err
+	}
+	defer func() { err = errors.Join(err, p.Close()) }()
+	pctx, cancel := phaseCtx(ctx, n)
+	defer cancel()
+	stopProf := prof.start("e2e")
+	start := time.Now()
+	err = p.Run(pctx, n)
+	d := time.Since(start)
+	stopProf()
+	if err != nil {
+		return err
+	}
+	log.Info("trial", "contender", c.Name, "id", id, "n", n, "e2e_msgs_per_s", int(RateOf(n, d)), "measured", record)
+	if record {
+		row.E2E = append(row.E2E, RateOf(n, d))
+		row.Dups += duplicatesOf(p)
+	}
+	return nil
+}
+
+func runTrial(ctx context.Context, env *Env, c *Contender, row *Row, id string, n int, record bool, prof phaseProfiler, log *slog.Logger) (err error) {
+	t, err := c.NewTrial(ctx, env, id)
+	if err != nil {
+		return err
+	}
+	defer func() { err = errors.Join(err, t.Close()) }()
+	pctx, cancel := phaseCtx(ctx, n)
+	defer cancel()
+	stopProf := prof.start("publish")
+	start := time.Now()
+	err = t.Publish(pctx, n)
+	pub := time.Since(start)
+	stopProf()
+	if err != nil {
+		return fmt.Errorf("publish: %w", err)
+	}
+	cctx, cancel2 := phaseCtx(ctx, n)
+	defer cancel2()
+	stopProf = prof.start("consume")
+	start = time.Now()
+	err = t.Consume(cctx, n)
+	con := time.Since(start)
+	stopProf()
+	if err != nil {
+		return fmt.Errorf("consume: %w", err)
+	}
+	log.Info("trial", "contender", c.Name, "id", id, "n", n,
+		"publish_msgs_per_s", int(RateOf(n, pub)), "consume_msgs_per_s", int(RateOf(n, con)), "measured", record)
+	if record {
+		row.Publish = append(row.Publish, RateOf(n, pub))
+		row.Consume = append(row.Consume, RateOf(n, con))
+		row.Dups += duplicatesOf(t)
+	}
+	return nil
+}
+
+// duplicatesOf is how many duplicate deliveries a trial saw, if it counts them.
+func duplicatesOf(t any) int64 {
+	if d, ok := t.(interface{ Duplicates() int64 }); ok {
+		return d.Duplicates()
+	}
+	return 0
 }
 
 func runLatency(ctx context.Context, env *Env, c *Contender, row *Row, id string, opts Options, log *slog.Logger) (err error) {
@@ -430,4 +463,37 @@ func runLatency(ctx context.Context, env *Env, c *Contender, row *Row, id string
 	row.Lat = lats
 	log.Info("latency", "contender", c.Name, "n", len(lats), "p50", lats.Percentile(50), "p99", lats.Percentile(99))
 	return nil
+}
+
+// phaseProfiler writes a CPU profile of one phase when dir is set.
+type phaseProfiler struct {
+	dir  string
+	name string
+	rep  int
+}
+
+// start begins profiling phase and returns the function that ends it. Profiling problems are
+// reported on stderr and do not fail the trial.
+func (p phaseProfiler) start(phase string) (stop func()) {
+	if p.dir == "" {
+		return func() {}
+	}
+	if err := os.MkdirAll(p.dir, 0o755); err != nil {
+		fmt.Fprintf(os.Stderr, "bench: profile dir: %v\n", err)
+		return func() {}
+	}
+	f, err := os.Create(filepath.Join(p.dir, fmt.Sprintf("%s-%s-r%d.pprof", p.name, phase, p.rep)))
+	if err != nil {
+		fmt.Fprintf(os.Stderr, "bench: profile: %v\n", err)
+		return func() {}
+	}
+	if err := pprof.StartCPUProfile(f); err != nil {
+		fmt.Fprintf(os.Stderr, "bench: profile: %v\n", err)
+		f.Close()
+		return func() {}
+	}
+	return func() {
+		pprof.StopCPUProfile()
+		f.Close()
+	}
 }

@@ -49,6 +49,7 @@ func run(args []string, stdout, stderr io.Writer) int {
 		match      = fs.String("match", "", "regexp: run only contenders whose name matches")
 		out        = fs.String("out", filepath.Join("results", "latest.txt"), "also write the report here (\"\": don't)")
 		cpuprofile = fs.String("cpuprofile", "", "write a CPU profile of the whole run to this file")
+		profileDir = fs.String("profile-dir", "", "write a CPU profile of every measured phase of every contender to this directory (not with -cpuprofile)")
 		quiet      = fs.Bool("q", false, "no progress lines on stderr")
 		strict     = fs.Bool("strict", false, "exit 3 if any goal is missed or not measured")
 	)
@@ -68,6 +69,11 @@ func run(args []string, stdout, stderr io.Writer) int {
 		N: *n, Reps: *reps, Warmups: *warmups, WarmN: *warmN, Batch: *batch, Track: tr, Size: *size,
 		LatencyRate: *latRate, LatencyN: *latN,
 	}
+	if *cpuprofile != "" && *profileDir != "" {
+		fmt.Fprintln(stderr, "pulsebench: -cpuprofile and -profile-dir cannot be combined (one CPU profile at a time)")
+		return 2
+	}
+	opts.ProfileDir = *profileDir
 	if *warmups == 0 {
 		opts.Warmups = -1
 	}
