@@ -7,6 +7,7 @@ import (
 	"encoding/hex"
 	"fmt"
 	"hash"
+	"unicode/utf8"
 )
 
 // SignatureHeader is the meta.headers entry that carries a publisher signature.
@@ -28,6 +29,7 @@ const signatureDomain = "pulse-hmac-sha256-v1"
 //	<the payload's JSON text exactly as it appears in the message, with the whitespace
 //	 outside strings removed>
 //
+// The first five lines are the values as a reader decodes them from the message, in UTF-8.
 // The payload line is the wire text, not a re-serialisation: escapes, non-ASCII characters
 // and number text stay exactly as sent (a v1 message carries non-ASCII as \uXXXX escapes, a
 // v2 message as raw UTF-8). For a payload Python's json module wrote, it equals
@@ -56,7 +58,7 @@ func (s *Signer) mac(e *Envelope, payloadCompact []byte) []byte {
 		id = ""
 	}
 	for _, part := range []string{signatureDomain, e.Meta.SchemaID, string(e.Meta.Track), id, e.KeyOf()} {
-		m.Write([]byte(part))
+		m.Write([]byte(wireString(part)))
 		m.Write([]byte{'\n'})
 	}
 	m.Write(payloadCompact)
@@ -97,4 +99,14 @@ func (s *Signer) Equal(o *Signer) bool {
 		return s == o
 	}
 	return bytes.Equal(s.key, o.key)
+}
+
+// wireString is s as it reads back from the wire: each byte of invalid UTF-8 replaced by
+// U+FFFD, as the encoder writes it. Signing the caller's raw bytes instead would make a
+// signature that no reader can check.
+func wireString(s string) string {
+	if utf8.ValidString(s) {
+		return s
+	}
+	return string([]rune(s))
 }
