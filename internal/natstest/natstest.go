@@ -34,8 +34,11 @@ import (
 const (
 	MaxMemory int64 = 64 << 20
 	MaxStore  int64 = 1 << 30
-	// StartTimeout bounds starting one server; a cluster member waits for its peers longer.
+	// StartTimeout bounds starting one server.
 	StartTimeout = 20 * time.Second
+	// ClusterReadyTimeout bounds the wait for a cluster's JetStream meta leader: the first
+	// elections usually settle in under a second but, with split votes, sometimes take 15 s.
+	ClusterReadyTimeout = 45 * time.Second
 )
 
 // Options returns the options of a test server on a random loopback port storing in dir.
@@ -75,7 +78,8 @@ type Cluster struct {
 
 // StartCluster starts n servers (n ≥ 3 for JetStream clustering) as one JetStream cluster,
 // each with its own t.TempDir() store and every member in every member's routes, and waits
-// until all accept clients. It stops them when t ends.
+// until all accept clients and JetStream has a meta leader that every member follows. It
+// stops them when t ends.
 func StartCluster(t testing.TB, n int) *Cluster {
 	t.Helper()
 	ports, err := FreePorts(n)
@@ -114,7 +118,32 @@ func StartCluster(t testing.TB, n int) *Cluster {
 		}
 	}
 	c.Servers = servers
+	// Accepting clients is not enough: JetStream requests hang until the members have elected
+	// a meta leader and caught up with it.
+	deadline := time.Now().Add(ClusterReadyTimeout)
+	for !c.jetStreamReady() {
+		if time.Now().After(deadline) {
+			t.Fatalf("natstest: the cluster's JetStream was not ready after %s", ClusterReadyTimeout)
+		}
+		time.Sleep(10 * time.Millisecond) // polling the servers' state; nothing to wait on
+	}
 	return c
+}
+
+// jetStreamReady reports whether one member leads the JetStream meta group and every member
+// is current with it.
+func (c *Cluster) jetStreamReady() bool {
+	leaders := 0
+	for _, s := range c.Servers {
+		ns := s.NATS()
+		if !ns.JetStreamIsCurrent() {
+			return false
+		}
+		if ns.JetStreamIsLeader() {
+			leaders++
+		}
+	}
+	return leaders == 1
 }
 
 // ClientURLs is every member's client URL, comma-separated (a NATS_URL for the cluster).

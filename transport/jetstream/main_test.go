@@ -2,6 +2,7 @@ package jetstream_test
 
 import (
 	"context"
+	"errors"
 	"testing"
 
 	"github.com/stretchr/testify/require"
@@ -41,3 +42,5 @@ func openBus(t testing.TB, cfg transport.Config) *transport.Bus {
 	t.Cleanup(func() { b.Close() })
 	return b
 }
+
+func errorsIs(err, target error) bool { return err != nil && errors.Is(err, target) }
