@@ -292,6 +292,12 @@ func compactJSON(src []byte) ([]byte, error) {
 	if err := validJSON(src); err != nil {
 		return nil, err
 	}
+	return stripJSONSpace(src), nil
+}
+
+// stripJSONSpace returns valid JSON src without the whitespace outside strings: src itself
+// when it has none, else a copy.
+func stripJSONSpace(src []byte) []byte {
 	inString := false
 	for i := 0; i < len(src); i++ {
 		switch c := src[i]; {
@@ -305,10 +311,10 @@ func compactJSON(src []byte) ([]byte, error) {
 		case c == '"':
 			inString = true
 		case c == ' ' || c == '\t' || c == '\n' || c == '\r':
-			return appendCompact(make([]byte, 0, len(src)), src), nil
+			return appendCompact(make([]byte, 0, len(src)), src)
 		}
 	}
-	return src, nil
+	return src
 }
 
 // appendCompact appends valid JSON src without the whitespace outside strings.

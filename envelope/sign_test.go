@@ -172,3 +172,28 @@ func TestSignedDoubleWrapped(t *testing.T) {
 	_, err = (&envelope.Codec{Signer: signer}).Decode(wrap(plain))
 	require.ErrorIs(t, err, envelope.ErrUnauthenticated)
 }
+
+// TestSignerConcurrent proves one signing Codec is safe for concurrent Encode and Decode
+// (under -race) and that every signature made concurrently verifies.
+func TestSignerConcurrent(t *testing.T) {
+	c := &envelope.Codec{Track: envelope.TrackV2, Signer: envelope.NewSigner(testToken)}
+	errs := make(chan error, 8)
+	for range 8 {
+		go func() {
+			for range 200 {
+				b, err := c.Encode(newFeedback())
+				if err == nil {
+					_, err = c.Decode(b)
+				}
+				if err != nil {
+					errs <- err
+					return
+				}
+			}
+			errs <- nil
+		}()
+	}
+	for range 8 {
+		require.NoError(t, <-errs)
+	}
+}
