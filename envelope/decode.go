@@ -219,20 +219,6 @@ func isHex(c byte) bool {
 	return c >= '0' && c <= '9' || c >= 'a' && c <= 'f' || c >= 'A' && c <= 'F'
 }
 
-// str reads a string value; a JSON null reads as "" with null reported.
-func (r *reader) str() (s string, null, ok bool) {
-	switch r.peek() {
-	case '"':
-		var buf [64]byte
-		b, ok := r.stringBytes(buf[:0])
-		return string(b), false, ok
-	case 'n':
-		return "", true, r.literal("null")
-	}
-	r.fail("expected a string or null")
-	return "", false, false
-}
-
 func (r *reader) literal(word string) bool {
 	if len(r.b)-r.i < len(word) || string(r.b[r.i:r.i+len(word)]) != word {
 		r.fail("invalid literal")
