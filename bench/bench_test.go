@@ -103,6 +103,9 @@ func BenchmarkInmem(b *testing.B) {
 			if _, err := env.Bodies(b.N); err != nil { // encode the raw contenders' bytes untimed
 				b.Fatal(err)
 			}
+			if err := prepare(b.Context(), p, b.N); err != nil {
+				b.Fatal(err)
+			}
 			b.ResetTimer()
 			if err := p.Run(b.Context(), b.N); err != nil {
 				b.Fatal(err)
@@ -157,6 +160,9 @@ func brokerBenchmarks(b *testing.B, cs []*Contender, envOf func(*testing.B) *Env
 			if _, err := env.Bodies(b.N); err != nil {
 				b.Fatal(err)
 			}
+			if err := prepare(b.Context(), t, b.N); err != nil {
+				b.Fatal(err)
+			}
 			b.ResetTimer()
 			if err := t.Publish(b.Context(), b.N); err != nil {
 				b.Fatal(err)
@@ -171,6 +177,9 @@ func brokerBenchmarks(b *testing.B, cs []*Contender, envOf func(*testing.B) *Env
 				b.Fatal(err)
 			}
 			defer t.Close()
+			if err := prepare(b.Context(), t, b.N); err != nil {
+				b.Fatal(err)
+			}
 			if err := t.Publish(b.Context(), b.N); err != nil {
 				b.Fatal(err)
 			}

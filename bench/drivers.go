@@ -5,4 +5,5 @@ package bench
 import (
 	_ "github.com/pulse-bus/pulse/transport/inmem"
 	_ "github.com/pulse-bus/pulse/transport/jetstream"
+	_ "github.com/pulse-bus/pulse/transport/redis"
 )

@@ -10,6 +10,7 @@ import (
 	"github.com/ThreeDotsLabs/watermill/message"
 	"github.com/ThreeDotsLabs/watermill/pubsub/gochannel"
 
+	"github.com/pulse-bus/pulse/envelope"
 	"github.com/pulse-bus/pulse/transport"
 )
 
@@ -35,9 +36,10 @@ func inmemSection() (*Section, []*Contender) {
 // member, handler concurrency 1, batched acks) and one publisher publishing batches of
 // env.Batch envelopes.
 type pulseInmemPipe struct {
-	bus *transport.Bus
-	env *Env
-	tal *tally
+	bus  *transport.Bus
+	env  *Env
+	envs []*envelope.Envelope
+	tal  *tally
 }
 
 func newPulseInmemPipe(ctx context.Context, env *Env, id string) (Pipe, error) {
@@ -48,7 +50,17 @@ func newPulseInmemPipe(ctx context.Context, env *Env, id string) (Pipe, error) {
 	return &pulseInmemPipe{bus: bus, env: env}, nil
 }
 
+func (p *pulseInmemPipe) Prepare(_ context.Context, n int) error {
+	p.envs = pulseEnvelopes(p.env, n)
+	return nil
+}
+
 func (p *pulseInmemPipe) Run(ctx context.Context, n int) error {
+	if len(p.envs) != n {
+		p.envs = pulseEnvelopes(p.env, n)
+	}
+	envs := p.envs
+	p.envs = nil
 	p.tal = newTally(n)
 	ctx, cancel := context.WithCancel(ctx)
 	defer cancel()
@@ -61,7 +73,7 @@ func (p *pulseInmemPipe) Run(ctx context.Context, n int) error {
 	}
 	defer sub.Close()
 	pubErr := make(chan error, 1)
-	go func() { pubErr <- pulsePublish(ctx, p.bus, p.env, pulseStream, n) }()
+	go func() { pubErr <- pulsePublish(ctx, p.bus, p.env, pulseStream, envs) }()
 	if err := p.tal.wait(ctx); err != nil {
 		cancel()
 		return errors.Join(err, <-pubErr)

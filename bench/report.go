@@ -18,6 +18,9 @@ func (r *Report) WriteText(w io.Writer) error {
 	fmt.Fprintf(&b, "messages: %d-byte envelopes (track %s), batch %d; %d measured repetitions after %d warm-up(s) of ≤%s messages;\n",
 		r.MsgSize, o.Track, o.Batch, o.Reps, o.Warmups, thousands(float64(o.WarmN)))
 	b.WriteString("figures are the median msgs/s ± half the spread (max−min) across repetitions; every trial on a fresh stream and group.\n")
+	if r.LoadStart != "" {
+		fmt.Fprintf(&b, "load average (1 min) at start %s, at end %s: figures from a machine busy with other work are noisy.\n", r.LoadStart, r.LoadEnd)
+	}
 
 	var goals []string
 	for _, s := range r.Sections {

@@ -217,8 +217,11 @@ type Report struct {
 	CPUs     int
 	MaxProcs int
 	MsgSize  int
-	Opts     Options
-	Sections []*Section
+	// LoadStart and LoadEnd are the 1-minute load averages when the run started and ended
+	// ("" where unknown): a busy machine makes the figures noisy.
+	LoadStart, LoadEnd string
+	Opts               Options
+	Sections           []*Section
 }
 
 // Run measures the selected sections, one after another, and returns the report. A contender
@@ -236,6 +239,7 @@ func Run(ctx context.Context, opts Options) (*Report, error) {
 	rep := &Report{
 		Start: time.Now(), Go: runtime.Version(), Platform: runtime.GOOS + "/" + runtime.GOARCH,
 		CPUs: runtime.NumCPU(), MaxProcs: runtime.GOMAXPROCS(0), MsgSize: work.Size, Opts: opts,
+		LoadStart: loadAverage(),
 	}
 	for _, name := range Sections {
 		if !slices.Contains(opts.Only, name) {
@@ -249,7 +253,20 @@ func Run(ctx context.Context, opts Options) (*Report, error) {
 		rep.Sections = append(rep.Sections, sec)
 	}
 	rep.Elapsed = time.Since(rep.Start)
+	rep.LoadEnd = loadAverage()
 	return rep, nil
+}
+
+// loadAverage is the 1-minute load average from /proc/loadavg, or "" where there is none.
+func loadAverage() string {
+	b, err := os.ReadFile("/proc/loadavg")
+	if err != nil {
+		return ""
+	}
+	if f := strings.Fields(string(b)); len(f) > 0 {
+		return f[0]
+	}
+	return ""
 }
 
 func runSection(ctx context.Context, name string, env *Env, opts Options) (*Section, error) {
@@ -296,6 +313,10 @@ func runSection(ctx context.Context, name string, env *Env, opts Options) (*Sect
 	log := env.log().With("section", name)
 	log.Info("section start", "n", sec.N, "contenders", len(cs), "server", sec.Server)
 
+	// Encode the byte-sending contenders' messages once, before anything is timed.
+	if _, err := env.Bodies(max(sec.N, opts.LatencyWarm+opts.LatencyN)); err != nil {
+		return nil, err
+	}
 	warmN := min(opts.WarmN, sec.N)
 	for rep := -opts.Warmups; rep < opts.Reps; rep++ {
 		n := sec.N
@@ -384,6 +405,9 @@ func runPipe(ctx context.Context, env *Env, c *Contender, row *Row, id string, n
 		return err
 	}
 	defer func() { err = errors.Join(err, p.Close()) }()
+	if err := prepare(ctx, p, n); err != nil {
+		return err
+	}
 	pctx, cancel := phaseCtx(ctx, n)
 	defer cancel()
 	stopProf := prof.start("e2e")
@@ -408,6 +432,9 @@ func runTrial(ctx context.Context, env *Env, c *Contender, row *Row, id string, 
 		return err
 	}
 	defer func() { err = errors.Join(err, t.Close()) }()
+	if err := prepare(ctx, t, n); err != nil {
+		return err
+	}
 	pctx, cancel := phaseCtx(ctx, n)
 	defer cancel()
 	stopProf := prof.start("publish")
@@ -434,6 +461,19 @@ func runTrial(ctx context.Context, env *Env, c *Contender, row *Row, id string, 
 		row.Publish = append(row.Publish, RateOf(n, pub))
 		row.Consume = append(row.Consume, RateOf(n, con))
 		row.Dups += duplicatesOf(t)
+	}
+	return nil
+}
+
+// Preparer is implemented by trials that build their n messages before the timed phase (the
+// application's own work of making a message is not the transport's cost).
+type Preparer interface {
+	Prepare(ctx context.Context, n int) error
+}
+
+func prepare(ctx context.Context, t any, n int) error {
+	if p, ok := t.(Preparer); ok {
+		return p.Prepare(ctx, n)
 	}
 	return nil
 }
