@@ -84,16 +84,16 @@
 //
 // # Publishing
 //
-// Publish sends one XADD per message in a single pipelined round trip, in order, and returns
-// the entry ids. Each XADD carries the age trim (below). If Redis fails part-way, the ids of
+// Publish sends one XADD per message in a single pipelined round trip, in order, followed by
+// the trim (below), and returns the entry ids. If Redis fails part-way, the ids of
 // the leading entries that were stored are returned with the error; go-redis retries a
 // pipeline that failed on the network, so a v1 message (which has no producer id) may in rare
 // cases be stored twice — v2 ids let consumers drop such copies.
 //
 // # Retention
 //
-// Every XADD trims the stream with `MINID ~ {now − StreamMaxAge}` (PULSE_STREAM_MAX_AGE,
-// default 7 days): entries older than that go, in whole radix-tree nodes (`~`), so a little
+// Every publish trims the stream with `XTRIM {key} MINID ~ {now − StreamMaxAge}`
+// (PULSE_STREAM_MAX_AGE, default 7 days), once per batch: entries older than that go, in whole radix-tree nodes (`~`), so a little
 // more may stay. Open refuses (ConfigError) a max age shorter than the longest retry schedule,
 // PULSE_MAX_DELIVERIES × (PULSE_ACK_WAIT + the longest retry backoff), so trimming by age never
 // removes a message that is still being retried; it does remove messages that no consumer read

@@ -1,0 +1,174 @@
+package redis
+
+import (
+	"context"
+	"errors"
+	"sync"
+	"time"
+
+	goredis "github.com/redis/go-redis/v9"
+)
+
+// fetcher reads new entries (XREADGROUP … >) for one subscription, on a client of its own
+// holding one connection, so that a blocked read never holds a connection a publisher needs.
+// It reads one batch ahead: Receive asks for the next batch as soon as it hands one out, so
+// Redis and the network work while the Bus handles the current batch.
+//
+// At most one request is outstanding and its result is buffered until Receive takes it, so
+// the fetcher holds at most one batch that was delivered to this consumer but not yet handed
+// out. The goroutine is owned by the subscription: stop ends it.
+type fetcher struct {
+	opts     goredis.Options // the driver's, for one connection
+	group    string
+	consumer string
+	key      string
+
+	req  chan int         // a read of up to n entries; capacity 1
+	res  chan fetchResult // its result; capacity 1, so the loop never blocks on it
+	quit chan struct{}
+	done chan struct{}
+
+	mu      sync.Mutex
+	client  *goredis.Client // nil until the first read and after a failed one
+	stopped bool
+
+	asked bool // a request is out and its result not yet taken; Receive goroutine only
+}
+
+// fetchResult is one read: the entries, or the error, and when the read returned (the entries'
+// idle time in Redis counts from about then).
+type fetchResult struct {
+	msgs []goredis.XMessage
+	err  error
+	at   time.Time
+}
+
+func newFetcher(opts *goredis.Options, key, group, consumer string) *fetcher {
+	f := &fetcher{
+		opts:     *opts,
+		key:      key,
+		group:    group,
+		consumer: consumer,
+		req:      make(chan int, 1),
+		res:      make(chan fetchResult, 1),
+		quit:     make(chan struct{}),
+		done:     make(chan struct{}),
+	}
+	f.opts.PoolSize = 1
+	f.opts.MinIdleConns = 0
+	f.opts.MaxIdleConns = 1
+	f.opts.MaxRetries = -1 // a failed read goes back to Receive and the Bus, which backs off
+	go f.loop()
+	return f
+}
+
+// ask requests a read of up to n entries unless one is already out. Receive goroutine only.
+func (f *fetcher) ask(n int) {
+	if !f.asked {
+		f.asked = true
+		f.req <- n // never blocks: nothing else is in the channel while asked was false
+	}
+}
+
+// took records that Receive took the result of the outstanding request.
+func (f *fetcher) took() { f.asked = false }
+
+func (f *fetcher) loop() {
+	defer close(f.done)
+	for {
+		select {
+		case n := <-f.req:
+			msgs, err := f.read(n)
+			f.res <- fetchResult{msgs: msgs, err: err, at: time.Now()}
+		case <-f.quit:
+			return
+		}
+	}
+}
+
+// read blocks until entries arrive, Redis fails, or stop. An empty BLOCK timeout (maxBlock,
+// never 0: that would wait forever) is retried here.
+func (f *fetcher) read(n int) ([]goredis.XMessage, error) {
+	for {
+		c := f.connection()
+		if c == nil {
+			return nil, errFetcherStopped
+		}
+		res, err := c.XReadGroup(context.Background(), &goredis.XReadGroupArgs{
+			Group:    f.group,
+			Consumer: f.consumer,
+			Streams:  []string{f.key, ">"},
+			Count:    int64(n),
+			Block:    maxBlock,
+		}).Result()
+		switch {
+		case err == nil:
+			if len(res) == 1 {
+				return res[0].Messages, nil
+			}
+		case errors.Is(err, goredis.Nil): // nothing arrived while blocked
+		case f.isStopped():
+			return nil, errFetcherStopped
+		default:
+			if !isNoGroup(err) {
+				f.drop(c) // its connection may be broken: the next read dials afresh
+			}
+			return nil, err
+		}
+	}
+}
+
+var errFetcherStopped = errors.New("redis: fetcher stopped")
+
+func (f *fetcher) connection() *goredis.Client {
+	f.mu.Lock()
+	defer f.mu.Unlock()
+	if f.stopped {
+		return nil
+	}
+	if f.client == nil {
+		f.client = goredis.NewClient(&f.opts)
+	}
+	return f.client
+}
+
+func (f *fetcher) drop(c *goredis.Client) {
+	f.mu.Lock()
+	if f.client == c {
+		f.client = nil
+	}
+	f.mu.Unlock()
+	c.Close()
+}
+
+func (f *fetcher) isStopped() bool {
+	f.mu.Lock()
+	defer f.mu.Unlock()
+	return f.stopped
+}
+
+// stop ends the goroutine, interrupting a blocked read by closing its connection, and returns
+// the entries of a read that completed but was never taken (the caller hands them back). It
+// is idempotent.
+func (f *fetcher) stop() []goredis.XMessage {
+	f.mu.Lock()
+	if f.stopped {
+		f.mu.Unlock()
+		return nil
+	}
+	f.stopped = true
+	c := f.client
+	f.client = nil
+	f.mu.Unlock()
+	close(f.quit)
+	if c != nil {
+		c.Close()
+	}
+	<-f.done
+	select {
+	case r := <-f.res:
+		return r.msgs
+	default:
+		return nil
+	}
+}
