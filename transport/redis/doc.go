@@ -50,10 +50,19 @@
 //     connection), claimed with XAUTOCLAIM — scanned at most every AckWait/4 (10 ms to 2 s),
 //     so such an entry is redelivered between AckWait and AckWait plus that interval after it
 //     was last delivered;
-//  3. new entries, XREADGROUP GROUP {group} {consumer} COUNT {limit} BLOCK {≤ 1 s} STREAMS
-//     {key} >. BLOCK is never 0 (that would wait forever); the read blocks less when a
-//     delayed redelivery or a scan falls due sooner. Cancelling Receive's context interrupts a
-//     blocked read at once by closing its connection (the next read opens another).
+//  3. new entries, XREADGROUP GROUP {group} {consumer} COUNT {limit} BLOCK 1000 STREAMS
+//     {key} >, read by the subscription's fetcher goroutine on a connection of its own. BLOCK
+//     is never 0 (that would wait forever). Receive waits for the fetcher with its own timer,
+//     so it returns at once when its context is cancelled, and wakes in time for a delayed
+//     redelivery or a scan even while a read is blocked.
+//
+// The fetcher reads one batch ahead: when Receive hands out a batch it asks for the next, so
+// Redis and the network work while the Bus handles the current one. A member therefore holds
+// up to two batches pending. A batch that waited in the read-ahead buffer for AckWait/4 or
+// more (slow handlers) has its idle time reset (XCLAIM … IDLE 0 JUSTID, not counted) when it is
+// handed out, so its AckWait runs from the hand-out as without read-ahead; entries another
+// member took meanwhile are left out. Close hands an unread read-ahead batch back to the group
+// at once (below).
 //
 // Attempt is Redis's own delivery counter for the entry in the group's pending entries list
 // (PEL), read at the moment of delivery: an XREADGROUP `>` sets it to 1; every XCLAIM or
@@ -75,8 +84,8 @@
 // counted), so other members do not take it over just because its delay is longer than
 // AckWait. If this member dies meanwhile, the entry stops being refreshed and another member
 // claims it with XAUTOCLAIM once it has been idle for AckWait. When a subscription closes, its
-// waiting entries are handed back at once: their idle time is set to AckWait (XCLAIM … IDLE
-// JUSTID), so another member's next scan takes them.
+// waiting entries and its unread read-ahead batch are handed back at once: their idle time is
+// set to AckWait (XCLAIM … IDLE JUSTID), so another member's next scan takes them.
 //
 // Ack sends one XACK for the whole batch; Term (after the Bus wrote the dead-letter copy) is
 // an XACK. Acknowledged entries are not deleted (no XDEL): other groups on the same stream may
@@ -109,8 +118,9 @@
 // # Connections and failures
 //
 // The driver has one go-redis client (a connection pool) for publishing, acks, claims,
-// admin and the idempotency record. Each subscription reads with a client of its own holding
-// one connection, so a blocked XREADGROUP never holds a connection a publisher needs.
+// admin and the idempotency record. Each subscription's fetcher reads with a client of its own
+// holding one connection, so a blocked XREADGROUP never holds a connection a publisher needs;
+// closing the subscription closes that connection, which ends a blocked read at once.
 //
 // When Redis goes away, Ping fails (the pulse service's /readyz answers 503), Publish fails with
 // an error wrapping transport.ErrUnavailable, and Receive returns such errors, on which the Bus
