@@ -56,8 +56,9 @@ type Options struct {
 	Cluster *ClusterOptions
 	// StartTimeout bounds the wait for the server to accept clients.
 	StartTimeout time.Duration
-	// Logger receives the server's log lines (notices at Info, warnings, errors; debug and
-	// trace are off). Nil discards them.
+	// Logger receives the server's log lines: warnings and errors as such, its notices (the
+	// start-up banner, "Server is ready") at Debug; its own debug and trace output is off.
+	// Nil discards them.
 	Logger *slog.Logger
 }
 
@@ -263,7 +264,7 @@ func (a *logAdapter) logf(level slog.Level, format string, v []any) {
 	}
 }
 
-func (a *logAdapter) Noticef(format string, v ...any) { a.logf(slog.LevelInfo, format, v) }
+func (a *logAdapter) Noticef(format string, v ...any) { a.logf(slog.LevelDebug, format, v) }
 func (a *logAdapter) Warnf(format string, v ...any)   { a.logf(slog.LevelWarn, format, v) }
 func (a *logAdapter) Errorf(format string, v ...any)  { a.logf(slog.LevelError, format, v) }
 func (a *logAdapter) Debugf(format string, v ...any)  { a.logf(slog.LevelDebug, format, v) }
