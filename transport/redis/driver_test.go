@@ -532,3 +532,42 @@ func TestInvalidNames(t *testing.T) {
 	_, err = d.Subscribe(context.Background(), "", transport.DriverSubscribeOptions{Group: "g", Consumer: "c"})
 	require.True(t, err != nil && strings.Contains(err.Error(), "invalid stream name"))
 }
+
+// TestReadAheadHandedOutOnce proves that a batch read ahead while the caller was busy for
+// longer than AckWait is handed out once, as attempt 1, with its idle time reset — not also
+// claimed back as abandoned by the member's own scan for idle entries.
+func TestReadAheadHandedOutOnce(t *testing.T) {
+	cfg := testConfig(t)
+	d := openDriver(t, cfg)
+	c := rawClient(t, cfg.RedisURL)
+	ctx := context.Background()
+	ids, err := d.Publish(ctx, "s", bodies(2))
+	require.NoError(t, err)
+	const ackWait = 200 * time.Millisecond
+	s := sub(t, d, "s", "g", "c1", ackWait)
+	first := receive(t, s, 1)
+	require.Equal(t, ids[0], first[0].TransportID)
+	require.NoError(t, s.Ack(ctx, first))
+
+	// The caller is busy: the entry read ahead goes idle for longer than AckWait.
+	key := cfg.Namespace + ":s"
+	require.Eventually(t, func() bool {
+		p, err := c.XPendingExt(ctx, &goredis.XPendingExtArgs{Stream: key, Group: "g", Start: ids[1], End: ids[1], Count: 1}).Result()
+		return err == nil && len(p) == 1 && p[0].Idle > ackWait
+	}, waitFor, 10*time.Millisecond, "the second entry was not read ahead")
+
+	second := receive(t, s, 10)
+	require.Len(t, second, 1)
+	require.Equal(t, ids[1], second[0].TransportID)
+	require.Equal(t, 1, second[0].Attempt)
+	p, err := c.XPendingExt(ctx, &goredis.XPendingExtArgs{Stream: key, Group: "g", Start: ids[1], End: ids[1], Count: 1}).Result()
+	require.NoError(t, err)
+	require.EqualValues(t, 1, p[0].RetryCount)
+	require.Less(t, p[0].Idle, ackWait, "its AckWait runs from the hand-out")
+
+	rctx, cancel := context.WithTimeout(ctx, ackWait/2)
+	defer cancel()
+	again, err := s.Receive(rctx, 10)
+	require.ErrorIs(t, err, context.DeadlineExceeded)
+	require.Empty(t, again, "handed out twice")
+}

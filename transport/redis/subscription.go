@@ -152,6 +152,16 @@ func (s *subscription) Receive(ctx context.Context, limit int) ([]*transport.Raw
 		if err != nil || len(ds) > 0 {
 			return ds, err
 		}
+		// A batch read ahead comes before the scan for idle entries: the scan would otherwise
+		// claim it (to this very member) if it has waited for AckWait.
+		select {
+		case r := <-s.fetched():
+			if ds, done, err := s.takeFetched(ctx, r, limit); done {
+				return ds, err
+			}
+			continue
+		default:
+		}
 		if !now.Before(s.nextClaim) {
 			ds, err := s.claimIdle(ctx, now, limit)
 			if isNoGroup(err) {
@@ -163,36 +173,15 @@ func (s *subscription) Receive(ctx context.Context, limit int) ([]*transport.Raw
 				return ds, err
 			}
 		}
-		full := s.delayedLen() >= maxDelayed // enough waits for redelivery: take nothing new
-		if !full {
+		if s.delayedLen() < maxDelayed { // else enough waits for redelivery: take nothing new
 			s.fetch.ask(limit)
-		}
-		var fetched <-chan fetchResult
-		if s.fetch.asked {
-			fetched = s.fetch.res
 		}
 		t := time.NewTimer(s.untilNext(now))
 		select {
-		case r := <-fetched:
+		case r := <-s.fetched():
 			t.Stop()
-			s.fetch.took()
-			if r.err != nil {
-				if isNoGroup(r.err) {
-					if err := s.regroup(ctx, r.err); err != nil {
-						return nil, err
-					}
-					continue
-				}
-				if s.isClosed() {
-					return nil, transport.ErrClosed
-				}
-				return nil, s.d.wrap("read "+s.key, r.err)
-			}
-			if !full {
-				s.fetch.ask(limit) // read ahead while the Bus handles this batch
-			}
-			if ds := s.handOut(ctx, r); len(ds) > 0 {
-				return ds, nil
+			if ds, done, err := s.takeFetched(ctx, r, limit); done {
+				return ds, err
 			}
 		case <-t.C:
 		case <-s.wake:
@@ -205,6 +194,37 @@ func (s *subscription) Receive(ctx context.Context, limit int) ([]*transport.Raw
 			return nil, ctx.Err()
 		}
 	}
+}
+
+// fetched is the fetcher's result channel while a read is out, else nil (never ready).
+func (s *subscription) fetched() <-chan fetchResult {
+	if s.fetch.asked {
+		return s.fetch.res
+	}
+	return nil
+}
+
+// takeFetched handles the fetcher's result: a missing group is recreated, an error returned,
+// entries handed out (and the next batch asked for, to read ahead). done reports whether
+// Receive returns ds and err; otherwise it goes on looking.
+func (s *subscription) takeFetched(ctx context.Context, r fetchResult, limit int) (ds []*transport.RawDelivery, done bool, err error) {
+	s.fetch.took()
+	switch {
+	case isNoGroup(r.err):
+		if err := s.regroup(ctx, r.err); err != nil {
+			return nil, true, err
+		}
+		return nil, false, nil
+	case r.err != nil && s.isClosed():
+		return nil, true, transport.ErrClosed
+	case r.err != nil:
+		return nil, true, s.d.wrap("read "+s.key, r.err)
+	}
+	if s.delayedLen() < maxDelayed {
+		s.fetch.ask(limit) // read ahead while the Bus handles this batch
+	}
+	ds = s.handOut(ctx, r)
+	return ds, len(ds) > 0, nil
 }
 
 // untilNext is how long Receive may wait for new entries before it has other work: a delayed
