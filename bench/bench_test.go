@@ -164,7 +164,7 @@ func brokerBenchmarks(b *testing.B, cs []*Contender, envOf func(*testing.B) *Env
 				b.Fatal(err)
 			}
 			b.ResetTimer()
-			if err := t.Publish(b.Context(), b.N); err != nil {
+			if err := t.Publish(b.Context(), 0, b.N); err != nil {
 				b.Fatal(err)
 			}
 			b.StopTimer()
@@ -180,7 +180,7 @@ func brokerBenchmarks(b *testing.B, cs []*Contender, envOf func(*testing.B) *Env
 			if err := prepare(b.Context(), t, b.N); err != nil {
 				b.Fatal(err)
 			}
-			if err := t.Publish(b.Context(), b.N); err != nil {
+			if err := t.Publish(b.Context(), 0, b.N); err != nil {
 				b.Fatal(err)
 			}
 			b.ResetTimer()

@@ -205,12 +205,12 @@ func (t *rawNATSTrial) publishErr() error {
 	return nil
 }
 
-func (t *rawNATSTrial) Publish(ctx context.Context, n int) error {
-	bodies, err := t.env.Bodies(n)
+func (t *rawNATSTrial) Publish(ctx context.Context, lo, hi int) error {
+	bodies, err := t.env.Bodies(hi)
 	if err != nil {
 		return err
 	}
-	for i := range n {
+	for i := lo; i < hi; i++ {
 		if _, err := t.js.PublishAsync(t.subject, bodies[i], jetstream.WithStallWait(natsStallWait)); err != nil {
 			return fmt.Errorf("bench: publish async: %w", err)
 		}
@@ -333,18 +333,18 @@ func newWatermillJSTrial(_ context.Context, env *Env, id string, async bool) (*w
 	return t, nil
 }
 
-func (t *watermillJSTrial) Publish(ctx context.Context, n int) error {
-	bodies, err := t.env.Bodies(n)
+func (t *watermillJSTrial) Publish(ctx context.Context, lo, hi int) error {
+	bodies, err := t.env.Bodies(hi)
 	if err != nil {
 		return err
 	}
 	batch := make([]*message.Message, 0, t.env.Batch)
-	for i := 0; i < n; i += len(batch) {
+	for i := lo; i < hi; i += len(batch) {
 		if err := ctx.Err(); err != nil {
 			return err
 		}
 		batch = batch[:0]
-		for j := i; j < min(n, i+t.env.Batch); j++ {
+		for j := i; j < min(hi, i+t.env.Batch); j++ {
 			batch = append(batch, message.NewMessage(watermill.NewUUID(), bodies[j]))
 		}
 		if err := t.pub.Publish(t.topic, batch...); err != nil {

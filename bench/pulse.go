@@ -108,16 +108,16 @@ func (t *pulseTrial) Prepare(_ context.Context, n int) error {
 	return nil
 }
 
-func (t *pulseTrial) Publish(ctx context.Context, n int) error {
-	if len(t.envs) != n {
-		t.envs = pulseEnvelopes(t.env, n) // not prepared (a benchmark that skipped Prepare)
+// Publish publishes the prepared envelopes lo..hi-1 (Prepare must have been called).
+func (t *pulseTrial) Publish(ctx context.Context, lo, hi int) error {
+	if hi > len(t.envs) {
+		return fmt.Errorf("bench: pulse trial publishes %d..%d but prepared %d envelopes", lo, hi, len(t.envs))
 	}
-	err := pulsePublish(ctx, t.bus, t.env, pulseStream, t.envs)
-	t.envs = nil
-	return err
+	return pulsePublish(ctx, t.bus, t.env, pulseStream, t.envs[lo:hi])
 }
 
 func (t *pulseTrial) Consume(ctx context.Context, n int) error {
+	t.envs = nil
 	t.tal = newTally(n)
 	return pulseConsume(ctx, t.bus, t.env, pulseStream, n, t.tal)
 }

@@ -103,14 +103,14 @@ func newRawRedisTrial(_ context.Context, env *Env, id string) (Trial, error) {
 	}, nil
 }
 
-func (t *rawRedisTrial) Publish(ctx context.Context, n int) error {
-	bodies, err := t.env.Bodies(n)
+func (t *rawRedisTrial) Publish(ctx context.Context, lo, hi int) error {
+	bodies, err := t.env.Bodies(hi)
 	if err != nil {
 		return err
 	}
 	pipe := t.pub.Pipeline()
-	for i := 0; i < n; i += t.env.Batch {
-		for j := i; j < min(n, i+t.env.Batch); j++ {
+	for i := lo; i < hi; i += t.env.Batch {
+		for j := i; j < min(hi, i+t.env.Batch); j++ {
 			pipe.XAdd(ctx, &redis.XAddArgs{Stream: t.key, Values: []any{"data", bodies[j]}})
 		}
 		if _, err := pipe.Exec(ctx); err != nil {
@@ -197,18 +197,18 @@ func newWatermillRedisTrial(_ context.Context, env *Env, id string) (Trial, erro
 	return t, nil
 }
 
-func (t *watermillRedisTrial) Publish(ctx context.Context, n int) error {
-	bodies, err := t.env.Bodies(n)
+func (t *watermillRedisTrial) Publish(ctx context.Context, lo, hi int) error {
+	bodies, err := t.env.Bodies(hi)
 	if err != nil {
 		return err
 	}
 	batch := make([]*message.Message, 0, t.env.Batch)
-	for i := 0; i < n; i += len(batch) {
+	for i := lo; i < hi; i += len(batch) {
 		if err := ctx.Err(); err != nil {
 			return err
 		}
 		batch = batch[:0]
-		for j := i; j < min(n, i+t.env.Batch); j++ {
+		for j := i; j < min(hi, i+t.env.Batch); j++ {
 			batch = append(batch, message.NewMessage(watermill.NewUUID(), bodies[j]))
 		}
 		if err := t.pub.Publish(t.topic, batch...); err != nil {

@@ -14,6 +14,8 @@ import (
 	"strings"
 	"time"
 
+	"golang.org/x/sync/errgroup"
+
 	"github.com/pulse-bus/pulse/envelope"
 )
 
@@ -29,7 +31,7 @@ var Sections = []string{SectionInmem, SectionRedis, SectionJetStream}
 
 // Defaults of Options.
 const (
-	DefaultReps        = 3
+	DefaultReps        = 5
 	DefaultWarmups     = 1
 	DefaultWarmN       = 10_000
 	DefaultBatch       = 256
@@ -57,6 +59,9 @@ type Options struct {
 	WarmN   int
 	// Batch is the publish batch and fetch size of every batching contender.
 	Batch int
+	// Publishers is how many goroutines publish at once in the broker trials, each a
+	// contiguous share of the n messages, the same for every contender (default 1).
+	Publishers int
 	// Track is the schema track Pulse writes and the raw contenders' bytes are in.
 	Track envelope.Track
 	// Size is the target envelope size in bytes.
@@ -92,6 +97,9 @@ func (o Options) withDefaults() Options {
 	}
 	if o.Batch <= 0 {
 		o.Batch = DefaultBatch
+	}
+	if o.Publishers <= 0 {
+		o.Publishers = 1
 	}
 	if o.Track == "" {
 		o.Track = envelope.DefaultTrack
@@ -336,7 +344,7 @@ func runSection(ctx context.Context, name string, env *Env, opts Options) (*Sect
 			if rep < 0 {
 				prof.dir = ""
 			}
-			if err := runOne(ctx, env, c, row, id, n, rep >= 0, prof, log); err != nil {
+			if err := runOne(ctx, env, c, row, id, n, rep >= 0, opts.Publishers, prof, log); err != nil {
 				if ctx.Err() != nil {
 					return nil, ctx.Err()
 				}
@@ -388,13 +396,13 @@ func phaseCtx(ctx context.Context, n int) (context.Context, context.CancelFunc) 
 }
 
 // runOne runs one repetition of c and, if record, appends its measurements to row.
-func runOne(ctx context.Context, env *Env, c *Contender, row *Row, id string, n int, record bool, prof phaseProfiler, log *slog.Logger) error {
+func runOne(ctx context.Context, env *Env, c *Contender, row *Row, id string, n int, record bool, publishers int, prof phaseProfiler, log *slog.Logger) error {
 	runtime.GC() // start every trial from the same heap state
 	switch {
 	case c.NewPipe != nil:
 		return runPipe(ctx, env, c, row, id, n, record, prof, log)
 	case c.NewTrial != nil:
-		return runTrial(ctx, env, c, row, id, n, record, prof, log)
+		return runTrial(ctx, env, c, row, id, n, record, publishers, prof, log)
 	}
 	return nil
 }
@@ -426,7 +434,7 @@ func runPipe(ctx context.Context, env *Env, c *Contender, row *Row, id string, n
 	return nil
 }
 
-func runTrial(ctx context.Context, env *Env, c *Contender, row *Row, id string, n int, record bool, prof phaseProfiler, log *slog.Logger) (err error) {
+func runTrial(ctx context.Context, env *Env, c *Contender, row *Row, id string, n int, record bool, publishers int, prof phaseProfiler, log *slog.Logger) (err error) {
 	t, err := c.NewTrial(ctx, env, id)
 	if err != nil {
 		return err
@@ -439,7 +447,7 @@ func runTrial(ctx context.Context, env *Env, c *Contender, row *Row, id string, 
 	defer cancel()
 	stopProf := prof.start("publish")
 	start := time.Now()
-	err = t.Publish(pctx, n)
+	err = publishAll(pctx, t, n, publishers)
 	pub := time.Since(start)
 	stopProf()
 	if err != nil {
@@ -463,6 +471,20 @@ func runTrial(ctx context.Context, env *Env, c *Contender, row *Row, id string, 
 		row.Dups += duplicatesOf(t)
 	}
 	return nil
+}
+
+// publishAll publishes [0, n) with t from the given number of goroutines, each a contiguous
+// share.
+func publishAll(ctx context.Context, t Trial, n, publishers int) error {
+	if publishers <= 1 {
+		return t.Publish(ctx, 0, n)
+	}
+	g, gctx := errgroup.WithContext(ctx)
+	share := (n + publishers - 1) / publishers
+	for lo := 0; lo < n; lo += share {
+		g.Go(func() error { return t.Publish(gctx, lo, min(n, lo+share)) })
+	}
+	return g.Wait()
 }
 
 // Preparer is implemented by trials that build their n messages before the timed phase (the

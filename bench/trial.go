@@ -59,11 +59,13 @@ type Pipe interface {
 	Close() error
 }
 
-// A Trial is one contender on a fresh stream and group: Publish stores n messages, then
-// Consume handles and acks those n, returning once the broker has every ack (nothing pending).
-// Close deletes what the trial created on the broker.
+// A Trial is one contender on a fresh stream and group: Publish stores the messages with
+// sequence numbers lo..hi-1 (the harness calls it once for [0, n), or concurrently for
+// disjoint ranges with several publishers) and returns once the broker has them all; then
+// Consume handles and acks those n, returning once the broker has every ack (nothing
+// pending). Close deletes what the trial created on the broker.
 type Trial interface {
-	Publish(ctx context.Context, n int) error
+	Publish(ctx context.Context, lo, hi int) error
 	Consume(ctx context.Context, n int) error
 	Close() error
 }

@@ -42,6 +42,7 @@ func run(args []string, stdout, stderr io.Writer) int {
 		warmups    = fs.Int("warmups", bench.DefaultWarmups, "unmeasured warm-up repetitions per contender (0: none)")
 		warmN      = fs.Int("warm-n", bench.DefaultWarmN, "messages per warm-up repetition (at most -n)")
 		batch      = fs.Int("batch", bench.DefaultBatch, "publish batch and fetch size for every batching contender")
+		publishers = fs.Int("publishers", 1, "goroutines publishing at once in the broker trials, for every contender")
 		track      = fs.String("track", string(envelope.DefaultTrack), "schema track of the envelopes: v1 or v2")
 		size       = fs.Int("size", bench.DefaultMessageSize, "target envelope size in bytes")
 		latRate    = fs.Float64("latency-rate", bench.DefaultLatencyRate, "publish rate of the latency trials, msgs/s")
@@ -66,7 +67,7 @@ func run(args []string, stdout, stderr io.Writer) int {
 		return 2
 	}
 	opts := bench.Options{
-		N: *n, Reps: *reps, Warmups: *warmups, WarmN: *warmN, Batch: *batch, Track: tr, Size: *size,
+		N: *n, Reps: *reps, Warmups: *warmups, WarmN: *warmN, Batch: *batch, Publishers: *publishers, Track: tr, Size: *size,
 		LatencyRate: *latRate, LatencyN: *latN,
 	}
 	if *cpuprofile != "" && *profileDir != "" {
