@@ -7,7 +7,7 @@ TESTFLAGS ?=
 STATICCHECK := honnef.co/go/tools/cmd/staticcheck@v0.8.2
 ACTIONLINT  := github.com/rhysd/actionlint/cmd/actionlint@v1.7.12
 
-.PHONY: all build run test test-short bench lint fuzz demo clean
+.PHONY: all build run test test-short bench bench-go lint fuzz demo clean
 
 all: build
 
@@ -26,9 +26,18 @@ demo: build
 test:
 	$(GO) test -race -count=1 -timeout 20m $(TESTFLAGS) ./...
 
-## bench: Pulse beside raw clients and Watermill, in one run (bench/ is its own module).
+## bench: Pulse beside raw clients and Watermill, in one run (bench/ is its own module); the
+## report also goes to bench/results/latest.txt. Pass flags with BENCHFLAGS, e.g.
+## make bench BENCHFLAGS='-only redis -n 50000'   (see: cd bench && go run ./cmd/pulsebench -h)
+BENCHFLAGS ?=
 bench:
-	cd bench && $(GO) run ./cmd/pulsebench
+	cd bench && $(GO) run ./cmd/pulsebench $(BENCHFLAGS)
+
+## bench-go: the same trials as testing.B benchmarks, plus the bench module's own tests.
+bench-go:
+	cd bench && $(GO) test -count=1 ./... && \
+	  $(GO) test -run '^$$' -bench 'Inmem|Redis|JetStream/./(publish|consume)' -benchtime 20000x ./ && \
+	  $(GO) test -run '^$$' -bench 'JetStream/./latency' -benchtime 2000x ./
 
 ## lint: formatting, vet, staticcheck, actionlint.
 lint:
