@@ -226,9 +226,9 @@ func (st *stream) wakePublishers() {
 }
 
 // floor is the lowest sequence some group has not yet been given; entries below it may be
-// evicted. st.mu is held.
+// evicted (all of them when there is no group). st.mu is held.
 func (st *stream) floor() uint64 {
-	f := st.next
+	f := uint64(math.MaxUint64)
 	for _, g := range st.groupList {
 		f = min(f, g.cursor)
 	}
@@ -285,13 +285,13 @@ func (st *stream) group(name string) *group {
 func (st *stream) publish(ctx context.Context, msgs []transport.RawMessage, closed <-chan struct{}) ([]string, error) {
 	ids := make([]string, 0, len(msgs))
 	var sb strings.Builder
-	var num [20]byte
 	st.mu.Lock()
 	defer st.mu.Unlock()
 	for len(msgs) > 0 {
-		// Append as many as retention allows in this run.
+		// Append as many as retention allows in this run, under ids named in advance.
 		floor := st.floor()
-		runStart := st.next
+		base := len(ids)
+		ids = appendIDs(ids, &sb, st.next, len(msgs))
 		n := 0
 		for _, m := range msgs {
 			if st.length() >= st.maxLen {
@@ -303,24 +303,11 @@ func (st *stream) publish(ctx context.Context, msgs []transport.RawMessage, clos
 				}
 				st.evictHead()
 			}
-			st.appendEntry(entry{msg: m})
+			st.appendEntry(entry{msg: m, tid: ids[base+n]})
 			n++
 		}
-		// Name the run's entries: one string for all their ids.
+		ids = ids[:base+n]
 		if n > 0 {
-			sb.Reset()
-			sb.Grow(n * 8)
-			for seq := runStart; seq < runStart+uint64(n); seq++ {
-				sb.Write(strconv.AppendUint(num[:0], seq, 10))
-			}
-			all, off := sb.String(), 0
-			for seq := runStart; seq < runStart+uint64(n); seq++ {
-				l := digits(seq)
-				tid := all[off : off+l]
-				off += l
-				st.at(seq).tid = tid
-				ids = append(ids, tid)
-			}
 			msgs = msgs[n:]
 			st.wake()
 		}
@@ -346,6 +333,23 @@ func (st *stream) publish(ctx context.Context, msgs []transport.RawMessage, clos
 		}
 	}
 	return ids, nil
+}
+
+// appendIDs appends the decimal ids of sequences first … first+n-1, all backed by one string.
+func appendIDs(ids []string, sb *strings.Builder, first uint64, n int) []string {
+	var num [20]byte
+	sb.Reset()
+	sb.Grow(n * digits(first+uint64(n)))
+	for seq := first; seq < first+uint64(n); seq++ {
+		sb.Write(strconv.AppendUint(num[:0], seq, 10))
+	}
+	all, off := sb.String(), 0
+	for seq := first; seq < first+uint64(n); seq++ {
+		l := digits(seq)
+		ids = append(ids, all[off:off+l])
+		off += l
+	}
+	return ids
 }
 
 func digits(v uint64) int {
