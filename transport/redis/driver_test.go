@@ -265,10 +265,15 @@ func TestReceiveCancelIsPrompt(t *testing.T) {
 		_, err := s.Receive(ctx, 10)
 		done <- err
 	}()
-	// Let it block in XREADGROUP (CLIENT LIST shows the blocked read).
+	// Let it block in XREADGROUP (CLIENT LIST shows the blocked read on the reader's connection).
 	require.Eventually(t, func() bool {
-		list, err := d.client.ClientList(context.Background()).Result()
-		return err == nil && strings.Contains(list, "cmd=xreadgroup")
+		list, _ := d.client.ClientList(context.Background()).Result()
+		for _, line := range strings.Split(list, "\n") {
+			if strings.Contains(line, "name="+readerName(cfg.Namespace+":s", "g", "c1")+" ") && strings.Contains(line, "cmd=xreadgroup") {
+				return true
+			}
+		}
+		return false
 	}, waitFor, 5*time.Millisecond)
 	cancelled := time.Now()
 	cancel()

@@ -58,6 +58,8 @@ func newFetcher(opts *goredis.Options, key, group, consumer string) *fetcher {
 	f.opts.MinIdleConns = 0
 	f.opts.MaxIdleConns = 1
 	f.opts.MaxRetries = -1 // a failed read goes back to Receive and the Bus, which backs off
+	// CLIENT LIST shows which member a blocked reader belongs to.
+	f.opts.ClientName = readerName(key, group, consumer)
 	go f.loop()
 	return f
 }
@@ -171,4 +173,9 @@ func (f *fetcher) stop() []goredis.XMessage {
 	default:
 		return nil
 	}
+}
+
+// readerName is the CLIENT SETNAME of a subscription's reading connection.
+func readerName(key, group, consumer string) string {
+	return "pulse-reader:" + key + ":" + group + ":" + consumer
 }

@@ -4,6 +4,7 @@ import (
 	"context"
 	"errors"
 	"fmt"
+	"log/slog"
 	"os"
 	"os/exec"
 	"path/filepath"
@@ -211,6 +212,8 @@ func TestRedisRestartMidStream(t *testing.T) {
 	cfg.RedisURL = srv.URL()
 	cfg.Track = envelope.TrackV2
 	cfg.AckWait = 500 * time.Millisecond
+	logs := &recordingHandler{}
+	cfg.Logger = slog.New(logs)
 	ctx := context.Background()
 	b := openBus(t, cfg)
 
@@ -261,6 +264,7 @@ func TestRedisRestartMidStream(t *testing.T) {
 	}
 	require.Eventually(t, handledAll(100, 200), waitFor, 10*time.Millisecond, "consuming resumes by itself")
 	require.NoError(t, s.Err())
+	require.True(t, logs.contains("consumer group missing"), "the group was recreated on NOGROUP")
 	require.True(t, handledAll(0, 100)(), "what was handled before the crash stays handled")
 	info, err := b.Driver().(transport.StreamAdmin).Info(ctx, "s", transport.DefaultGroup)
 	require.NoError(t, err)
