@@ -7,6 +7,7 @@ import (
 	"errors"
 	"fmt"
 	"maps"
+	"os"
 	"slices"
 	"strings"
 	"sync"
@@ -93,8 +94,13 @@ func needsPersistent(h Harness, _ transport.Driver) string {
 	return ""
 }
 
+// TrackEnv names the environment variable that restricts Run to one schema track ("v1" or
+// "v2"; unset runs both): CI runs the suite once per track and backend.
+const TrackEnv = "PULSE_TEST_TRACK"
+
 // Run runs the conformance suite against the driver h opens, one subtest per test (and per
-// schema track where the track matters). See the package doc for the Harness contract.
+// schema track where the track matters; TrackEnv restricts it to one). See the package doc
+// for the Harness contract.
 func Run(t *testing.T, h Harness) {
 	t.Helper()
 	if h.Open == nil {
@@ -104,6 +110,10 @@ func Run(t *testing.T, h Harness) {
 	probe, err := h.Open(t.Context(), h.Config)
 	require.NoError(t, err, "transporttest: Harness.Open")
 	require.NoError(t, probe.Close(), "transporttest: closing the probe driver")
+	only := envelope.Track(os.Getenv(TrackEnv))
+	if only != "" && !slices.Contains(bothTracks, only) {
+		t.Fatalf("transporttest: %s=%q (accepted: v1, v2, or unset for both)", TrackEnv, only)
+	}
 	for _, c := range cases {
 		t.Run(c.name, func(t *testing.T) {
 			if c.needs != nil {
@@ -111,11 +121,18 @@ func Run(t *testing.T, h Harness) {
 					t.Skip(why)
 				}
 			}
+			tracks := c.tracks
+			if only != "" {
+				if !slices.Contains(tracks, only) {
+					t.Skipf("%s=%s selects track %s; this test runs on %v", TrackEnv, only, only, tracks)
+				}
+				tracks = []envelope.Track{only}
+			}
 			if len(c.tracks) == 1 {
-				c.run(newEnv(t, h, c.tracks[0]))
+				c.run(newEnv(t, h, tracks[0]))
 				return
 			}
-			for _, tr := range c.tracks {
+			for _, tr := range tracks {
 				t.Run(string(tr), func(t *testing.T) { c.run(newEnv(t, h, tr)) })
 			}
 		})
