@@ -46,8 +46,6 @@ func (s *subscription) claimIdle(ctx context.Context, now time.Time, count int) 
 	return s.deliveries(msgs, attempts, time.Now()), nil
 }
 
-// Ack acknowledges ds with one XACK. Ids that are no longer pending (acked already, or the
-
 // redeliverDue claims this member's delayed entries that are due back to itself (XCLAIM,
 // counting the attempt) and returns them. Entries no longer pending under this consumer
 // (taken over by another member, or settled) are dropped; entries deleted from the stream
@@ -132,11 +130,6 @@ func (s *subscription) setIdle(ctx context.Context, ids []string, idle time.Dura
 	}
 	return setIdleScript.Run(ctx, s.d.client, []string{s.key}, args...).StringSlice()
 }
-
-// Close stops the subscription: a Receive in progress returns transport.ErrClosed. Entries
-// still waiting for a delayed redelivery are handed back to the group at once (their idle
-// time set to AckWait, no attempt counted), so that another member's next XAUTOCLAIM takes
-// them; unsettled deliveries are redelivered after AckWait. The consumer stays registered in
 
 // parseAutoClaim reads autoClaimScript's reply: {cursor, {{id, count, {field, value…}}…}, {deleted id…}}.
 func parseAutoClaim(res []any) (cursor string, msgs []goredis.XMessage, attempts []int, deleted []string, err error) {

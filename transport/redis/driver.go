@@ -10,6 +10,7 @@ import (
 	"strconv"
 	"strings"
 	"sync"
+	"sync/atomic"
 	"time"
 
 	goredis "github.com/redis/go-redis/v9"
@@ -49,8 +50,10 @@ type Driver struct {
 	log       *slog.Logger
 
 	mu     sync.Mutex
-	closed bool
+	closed bool // no new work; set first by Close
 	subs   map[*subscription]struct{}
+	// gone is set once the connection pool is closed, after the subscriptions were.
+	gone atomic.Bool
 }
 
 var (
@@ -255,6 +258,7 @@ func (d *Driver) Close() error {
 		d.mu.Unlock()
 		return nil
 	}
+	d.closed = true
 	subs := make([]*subscription, 0, len(d.subs))
 	for s := range d.subs {
 		subs = append(subs, s)
@@ -263,9 +267,7 @@ func (d *Driver) Close() error {
 	for _, s := range subs {
 		s.Close()
 	}
-	d.mu.Lock()
-	d.closed = true
-	d.mu.Unlock()
+	d.gone.Store(true)
 	if err := d.client.Close(); err != nil && !errors.Is(err, goredis.ErrClosed) {
 		return fmt.Errorf("redis: close: %w", err)
 	}
@@ -320,7 +322,7 @@ func (d *Driver) wrap(op string, err error) error {
 		return nil
 	case errors.Is(err, context.Canceled) || errors.Is(err, context.DeadlineExceeded):
 		return err
-	case errors.Is(err, goredis.ErrClosed) && d.isClosed():
+	case errors.Is(err, goredis.ErrClosed) && d.gone.Load():
 		return transport.ErrClosed
 	case unavailable(err):
 		return fmt.Errorf("redis: %s: %w: %w", op, transport.ErrUnavailable, err)

@@ -398,7 +398,7 @@ func (s *subscription) Close() error {
 		for _, m := range unread {
 			ids = append(ids, m.ID)
 		}
-		if len(ids) == 0 || s.d.isClosed() {
+		if len(ids) == 0 || s.d.gone.Load() {
 			return
 		}
 		ctx, cancel := context.WithTimeout(context.Background(), releaseTimeout)
