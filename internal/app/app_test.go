@@ -15,7 +15,8 @@ import (
 	"github.com/pulse-bus/pulse/transport"
 )
 
-var backends = []string{"inmem", "jetstream", "redis"}
+// backends are the backends the App tests run on (see testBackends).
+var backends = testBackends("inmem", "jetstream", "redis")
 
 // TestAppAppliesFeedbackAndServesHTTP proves the pipeline side end to end in process: once
 // /readyz says ready, a hard FeedbackEvent published by another connection drops the
@@ -68,8 +69,8 @@ func TestAppAppliesFeedbackAndServesHTTP(t *testing.T) {
 				`pipeline_rate_scale_factor{provider="ibkr"} 0`,
 				`pipeline_backpressure_state{provider="ibkr"} 2`,
 				`feedback_events_processed_total{level="hard",provider="ibkr"} 1`,
-				`pulse_consume_total{outcome="success",stream="telemetry.feedback",track="v1"} 1`,
-				`pulse_publish_total{outcome="success",stream="telemetry.rate_adjustment",track="v1"} 1`)
+				`pulse_consume_total{outcome="success",stream="telemetry.feedback",track="`+testTrack()+`"} 1`,
+				`pulse_publish_total{outcome="success",stream="telemetry.rate_adjustment",track="`+testTrack()+`"} 1`)
 
 			admin := b.Driver().(transport.StreamAdmin)
 			require.Eventually(t, func() bool {

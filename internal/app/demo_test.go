@@ -22,7 +22,7 @@ import (
 // on it stays below the high watermark with nothing refused; the provider settles at the
 // drain rate.
 func TestDemoSettles(t *testing.T) {
-	for _, backend := range []string{"jetstream", "inmem"} {
+	for _, backend := range testBackends("jetstream", "inmem") {
 		t.Run(backend, func(t *testing.T) {
 			cfg, err := Load(envconf.Map(map[string]string{"EVENT_BUS_BACKEND": backend}), nil)
 			require.NoError(t, err)

@@ -1,11 +1,13 @@
 package app
 
 import (
+	"cmp"
 	"context"
 	"io"
 	"log/slog"
 	"net/http"
 	"os"
+	"slices"
 	"strconv"
 	"strings"
 	"sync/atomic"
@@ -32,6 +34,29 @@ func TestMain(m *testing.M) { goleak.VerifyTestMain(redisSrv.Main(m)) }
 
 // waitTimeout bounds every wait for a condition in these tests.
 const waitTimeout = 10 * time.Second
+
+// The environment variables with which CI's matrix selects one backend and one schema track
+// (unset: every backend, the default track).
+const (
+	testBackendEnv = "PULSE_TEST_BACKEND"
+	testTrackEnv   = "PULSE_TEST_TRACK"
+)
+
+// testBackends returns all, or only the backend PULSE_TEST_BACKEND names (none if it names
+// another: that backend's tests are not this run's).
+func testBackends(all ...string) []string {
+	only := os.Getenv(testBackendEnv)
+	if only == "" {
+		return all
+	}
+	if slices.Contains(all, only) {
+		return []string{only}
+	}
+	return nil
+}
+
+// testTrack is the schema track publishers write in these tests: PULSE_TEST_TRACK, else v1.
+func testTrack() string { return cmp.Or(os.Getenv(testTrackEnv), "v1") }
 
 var nsSeq atomic.Int64
 
@@ -62,6 +87,7 @@ func baseEnv(t *testing.T, backend string) map[string]string {
 		"MD_NAMESPACE":      uniqueNamespace(t),
 		"PULSE_HTTP_ADDR":   "127.0.0.1:0",
 		"PULSE_ACK_WAIT":    "5s",
+		"SCHEMA_TRACK":      testTrack(),
 	}
 	switch backend {
 	case "jetstream":
