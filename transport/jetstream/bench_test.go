@@ -18,18 +18,22 @@ import (
 	"github.com/pulse-bus/pulse/transport/jetstream"
 )
 
-// Run with a fixed count, e.g.
+// Run with a fixed count of messages per trial, e.g.
 //
-//	go test -run '^$' -bench . -benchtime 200000x ./transport/jetstream/
+//	go test -run '^$' -bench 'Publish|Consume|VsRaw' -benchtime 100000x ./transport/jetstream/
+//	go test -run '^$' -bench Latency -benchtime 5000x ./transport/jetstream/
 //
-// Every benchmark uses the package's embedded server (file store) and streams of its own.
-// Pulse and raw nats.go move the same bytes: a ~230-byte v1 FeedbackEvent envelope.
+// Every trial uses the package's embedded server (file store) and a stream of its own, deleted
+// afterwards. Pulse and raw nats.go move the same bytes: a ~230-byte v1 FeedbackEvent
+// envelope. The machine is shared: compare Pulse with raw nats.go through BenchmarkVsRaw,
+// which interleaves their trials and reports medians.
 
 // Raw nats.go settings: what BACKEND-NOTES.md measured as the broker's best here.
 const (
 	rawMaxInFlight   = 4096
 	rawPullMax       = 500
 	rawMaxAckPending = 1000
+	rawStallWait     = 5 * time.Second
 )
 
 // benchBatch is the Pulse publish batch and subscription batch size (the Bus default).
@@ -37,7 +41,7 @@ const benchBatch = transport.DefaultBatchSize
 
 var benchSeq atomic.Int64
 
-// benchNS returns a namespace of its own for one benchmark run.
+// benchNS returns a namespace of its own for one trial.
 func benchNS(kind string) string { return fmt.Sprintf("b%s%d", kind, benchSeq.Add(1)) }
 
 func benchEnvelope(i int) *envelope.Envelope {
@@ -56,56 +60,103 @@ func benchBody(b *testing.B) []byte {
 	return body
 }
 
-func reportRate(b *testing.B, n int, d time.Duration) {
-	b.ReportMetric(float64(n)/d.Seconds(), "msgs/s")
+// publishMode is how a Pulse publish trial publishes.
+type publishMode struct {
+	batch, publishers int
+	// raw publishes the encoded bytes with Bus.PublishRaw (what raw nats.go sends); otherwise
+	// envelopes with Bus.Publish, encoding included.
+	raw bool
 }
 
-// BenchmarkPublish compares Bus.Publish (batches of envelopes encoded by the codec, each call
-// waiting for its PubAcks; from one or several goroutines) with raw nats.go PublishAsync (4096
-// in flight, one wait for all PubAcks at the end).
+func (m publishMode) String() string {
+	call := "Publish"
+	if m.raw {
+		call = "PublishRaw"
+	}
+	return fmt.Sprintf("%s/batch=%d/publishers=%d", call, m.batch, m.publishers)
+}
+
+var publishModes = []publishMode{
+	{batch: benchBatch, publishers: 1},
+	{batch: benchBatch, publishers: 4},
+	{batch: benchBatch, publishers: 1, raw: true},
+	{batch: benchBatch, publishers: 4, raw: true},
+}
+
+// BenchmarkPublish measures Bus.Publish / Bus.PublishRaw (each call waiting for its PubAcks;
+// from one or several goroutines) and raw nats.go PublishAsync (4096 in flight, one wait for
+// every PubAck at the end), b.N messages each.
 func BenchmarkPublish(b *testing.B) {
-	srv := natsSrv.Server(b)
-	for _, c := range []struct {
-		batch, publishers int
-		encoded           bool
-	}{{benchBatch, 1, false}, {benchBatch, 4, false}, {benchBatch, 1, true}, {benchBatch, 4, true}} {
-		name := "Publish"
-		if c.encoded {
-			name = "PublishRaw"
-		}
-		b.Run(fmt.Sprintf("pulse/%s/batch=%d/publishers=%d", name, c.batch, c.publishers), func(b *testing.B) {
-			benchPulsePublish(b, srv.ClientURL(), c.batch, c.publishers, c.encoded)
+	url := natsSrv.Server(b).ClientURL()
+	for _, m := range publishModes {
+		b.Run("pulse/"+m.String(), func(b *testing.B) { reportRate(b, pulsePublishTrial(b, url, b.N, m)) })
+	}
+	b.Run("raw", func(b *testing.B) { reportRate(b, rawPublishTrial(b, url, b.N)) })
+}
+
+// BenchmarkConsume measures a Bus subscription (decode, idempotency record, handler, one ack
+// per delivery, batches of 256), the driver alone (Receive and Ack batches of 256), and raw
+// nats.go Consume on a durable pull consumer with explicit acks (PullMaxMessages 500,
+// MaxAckPending 1000), each reading b.N messages published beforehand.
+func BenchmarkConsume(b *testing.B) {
+	url := natsSrv.Server(b).ClientURL()
+	b.Run("pulse", func(b *testing.B) { reportRate(b, pulseConsumeTrial(b, url, b.N)) })
+	b.Run("pulse-driver", func(b *testing.B) { reportRate(b, driverConsumeTrial(b, url, b.N)) })
+	b.Run("raw", func(b *testing.B) { reportRate(b, rawConsumeTrial(b, url, b.N)) })
+}
+
+// vsRawTrials is how many interleaved trial pairs BenchmarkVsRaw runs.
+const vsRawTrials = 7
+
+// BenchmarkVsRaw interleaves Pulse and raw nats.go trials of b.N messages (vsRawTrials pairs,
+// so that load from elsewhere hits both alike) and reports the medians and the median ratio
+// Pulse/raw, for publish (Bus.Publish and Bus.PublishRaw, one publisher and four) and for
+// consume+ack (through a Bus, and straight from the driver to isolate the transport from the
+// Bus's decoding and idempotency record).
+func BenchmarkVsRaw(b *testing.B) {
+	url := natsSrv.Server(b).ClientURL()
+	for _, m := range publishModes {
+		b.Run("publish/"+m.String(), func(b *testing.B) {
+			reportVs(b, func() float64 { return pulsePublishTrial(b, url, b.N, m) }, func() float64 { return rawPublishTrial(b, url, b.N) })
 		})
 	}
-	b.Run("raw", func(b *testing.B) {
-		body := benchBody(b)
-		nc, js := rawConn(b, srv.ClientURL())
-		defer nc.Close()
-		subject := rawStream(b, js, benchNS("rawpub"))
-		b.ResetTimer()
-		start := time.Now()
-		for range b.N {
-			if _, err := js.PublishAsync(subject, body, natsjs.WithStallWait(5*time.Second)); err != nil {
-				b.Fatal(err)
-			}
-		}
-		select {
-		case <-js.PublishAsyncComplete():
-		case <-time.After(time.Minute):
-			b.Fatal("PubAcks missing")
-		}
-		reportRate(b, b.N, time.Since(start))
+	b.Run("consume/bus", func(b *testing.B) {
+		reportVs(b, func() float64 { return pulseConsumeTrial(b, url, b.N) }, func() float64 { return rawConsumeTrial(b, url, b.N) })
+	})
+	b.Run("consume/driver", func(b *testing.B) {
+		reportVs(b, func() float64 { return driverConsumeTrial(b, url, b.N) }, func() float64 { return rawConsumeTrial(b, url, b.N) })
 	})
 }
 
-// benchPulsePublish publishes b.N messages through one Bus from publishers goroutines, each
-// publishing batches of batch messages: envelopes with Bus.Publish (encoding included) or,
-// when encoded, the benchmark's bytes with Bus.PublishRaw (what raw nats.go sends).
-func benchPulsePublish(b *testing.B, url string, batch, publishers int, encoded bool) {
-	bus := openBus(b, config(url, benchNS("pub")))
+func reportVs(b *testing.B, pulse, raw func() float64) {
+	var ps, rs, ratios []float64
+	for range vsRawTrials {
+		p, r := pulse(), raw()
+		ps, rs, ratios = append(ps, p), append(rs, r), append(ratios, p/r)
+	}
+	b.ReportMetric(median(ps), "pulse-msgs/s")
+	b.ReportMetric(median(rs), "raw-msgs/s")
+	b.ReportMetric(median(ratios), "pulse/raw")
+	b.ReportMetric(0, "ns/op")
+}
+
+func median(v []float64) float64 {
+	v = slices.Clone(v)
+	slices.Sort(v)
+	return v[len(v)/2]
+}
+
+func reportRate(b *testing.B, rate float64) { b.ReportMetric(rate, "msgs/s") }
+
+// pulsePublishTrial publishes n messages through a new Bus as m says and returns msgs/s.
+func pulsePublishTrial(b *testing.B, url string, n int, m publishMode) float64 {
+	b.StopTimer()
+	ns := benchNS("pub")
+	bus := openBus(b, config(url, ns))
+	defer deleteStream(b, url, ns)
 	ctx := context.Background()
-	envs := make([]*envelope.Envelope, b.N)
-	raws := make([]transport.RawMessage, b.N)
+	envs := make([]*envelope.Envelope, n)
+	raws := make([]transport.RawMessage, n)
 	body := benchBody(b)
 	for i := range envs {
 		envs[i] = benchEnvelope(i)
@@ -116,17 +167,17 @@ func benchPulsePublish(b *testing.B, url string, batch, publishers int, encoded 
 	}
 	var next atomic.Int64
 	var g errgroup.Group
-	b.ResetTimer()
+	b.StartTimer()
 	start := time.Now()
-	for range publishers {
+	for range m.publishers {
 		g.Go(func() error {
 			for {
-				i := int(next.Add(int64(batch))) - batch
-				if i >= b.N {
+				i := int(next.Add(int64(m.batch))) - m.batch
+				if i >= n {
 					return nil
 				}
-				j := min(i+batch, b.N)
-				if encoded {
+				j := min(i+m.batch, n)
+				if m.raw {
 					if _, err := bus.PublishRaw(ctx, "bench", raws[i:j]...); err != nil {
 						return err
 					}
@@ -139,96 +190,51 @@ func benchPulsePublish(b *testing.B, url string, batch, publishers int, encoded 
 	if err := g.Wait(); err != nil {
 		b.Fatal(err)
 	}
-	reportRate(b, b.N, time.Since(start))
+	rate := float64(n) / time.Since(start).Seconds()
+	b.StopTimer()
+	return rate
 }
 
-// BenchmarkConsume compares a Bus subscription (decode, idempotency record, handler, one ack
-// per delivery, batches of 256) with raw nats.go Consume on a durable pull consumer with
-// explicit acks (PullMaxMessages 500, MaxAckPending 1000), both reading b.N messages published
-// beforehand.
-func BenchmarkConsume(b *testing.B) {
-	srv := natsSrv.Server(b)
-	b.Run("pulse", func(b *testing.B) {
-		ns := benchNS("con")
-		cfg := config(srv.ClientURL(), ns)
-		prefill(b, srv.ClientURL(), ns, b.N)
-		bus := openBus(b, cfg)
-		var handled atomic.Int64
-		done := make(chan struct{})
-		b.ResetTimer()
-		start := time.Now()
-		sub, err := bus.Subscribe(context.Background(), "bench", func(context.Context, *transport.Delivery) error {
-			if handled.Add(1) == int64(b.N) {
-				close(done)
-			}
-			return nil
-		}, transport.SubscribeOptions{})
-		if err != nil {
+// rawPublishTrial publishes n messages with raw nats.go and returns msgs/s.
+func rawPublishTrial(b *testing.B, url string, n int) float64 {
+	b.StopTimer()
+	ns := benchNS("rawpub")
+	body := benchBody(b)
+	nc, js := rawConn(b, url)
+	defer nc.Close()
+	subject := rawStream(b, js, ns)
+	defer deleteStream(b, url, ns)
+	b.StartTimer()
+	start := time.Now()
+	for range n {
+		if _, err := js.PublishAsync(subject, body, natsjs.WithStallWait(rawStallWait)); err != nil {
 			b.Fatal(err)
 		}
-		waitDone(b, done)
-		reportRate(b, b.N, time.Since(start))
-		b.StopTimer()
-		sub.Close()
-	})
-	b.Run("raw", func(b *testing.B) {
-		ns := benchNS("rawcon")
-		prefill(b, srv.ClientURL(), ns, b.N)
-		nc, js := rawConn(b, srv.ClientURL())
-		defer nc.Close()
-		ctx := context.Background()
-		cons, err := js.CreateOrUpdateConsumer(ctx, jetstream.StreamName(ns, "bench"), natsjs.ConsumerConfig{
-			Durable: "raw", AckPolicy: natsjs.AckExplicitPolicy, MaxAckPending: rawMaxAckPending,
-		})
-		if err != nil {
-			b.Fatal(err)
-		}
-		var handled atomic.Int64
-		done := make(chan struct{})
-		b.ResetTimer()
-		start := time.Now()
-		cc, err := cons.Consume(func(m natsjs.Msg) {
-			if err := m.Ack(); err != nil {
-				b.Error(err)
-			}
-			if handled.Add(1) == int64(b.N) {
-				close(done)
-			}
-		}, natsjs.PullMaxMessages(rawPullMax))
-		if err != nil {
-			b.Fatal(err)
-		}
-		waitDone(b, done)
-		if err := nc.Flush(); err != nil {
-			b.Fatal(err)
-		}
-		reportRate(b, b.N, time.Since(start))
-		b.StopTimer()
-		cc.Stop()
-	})
+	}
+	select {
+	case <-js.PublishAsyncComplete():
+	case <-time.After(time.Minute):
+		b.Fatal("PubAcks missing")
+	}
+	rate := float64(n) / time.Since(start).Seconds()
+	b.StopTimer()
+	return rate
 }
 
-// BenchmarkLatency measures publish → handle at a steady 1,000 msgs/s: each message is
-// published on its own (Bus.Publish of one envelope, which waits for its PubAck) and the time
-// from just before Publish to the start of the handler is recorded; b.N messages.
-func BenchmarkLatency(b *testing.B) {
-	srv := natsSrv.Server(b)
-	bus := openBus(b, config(srv.ClientURL(), benchNS("lat")))
-	ctx := context.Background()
-	sent := make([]time.Time, b.N)
-	lat := make([]time.Duration, b.N)
+// pulseConsumeTrial has a new Bus consume n prefilled messages and returns msgs/s, timed from
+// Subscribe to the last handler call.
+func pulseConsumeTrial(b *testing.B, url string, n int) float64 {
+	b.StopTimer()
+	ns := benchNS("con")
+	prefill(b, url, ns, n)
+	defer deleteStream(b, url, ns)
+	bus := openBus(b, config(url, ns))
 	var handled atomic.Int64
 	done := make(chan struct{})
-	sub, err := bus.Subscribe(ctx, "bench", func(_ context.Context, d *transport.Delivery) error {
-		var p struct {
-			QueueSize int `json:"queue_size"`
-		}
-		at := time.Now()
-		if err := json.Unmarshal(d.Envelope.Payload, &p); err != nil {
-			return err
-		}
-		lat[p.QueueSize] = at.Sub(sent[p.QueueSize])
-		if handled.Add(1) == int64(b.N) {
+	b.StartTimer()
+	start := time.Now()
+	sub, err := bus.Subscribe(context.Background(), "bench", func(context.Context, *transport.Delivery) error {
+		if handled.Add(1) == int64(n) {
 			close(done)
 		}
 		return nil
@@ -236,25 +242,203 @@ func BenchmarkLatency(b *testing.B) {
 	if err != nil {
 		b.Fatal(err)
 	}
-	defer sub.Close()
-	tick := time.NewTicker(time.Millisecond)
-	defer tick.Stop()
-	b.ResetTimer()
-	for i := range b.N {
-		<-tick.C
-		e := benchEnvelope(i)
-		e.Payload = json.RawMessage(fmt.Sprintf(`{"coordinator_id": "c", "queue_size": %d, "capacity": 100000000, "level": "ok", "source": "store", "ts": 1.0}`, i))
-		sent[i] = time.Now()
-		if err := bus.Publish(ctx, "bench", e); err != nil {
+	waitDone(b, done)
+	rate := float64(n) / time.Since(start).Seconds()
+	b.StopTimer()
+	sub.Close()
+	return rate
+}
+
+// driverConsumeTrial consumes and acks n prefilled messages straight from the driver
+// (Receive batches of 256, Ack each batch; no decoding, no Bus) and returns msgs/s.
+func driverConsumeTrial(b *testing.B, url string, n int) float64 {
+	b.StopTimer()
+	ns := benchNS("drvcon")
+	prefill(b, url, ns, n)
+	defer deleteStream(b, url, ns)
+	d, err := jetstream.Open(context.Background(), config(url, ns))
+	if err != nil {
+		b.Fatal(err)
+	}
+	defer d.Close()
+	ctx := context.Background()
+	b.StartTimer()
+	start := time.Now()
+	sub, err := d.Subscribe(ctx, "bench", transport.DriverSubscribeOptions{Group: "g", AckWait: 30 * time.Second, BatchSize: benchBatch})
+	if err != nil {
+		b.Fatal(err)
+	}
+	got := 0
+	for got < n {
+		batch, err := sub.Receive(ctx, benchBatch)
+		if err != nil {
+			b.Fatal(err)
+		}
+		got += len(batch)
+		if err := sub.Ack(ctx, batch); err != nil {
 			b.Fatal(err)
 		}
 	}
-	waitDone(b, done)
+	rate := float64(n) / time.Since(start).Seconds()
 	b.StopTimer()
-	slices.Sort(lat)
-	b.ReportMetric(float64(lat[len(lat)/2].Microseconds()), "p50-µs")
-	b.ReportMetric(float64(lat[len(lat)*99/100].Microseconds()), "p99-µs")
-	b.ReportMetric(float64(lat[len(lat)-1].Microseconds()), "max-µs")
+	sub.Close()
+	return rate
+}
+
+// rawConsumeTrial consumes and acks n prefilled messages with raw nats.go and returns msgs/s.
+func rawConsumeTrial(b *testing.B, url string, n int) float64 {
+	b.StopTimer()
+	ns := benchNS("rawcon")
+	prefill(b, url, ns, n)
+	defer deleteStream(b, url, ns)
+	nc, js := rawConn(b, url)
+	defer nc.Close()
+	ctx := context.Background()
+	cons, err := js.CreateOrUpdateConsumer(ctx, jetstream.StreamName(ns, "bench"), natsjs.ConsumerConfig{
+		Durable: "raw", AckPolicy: natsjs.AckExplicitPolicy, MaxAckPending: rawMaxAckPending,
+	})
+	if err != nil {
+		b.Fatal(err)
+	}
+	var handled atomic.Int64
+	done := make(chan struct{})
+	b.StartTimer()
+	start := time.Now()
+	cc, err := cons.Consume(func(m natsjs.Msg) {
+		if err := m.Ack(); err != nil {
+			b.Error(err)
+		}
+		if handled.Add(1) == int64(n) {
+			close(done)
+		}
+	}, natsjs.PullMaxMessages(rawPullMax))
+	if err != nil {
+		b.Fatal(err)
+	}
+	waitDone(b, done)
+	rate := float64(n) / time.Since(start).Seconds()
+	b.StopTimer()
+	cc.Stop()
+	return rate
+}
+
+// BenchmarkLatency measures publish → handle at a steady 1,000 msgs/s: each message is
+// published on its own, with a Bus (Bus.Publish of one envelope, waiting for its PubAck, to a
+// Bus subscription) and with raw nats.go (PublishAsync, consumed by a durable pull Consume),
+// and the time from just before the publish to the start of the handler is recorded; b.N
+// messages.
+func BenchmarkLatency(b *testing.B) {
+	url := natsSrv.Server(b).ClientURL()
+	b.Run("pulse", func(b *testing.B) {
+		bus := openBus(b, config(url, benchNS("lat")))
+		ctx := context.Background()
+		lat := newLatencies(b.N)
+		sub, err := bus.Subscribe(ctx, "bench", func(_ context.Context, d *transport.Delivery) error {
+			at := time.Now()
+			var p struct {
+				QueueSize int `json:"queue_size"`
+			}
+			if err := json.Unmarshal(d.Envelope.Payload, &p); err != nil {
+				return err
+			}
+			lat.handled(p.QueueSize, at)
+			return nil
+		}, transport.SubscribeOptions{})
+		if err != nil {
+			b.Fatal(err)
+		}
+		defer sub.Close()
+		lat.run(b, func(i int) error {
+			e := benchEnvelope(i)
+			e.Payload = json.RawMessage(fmt.Sprintf(`{"coordinator_id": "c", "queue_size": %d, "capacity": 1000000000, "level": "ok", "source": "store", "ts": 1.0}`, i))
+			return bus.Publish(ctx, "bench", e)
+		})
+	})
+	b.Run("raw", func(b *testing.B) {
+		ns := benchNS("rawlat")
+		nc, js := rawConn(b, url)
+		defer nc.Close()
+		subject := rawStream(b, js, ns)
+		defer deleteStream(b, url, ns)
+		cons, err := js.CreateOrUpdateConsumer(context.Background(), jetstream.StreamName(ns, "bench"), natsjs.ConsumerConfig{
+			Durable: "raw", AckPolicy: natsjs.AckExplicitPolicy, MaxAckPending: rawMaxAckPending,
+		})
+		if err != nil {
+			b.Fatal(err)
+		}
+		lat := newLatencies(b.N)
+		cc, err := cons.Consume(func(m natsjs.Msg) {
+			at := time.Now()
+			meta, err := m.Metadata()
+			if err != nil {
+				b.Error(err)
+				return
+			}
+			_ = m.Ack()
+			lat.handled(int(meta.Sequence.Stream)-1, at)
+		}, natsjs.PullMaxMessages(rawPullMax))
+		if err != nil {
+			b.Fatal(err)
+		}
+		defer cc.Stop()
+		body := benchBody(b)
+		lat.run(b, func(int) error {
+			f, err := js.PublishAsync(subject, body)
+			if err != nil {
+				return err
+			}
+			select {
+			case <-f.Ok():
+				return nil
+			case err := <-f.Err():
+				return err
+			}
+		})
+	})
+}
+
+// latencies records publish → handle times of n messages published one per millisecond.
+type latencies struct {
+	sent    []time.Time
+	lat     []time.Duration
+	count   atomic.Int64
+	done    chan struct{}
+	started atomic.Bool
+}
+
+func newLatencies(n int) *latencies {
+	return &latencies{sent: make([]time.Time, n), lat: make([]time.Duration, n), done: make(chan struct{})}
+}
+
+// handled records message i as handled at.
+func (l *latencies) handled(i int, at time.Time) {
+	l.lat[i] = at.Sub(l.sent[i])
+	if l.count.Add(1) == int64(len(l.lat)) {
+		close(l.done)
+	}
+}
+
+// run publishes message i with publish once per millisecond, waits for all, and reports p50,
+// p99 and max.
+func (l *latencies) run(b *testing.B, publish func(i int) error) {
+	tick := time.NewTicker(time.Millisecond)
+	defer tick.Stop()
+	b.ResetTimer()
+	for i := range l.sent {
+		<-tick.C
+		l.sent[i] = time.Now()
+		if err := publish(i); err != nil {
+			b.Fatal(err)
+		}
+	}
+	waitDone(b, l.done)
+	b.StopTimer()
+	slices.Sort(l.lat)
+	n := len(l.lat)
+	b.ReportMetric(float64(l.lat[n/2].Microseconds()), "p50-µs")
+	b.ReportMetric(float64(l.lat[n*99/100].Microseconds()), "p99-µs")
+	b.ReportMetric(float64(l.lat[n-1].Microseconds()), "max-µs")
+	b.ReportMetric(0, "ns/op")
 }
 
 func waitDone(b *testing.B, done <-chan struct{}) {
@@ -290,16 +474,24 @@ func rawStream(b *testing.B, js natsjs.JetStream, ns string) string {
 	return subject
 }
 
-// prefill stores n benchmark messages on logical stream "bench" of ns, outside the timer.
+// deleteStream removes the stream of logical stream "bench" in ns (the test server's store is
+// small).
+func deleteStream(b *testing.B, url, ns string) {
+	nc, js := rawConn(b, url)
+	defer nc.Close()
+	if err := js.DeleteStream(context.Background(), jetstream.StreamName(ns, "bench")); err != nil {
+		b.Error(err)
+	}
+}
+
+// prefill stores n benchmark messages on logical stream "bench" of ns.
 func prefill(b *testing.B, url, ns string, n int) {
-	b.StopTimer()
-	defer b.StartTimer()
 	body := benchBody(b)
 	nc, js := rawConn(b, url)
 	defer nc.Close()
 	subject := rawStream(b, js, ns)
 	for range n {
-		if _, err := js.PublishAsync(subject, body, natsjs.WithStallWait(5*time.Second)); err != nil {
+		if _, err := js.PublishAsync(subject, body, natsjs.WithStallWait(rawStallWait)); err != nil {
 			b.Fatal(err)
 		}
 	}

@@ -105,7 +105,7 @@ func (d *Driver) Subscribe(ctx context.Context, stream string, opts transport.Dr
 		opts:   opts,
 		log:    d.log.With("stream", stream, "group", opts.Group, "consumer", opts.Consumer),
 		pull:   pull,
-		queue:  make(chan queued, queue),
+		queue:  newMsgQueue(queue),
 		stop:   make(chan struct{}),
 	}
 	s.mu.Lock()
@@ -132,8 +132,10 @@ type subscription struct {
 	opts   transport.DriverSubscribeOptions
 	log    *slog.Logger
 	pull   int
-	queue  chan queued
+	queue  *msgQueue
 	stop   chan struct{} // closed by Close
+	// scratch is Receive's buffer (Receive runs on one goroutine).
+	scratch []queued
 
 	mu     sync.Mutex // guards the fields below
 	closed bool
@@ -142,11 +144,6 @@ type subscription struct {
 
 	closeOnce sync.Once
 	closeErr  error
-}
-
-type queued struct {
-	msg jetstream.Msg
-	at  time.Time
 }
 
 // startLocked (re)creates the consumer and starts consuming. s.mu is held.
@@ -176,9 +173,7 @@ func (s *subscription) onMsg(m jetstream.Msg) {
 		return
 	default:
 	}
-	select {
-	case s.queue <- queued{msg: m, at: time.Now()}:
-	case <-s.stop:
+	if !s.queue.push(queued{msg: m, at: time.Now()}, s.stop) {
 		_ = m.Nak()
 	}
 }
@@ -227,10 +222,14 @@ func (s *subscription) Receive(ctx context.Context, limit int) ([]*transport.Raw
 			return nil, err
 		}
 		up, changed := s.d.conn.get()
-		var first queued
-		if up {
+		taken := s.queue.take(s.scratch[:0], limit)
+		if len(taken) == 0 {
+			if !up {
+				return nil, fmt.Errorf("jetstream: receive from %s: %w: disconnected from NATS, reconnecting", StreamName(s.d.cfg.Namespace, s.stream), transport.ErrUnavailable)
+			}
 			select {
-			case first = <-s.queue:
+			case <-s.queue.ready:
+				continue
 			case <-ctx.Done():
 				return nil, ctx.Err()
 			case <-s.stop:
@@ -240,26 +239,13 @@ func (s *subscription) Receive(ctx context.Context, limit int) ([]*transport.Raw
 			case <-ccDone:
 				continue
 			}
-		} else {
-			select {
-			case first = <-s.queue:
-			case <-s.stop:
-				return nil, transport.ErrClosed
-			default:
-				return nil, fmt.Errorf("jetstream: receive from %s: %w: disconnected from NATS, reconnecting", StreamName(s.d.cfg.Namespace, s.stream), transport.ErrUnavailable)
-			}
 		}
-		out := make([]*transport.RawDelivery, 0, min(limit, 1+len(s.queue)))
-		out = s.appendDelivery(out, first)
-	fill:
-		for len(out) < limit {
-			select {
-			case q := <-s.queue:
-				out = s.appendDelivery(out, q)
-			default:
-				break fill
-			}
+		out := make([]*transport.RawDelivery, 0, len(taken))
+		for _, q := range taken {
+			out = s.appendDelivery(out, q)
 		}
+		clear(taken)
+		s.scratch = taken[:0]
 		if len(out) > 0 {
 			return out, nil
 		}
@@ -362,14 +348,8 @@ func (s *subscription) Close() error {
 				cc.Stop()
 			}
 		}
-	handBack:
-		for {
-			select {
-			case q := <-s.queue:
-				_ = q.msg.Nak()
-			default:
-				break handBack
-			}
+		for _, q := range s.queue.take(nil, s.queue.len()) {
+			_ = q.msg.Nak()
 		}
 		if s.d.nc.IsConnected() {
 			if err := s.d.nc.FlushTimeout(DefaultFlushTimeout); err != nil {
