@@ -9,6 +9,7 @@ import (
 
 	"github.com/stretchr/testify/require"
 
+	"github.com/pulse-bus/pulse/internal/natstest"
 	"github.com/pulse-bus/pulse/transport"
 	"github.com/pulse-bus/pulse/transport/jetstream"
 )
@@ -234,4 +235,20 @@ func TestReceiveHonoursContext(t *testing.T) {
 	case <-time.After(2 * time.Second):
 		t.Fatal("Receive did not return after cancel")
 	}
+}
+
+// TestInProcess proves that a driver opened with Options.InProcess works through the
+// in-process connection of an embedded server hosted by the test.
+func TestInProcess(t *testing.T) {
+	srv := natstest.Start(t, nil)
+	ctx := context.Background()
+	d, err := jetstream.OpenWith(ctx, config(srv.ClientURL(), "inproc"), jetstream.Options{InProcess: srv})
+	require.NoError(t, err)
+	defer d.Close()
+	require.NoError(t, d.Ping(ctx))
+	ids, err := d.Publish(ctx, "s", []transport.RawMessage{{Body: []byte("x")}})
+	require.NoError(t, err)
+	require.Equal(t, []string{"1"}, ids)
+	srv.Shutdown()
+	require.Eventually(t, func() bool { return errors.Is(d.Ping(ctx), transport.ErrUnavailable) }, 5*time.Second, 5*time.Millisecond)
 }
