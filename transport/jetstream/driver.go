@@ -37,7 +37,7 @@ const (
 	DefaultPublishStallWait = 250 * time.Millisecond
 	// DefaultPubAckTimeout is how long one message waits for its PubAck before it counts as
 	// failed (and is sent again, see Publish).
-	DefaultPubAckTimeout = 5 * time.Second
+	DefaultPubAckTimeout = 2 * time.Second
 	// DefaultPublishRetryFor bounds how long Publish keeps re-sending messages the broker did
 	// not acknowledge (disconnection, leader election) before it gives up.
 	DefaultPublishRetryFor = 15 * time.Second

@@ -1,9 +1,12 @@
 package jetstream_test
 
 import (
+	"bytes"
 	"context"
 	"errors"
+	"log/slog"
 	"strconv"
+	"sync"
 	"testing"
 	"time"
 
@@ -251,4 +254,75 @@ func TestInProcess(t *testing.T) {
 	require.Equal(t, []string{"1"}, ids)
 	srv.Shutdown()
 	require.Eventually(t, func() bool { return errors.Is(d.Ping(ctx), transport.ErrUnavailable) }, 5*time.Second, 5*time.Millisecond)
+}
+
+// TestConsumerDeletedRecreated proves that a subscription whose durable consumer is deleted
+// behind its back (an operator's `nats consumer rm`) recreates it and goes on receiving; the
+// recreated group starts again from the start of the retained stream.
+func TestConsumerDeletedRecreated(t *testing.T) {
+	srv := natsSrv.Server(t)
+	ctx := context.Background()
+	var logs lockedBuffer
+	cfg := config(srv.ClientURL(), "recreate")
+	cfg.Logger = slog.New(slog.NewTextHandler(&logs, nil))
+	d := open(t, cfg)
+	sub, err := d.Subscribe(ctx, "s", transport.DriverSubscribeOptions{Group: "g", AckWait: 5 * time.Second, BatchSize: 4})
+	require.NoError(t, err)
+	defer sub.Close()
+	receive := func() []*transport.RawDelivery {
+		t.Helper()
+		var got []*transport.RawDelivery
+		require.Eventually(t, func() bool {
+			rctx, cancel := context.WithTimeout(ctx, 200*time.Millisecond)
+			defer cancel()
+			b, err := sub.Receive(rctx, 4)
+			if err == nil {
+				got = b
+				require.NoError(t, sub.Ack(ctx, b))
+			}
+			return err == nil
+		}, 15*time.Second, time.Millisecond)
+		return got
+	}
+	_, err = d.Publish(ctx, "s", []transport.RawMessage{{Body: []byte("one")}})
+	require.NoError(t, err)
+	require.Equal(t, "one", string(receive()[0].Body))
+
+	require.NoError(t, d.JetStream().DeleteConsumer(ctx, jetstream.StreamName("recreate", "s"), "g"))
+	_, err = d.Publish(ctx, "s", []transport.RawMessage{{Body: []byte("two")}})
+	require.NoError(t, err)
+	var bodies []string
+	for !slicesContains(bodies, "two") {
+		for _, m := range receive() {
+			bodies = append(bodies, string(m.Body))
+		}
+	}
+	require.Subset(t, []string{"one", "two"}, bodies)
+	require.Contains(t, logs.String(), "pull consumer stopped; starting it again")
+}
+
+type lockedBuffer struct {
+	mu sync.Mutex
+	b  bytes.Buffer
+}
+
+func (l *lockedBuffer) Write(p []byte) (int, error) {
+	l.mu.Lock()
+	defer l.mu.Unlock()
+	return l.b.Write(p)
+}
+
+func (l *lockedBuffer) String() string {
+	l.mu.Lock()
+	defer l.mu.Unlock()
+	return l.b.String()
+}
+
+func slicesContains(s []string, v string) bool {
+	for _, x := range s {
+		if x == v {
+			return true
+		}
+	}
+	return false
 }
