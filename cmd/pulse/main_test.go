@@ -27,6 +27,7 @@ import (
 	"github.com/stretchr/testify/require"
 	"go.uber.org/goleak"
 
+	"github.com/pulse-bus/pulse/envelope"
 	"github.com/pulse-bus/pulse/feedback"
 	"github.com/pulse-bus/pulse/internal/redistest"
 	"github.com/pulse-bus/pulse/transport"
@@ -264,6 +265,11 @@ func state(t *testing.T, s *server) stateDoc {
 	return st
 }
 
+// uniqueNamespace keeps runs that share the package's redis-server (go test -count) apart.
+func uniqueNamespace(prefix string) string {
+	return prefix + "_" + strconv.FormatInt(time.Now().UnixNano(), 36)
+}
+
 // freePort returns a loopback port that was free a moment ago.
 func freePort(t *testing.T) int {
 	t.Helper()
@@ -431,10 +437,11 @@ func TestRunExternalNATSWithAuthAndDLQ(t *testing.T) {
 // drops, exit 0, the group has nothing pending.
 func TestRunRedis(t *testing.T) {
 	url := redisSrv.Server(t).URL()
+	ns := uniqueNamespace("e2e_redis")
 	env := map[string]string{
 		"EVENT_BUS_BACKEND": "redis",
 		"REDIS_URL":         url,
-		"MD_NAMESPACE":      "e2e_redis",
+		"MD_NAMESPACE":      ns,
 		"PULSE_HTTP_ADDR":   "127.0.0.1:0",
 	}
 	s := startRun(t, env)
@@ -442,7 +449,7 @@ func TestRunRedis(t *testing.T) {
 	require.Equal(t, url, s.start["bus"])
 	exercise(t, s, env)
 	stoppedClean(t, s, syscall.SIGINT)
-	requireNothingUnacked(t, transport.Config{Backend: "redis", RedisURL: url, Namespace: "e2e_redis"}, "pipeline-pipeline_w1", 1)
+	requireNothingUnacked(t, transport.Config{Backend: "redis", RedisURL: url, Namespace: ns}, "pipeline-pipeline_w1", 1)
 }
 
 // checkPromtool runs `promtool check metrics` on a scrape when promtool is installed: the
@@ -555,4 +562,100 @@ func TestDemoBinary(t *testing.T) {
 	st, err := os.Stat(plot)
 	require.NoError(t, err)
 	require.Greater(t, st.Size(), int64(1000))
+}
+
+// appliedCoordinators returns, per coordinator, how many times a `pulse run` (at debug
+// level) logged applying its event.
+func appliedCoordinators(logs string) map[string]int {
+	out := map[string]int{}
+	for _, line := range strings.Split(logs, "\n") {
+		var rec struct {
+			Msg         string `json:"msg"`
+			Coordinator string `json:"coordinator"`
+		}
+		if json.Unmarshal([]byte(line), &rec) != nil {
+			continue
+		}
+		if rec.Msg == "provider rate adjusted" || rec.Msg == "feedback applied; scale unchanged" {
+			out[rec.Coordinator]++
+		}
+	}
+	return out
+}
+
+// TestRunDrainsAndResumes proves the shutdown contract under load, on JetStream and Redis:
+// SIGTERM while a burst of feedback events is being consumed exits 0; a restarted `pulse run`
+// resumes the same group and settles the rest; across the two runs every event was applied
+// exactly once (one handled but left unacked by the first run would be applied again by the
+// second, whose idempotency record is new) and the group ends with nothing pending or
+// unread.
+//
+// Right after the first exit the group may still show deliveries pending: JetStream counts
+// messages the client had fetched ahead and handed back (nak'd, never handled) as pending
+// until they are delivered again, so "pending" alone cannot tell them from unacked work.
+func TestRunDrainsAndResumes(t *testing.T) {
+	const burst = 300
+	for _, backend := range []string{"jetstream", "redis"} {
+		t.Run(backend, func(t *testing.T) {
+			env := map[string]string{
+				"EVENT_BUS_BACKEND": backend,
+				"PULSE_HTTP_ADDR":   "127.0.0.1:0",
+				"PULSE_LOG_LEVEL":   "debug",
+				"PULSE_ACK_WAIT":    "2s",
+			}
+			cfg := transport.Config{Backend: backend, Schemas: feedback.Schemas()}
+			switch backend {
+			case "jetstream":
+				srv, err := embedded.Start(context.Background(), embedded.Options{Listen: "127.0.0.1:-1", DataDir: t.TempDir()})
+				require.NoError(t, err)
+				t.Cleanup(srv.Shutdown)
+				env["NATS_URL"], cfg.NATSURL = srv.ClientURL(), srv.ClientURL()
+			case "redis":
+				url := redisSrv.Server(t).URL()
+				env["REDIS_URL"], cfg.RedisURL = url, url
+				ns := uniqueNamespace("e2e_drain")
+				env["MD_NAMESPACE"], cfg.Namespace = ns, ns
+			}
+			s := startRun(t, env)
+			eventually(t, "/readyz 200", func() bool { code, _ := get(t, s.url("/readyz")); return code == 200 })
+
+			b, err := transport.Open(context.Background(), cfg)
+			require.NoError(t, err)
+			defer b.Close()
+			envs := make([]*envelope.Envelope, burst)
+			ts := float64(time.Now().UnixNano()) / 1e9
+			for i := range envs {
+				envs[i], err = feedback.Event{
+					CoordinatorID: "c" + strconv.Itoa(i), QueueSize: 80, Capacity: 100,
+					Level: feedback.Levels[i%3], TS: envelope.Float(ts),
+				}.Envelope(nil)
+				require.NoError(t, err)
+			}
+			require.NoError(t, b.Publish(context.Background(), feedback.StreamFeedback, envs...))
+			eventually(t, "consumption to begin", func() bool {
+				_, m := get(t, s.url("/metrics"))
+				return strings.Contains(m, `pulse_consume_total{outcome="success"`)
+			})
+			stoppedClean(t, s, syscall.SIGTERM)
+			first := appliedCoordinators(s.logs.String())
+			t.Logf("the first run applied %d of %d events before it stopped", len(first), burst)
+
+			group := "pipeline-pipeline_w1"
+			admin := b.Driver().(transport.StreamAdmin)
+			s2 := startRun(t, env)
+			var info transport.StreamInfo
+			eventually(t, "the restarted consumer to settle the rest", func() bool {
+				info, err = admin.Info(context.Background(), feedback.StreamFeedback, group)
+				return err == nil && info.Unread <= 0 && info.Pending == 0
+			})
+			require.Equal(t, int64(burst), info.Length)
+			second := appliedCoordinators(s2.logs.String())
+			stoppedClean(t, s2, syscall.SIGTERM)
+
+			for i := range burst {
+				id := "c" + strconv.Itoa(i)
+				require.Equal(t, 1, first[id]+second[id], "event of %s applied once across the two runs", id)
+			}
+		})
+	}
 }

@@ -262,3 +262,32 @@ func TestAppStartFailureStopsWhatStarted(t *testing.T) {
 	require.ErrorIs(t, a.Start(context.Background()), err, "Start runs once")
 	require.NoError(t, a.Stop(context.Background()))
 }
+
+// TestAppReadyzReportsTheBrokerGone proves /readyz answers 503 with the reason once the
+// broker stops answering, and that the App still stops within its deadline afterwards.
+func TestAppReadyzReportsTheBrokerGone(t *testing.T) {
+	srv := startNATS(t)
+	env := baseEnv(t, "inmem")
+	env["EVENT_BUS_BACKEND"] = "jetstream"
+	env["NATS_URL"] = srv.ClientURL()
+	a, err := New(loadEnv(t, env), testLogger(t))
+	require.NoError(t, err)
+	require.NoError(t, a.Start(context.Background()))
+	readyz := "http://" + a.HTTPAddr() + "/readyz"
+	require.True(t, waitCond(waitTimeout, func() bool { code, _ := get(t, readyz); return code == 200 }))
+
+	srv.Shutdown()
+	var body string
+	require.True(t, waitCond(waitTimeout, func() bool {
+		var code int
+		code, body = get(t, readyz)
+		return code == 503
+	}), "readyz never reported the broker gone")
+	require.Contains(t, body, "not ready: ")
+	t.Log(strings.TrimSpace(body))
+
+	ctx, cancel := context.WithTimeout(context.Background(), waitTimeout)
+	defer cancel()
+	err = a.Stop(ctx)
+	require.NotErrorIs(t, err, ErrStopTimeout)
+}
