@@ -98,6 +98,10 @@ type Config struct {
 	Idempotency IdempotencyStore
 }
 
+// WithDefaults returns c with every zero field replaced by its default (a nil Logger and
+// Observer become no-ops): the effective configuration, e.g. for printing.
+func (c Config) WithDefaults() Config { return c.withDefaults() }
+
 func (c Config) withDefaults() Config {
 	def := func(v *string, d string) {
 		if *v == "" {

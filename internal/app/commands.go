@@ -4,7 +4,6 @@ import (
 	"context"
 	"fmt"
 	"log/slog"
-	"net"
 	"time"
 
 	"github.com/pulse-bus/pulse/envelope"
@@ -13,27 +12,13 @@ import (
 )
 
 // clientBusConfig is cfg's bus configuration for a command that connects as a client
-// (publish, dlq): with the jetstream backend and no NATS_URL it connects to the embedded
-// server that `pulse run` hosts on PULSE_NATS_LISTEN.
+// (publish, dlq). With the jetstream backend and no NATS_URL the driver connects to the
+// embedded server that `pulse run` hosts on PULSE_NATS_LISTEN.
 func clientBusConfig(cfg Config, log *slog.Logger, obs transport.Observer) transport.Config {
 	bc := cfg.Bus
-	if cfg.EmbeddedNATS() {
-		bc.NATSURL = "nats://" + net.JoinHostPort(splitHost(bc.NATSListen))
-	}
 	bc.Logger = log
 	bc.Observer = obs
 	return bc
-}
-
-func splitHost(addr string) (string, string) {
-	host, port, err := net.SplitHostPort(addr)
-	if err != nil {
-		return addr, ""
-	}
-	if host == "" || host == "0.0.0.0" || host == "::" {
-		host = "127.0.0.1" // a wildcard listen address is reached on loopback
-	}
-	return host, port
 }
 
 func cmdDLQ(ctx context.Context, args []string, env Env) int {

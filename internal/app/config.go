@@ -14,10 +14,11 @@ import (
 	"text/tabwriter"
 	"time"
 
-	"github.com/pulse-bus/pulse/envelope"
 	"github.com/pulse-bus/pulse/feedback"
 	"github.com/pulse-bus/pulse/internal/envconf"
 	"github.com/pulse-bus/pulse/transport"
+	"github.com/pulse-bus/pulse/transport/jetstream"
+	"github.com/pulse-bus/pulse/transport/redis"
 )
 
 // Defaults of the settings that belong to the service rather than to the bus or the feedback
@@ -231,40 +232,13 @@ func (c *Config) load(look func(string) (string, bool)) error {
 // validate checks what transport.FromEnv leaves to the drivers, so that a bad value stops
 // start-up with its name rather than failing later in a connection attempt.
 func (c *Config) validate() error {
+	c.Bus = c.Bus.WithDefaults()
 	b := &c.Bus
-	b.Backend = withDefault(b.Backend, transport.DefaultBackend)
-	b.NATSListen = withDefault(b.NATSListen, transport.DefaultNATSListen)
-	b.RedisURL = withDefault(b.RedisURL, transport.DefaultRedisURL)
-	b.DataDir = withDefault(b.DataDir, transport.DefaultDataDir)
-	b.Namespace = withDefault(b.Namespace, transport.DefaultNamespace)
-	b.Group = withDefault(b.Group, transport.DefaultGroup)
-	b.Consumer = withDefault(b.Consumer, transport.DefaultConsumer)
-	if b.Track == "" {
-		b.Track = envelope.DefaultTrack
-	}
-	if b.MaxDeliveries == 0 {
-		b.MaxDeliveries = transport.DefaultMaxDeliveries
-	}
-	if b.AckWait == 0 {
-		b.AckWait = transport.DefaultAckWait
-	}
-	if b.DrainTimeout == 0 {
-		b.DrainTimeout = transport.DefaultDrainTimeout
-	}
-	if b.BatchSize == 0 {
-		b.BatchSize = transport.DefaultBatchSize
-	}
-	if b.StreamMaxAge == 0 {
-		b.StreamMaxAge = transport.DefaultStreamMaxAge
-	}
-	if b.Replicas == 0 {
-		b.Replicas = transport.DefaultStreamReplicas
-	}
 	if !slices.Contains(transport.Backends(), b.Backend) {
 		return &envconf.Error{Var: "EVENT_BUS_BACKEND", Value: b.Backend, Accepted: strings.Join(transport.Backends(), ", ")}
 	}
-	if err := checkURLs(b.RedisURL, "redis", "rediss"); err != nil {
-		return &envconf.Error{Var: "REDIS_URL", Value: maskURLs(b.RedisURL), Accepted: "a redis:// or rediss:// URL such as redis://localhost:6379/0 (" + err.Error() + ")"}
+	if _, err := redis.ParseURL(b.RedisURL); err != nil {
+		return err
 	}
 	if b.NATSURL != "" {
 		if err := checkURLs(b.NATSURL, "nats", "tls", "ws", "wss"); err != nil {
@@ -284,13 +258,6 @@ func (c *Config) validate() error {
 }
 
 func fmtFloat(f float64) string { return strconv.FormatFloat(f, 'g', -1, 64) }
-
-func withDefault(v, d string) string {
-	if v == "" {
-		return d
-	}
-	return v
-}
 
 // checkURLs checks a comma-separated list of URLs with one of schemes and a host.
 func checkURLs(list string, schemes ...string) error {
@@ -328,32 +295,8 @@ func maskToken(tok string) string {
 	return masked
 }
 
-// maskURLs hides passwords (and bare tokens in the user part) of comma-separated URLs.
-func maskURLs(list string) string {
-	if list == "" {
-		return ""
-	}
-	parts := strings.Split(list, ",")
-	for i, raw := range parts {
-		u, err := url.Parse(strings.TrimSpace(raw))
-		if err != nil {
-			// Unparseable: it may still hold a secret, so show only that there is something.
-			if strings.Contains(raw, "@") {
-				parts[i] = masked + "@" + raw[strings.LastIndex(raw, "@")+1:]
-			}
-			continue
-		}
-		if u.User != nil {
-			if _, hasPassword := u.User.Password(); hasPassword {
-				u.User = url.UserPassword(u.User.Username(), masked)
-			} else {
-				u.User = url.User(masked) // nats://TOKEN@host: the user part is the secret
-			}
-		}
-		parts[i] = u.String()
-	}
-	return strings.Join(parts, ",")
-}
+// maskURLs hides the passwords (and bare tokens in the user part) of comma-separated URLs.
+func maskURLs(list string) string { return jetstream.RedactURL(list) }
 
 // Print writes the effective configuration, one VAR=value per line with where the value
 // came from (default, env or flag); secrets are masked.
@@ -369,5 +312,5 @@ func (c *Config) Print(w io.Writer) error {
 	return tw.Flush()
 }
 
-// masked stands in for a secret in printed configuration (URL-safe, as url.URL.Redacted).
+// masked stands in for a secret in printed configuration, as in the drivers' redacted URLs.
 const masked = "xxxxx"
