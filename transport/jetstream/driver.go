@@ -281,6 +281,9 @@ func (d *Driver) Ping(ctx context.Context) error {
 // idempotent.
 func (d *Driver) Close() error {
 	d.closeOnce.Do(func() {
+		// Set first: a Subscribe that registers after the snapshot below sees it and closes
+		// its own subscription.
+		d.closed.Store(true)
 		d.subsMu.Lock()
 		subs := make([]*subscription, 0, len(d.subs))
 		for s := range d.subs {
@@ -291,7 +294,6 @@ func (d *Driver) Close() error {
 		for _, s := range subs {
 			errs = append(errs, s.Close())
 		}
-		d.closed.Store(true)
 		close(d.done)
 		if d.nc.IsConnected() {
 			if err := d.nc.FlushTimeout(DefaultFlushTimeout); err != nil {
