@@ -10,6 +10,7 @@ import (
 	"testing"
 	"time"
 
+	natsjs "github.com/nats-io/nats.go/jetstream"
 	"github.com/stretchr/testify/require"
 
 	"github.com/pulse-bus/pulse/internal/natstest"
@@ -325,4 +326,40 @@ func slicesContains(s []string, v string) bool {
 		}
 	}
 	return false
+}
+
+// TestStreamAndConsumerConfig proves the documented server-side settings: file storage,
+// limits retention, max age/bytes/messages from the config, a duplicate window of min(2m, max
+// age); a durable per group that delivers all, acks explicitly, has no delivery limit and
+// MaxAckPending 4 × batch size.
+func TestStreamAndConsumerConfig(t *testing.T) {
+	srv := natsSrv.Server(t)
+	ctx := context.Background()
+	cfg := config(srv.ClientURL(), "cfg")
+	cfg.StreamMaxAge = time.Minute
+	cfg.StreamMaxBytes = 1 << 20
+	cfg.StreamMaxLen = 500
+	d := open(t, cfg)
+	sub, err := d.Subscribe(ctx, "telemetry.feedback", transport.DriverSubscribeOptions{Group: "pipeline", AckWait: 7 * time.Second, BatchSize: 16})
+	require.NoError(t, err)
+	defer sub.Close()
+	st, err := d.JetStream().Stream(ctx, "CFG_TELEMETRY_FEEDBACK")
+	require.NoError(t, err)
+	sc := st.CachedInfo().Config
+	require.Equal(t, []string{"cfg.telemetry.feedback"}, sc.Subjects)
+	require.Equal(t, natsjs.FileStorage, sc.Storage)
+	require.Equal(t, natsjs.LimitsPolicy, sc.Retention)
+	require.Equal(t, time.Minute, sc.MaxAge)
+	require.Equal(t, time.Minute, sc.Duplicates)
+	require.EqualValues(t, 1<<20, sc.MaxBytes)
+	require.EqualValues(t, 500, sc.MaxMsgs)
+	require.Equal(t, 1, sc.Replicas)
+	cons, err := st.Consumer(ctx, "pipeline")
+	require.NoError(t, err)
+	cc := cons.CachedInfo().Config
+	require.Equal(t, natsjs.DeliverAllPolicy, cc.DeliverPolicy)
+	require.Equal(t, natsjs.AckExplicitPolicy, cc.AckPolicy)
+	require.Equal(t, 7*time.Second, cc.AckWait)
+	require.Equal(t, -1, cc.MaxDeliver)
+	require.Equal(t, 64, cc.MaxAckPending)
 }
