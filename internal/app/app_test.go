@@ -39,27 +39,12 @@ func TestAppAppliesFeedbackAndServesHTTP(t *testing.T) {
 
 			code, body = get(t, base+"/state")
 			require.Equal(t, 200, code)
-			var st struct {
-				Providers map[string]struct {
-					BaseRate float64 `json:"base_rate"`
-					Scale    float64 `json:"scale"`
-					Rate     float64 `json:"rate"`
-				} `json:"providers"`
-				Coordinators map[string]struct {
-					Level     string    `json:"level"`
-					EventTS   float64   `json:"event_ts"`
-					AppliedAt time.Time `json:"applied_at"`
-				} `json:"coordinators"`
-				Consumer struct {
-					Backend string `json:"backend"`
-					Group   string `json:"group"`
-				} `json:"consumer"`
-			}
+			var st stateDoc
 			require.NoError(t, json.Unmarshal([]byte(body), &st), body)
 			require.Equal(t, 60.0, st.Providers["ibkr"].BaseRate)
 			require.Equal(t, 0.0, st.Providers["ibkr"].Scale)
 			require.Equal(t, 1.0, st.Providers["ibkr"].Rate)
-			require.Equal(t, "hard", st.Coordinators["c1"].Level)
+			require.Equal(t, feedback.LevelHard, st.Coordinators["c1"].Level)
 			require.Greater(t, st.Coordinators["c1"].EventTS, 0.0)
 			require.False(t, st.Coordinators["c1"].AppliedAt.IsZero())
 			require.Equal(t, backend, st.Consumer.Backend)
