@@ -54,7 +54,6 @@
 package transporttest
 
 import (
-	"context"
 	"time"
 
 	"go.uber.org/goleak"
@@ -129,9 +128,4 @@ func (h Harness) timeout() time.Duration {
 		return h.Timeout
 	}
 	return DefaultTimeout
-}
-
-// openDriver opens a driver through the harness with cfg.
-func (h Harness) openDriver(ctx context.Context, cfg transport.Config) (transport.Driver, error) {
-	return h.Open(ctx, cfg)
 }
