@@ -30,10 +30,16 @@
 // Schemas, Group, Consumer) filled in; backend settings (URLs, Namespace, stream limits) come
 // from Harness.Config unchanged.
 //
-// Every test uses stream names unique to it (derived from the test name and a counter), so
-// tests never see each other's messages even on a broker shared by the whole package. Tests
-// run one after another (not in parallel): the redelivery tests measure ack-wait and the leak
-// check compares goroutines before and after.
+// Every test uses stream names unique to it (a random per-process run id and a counter, e.g.
+// "ct8q2m4x.t17"), so tests never see each other's messages even on a broker shared by the
+// whole package or left over from an earlier run. Tests run one after another (not in
+// parallel): the redelivery tests measure ack-wait and the leak check compares goroutines
+// before and after. Tests of an optional behaviour (Capabilities, or the driver implementing
+// transport.StreamAdmin) are skipped, saying why, when the driver does not declare it.
+//
+// Outcomes are checked with Recorder, a transport.Observer double that other tests may use as
+// well: it counts pulse_consume_total-style outcomes, dead-letter reasons, redeliveries and
+// publishes per stream.
 //
 // # Goroutine leaks
 //
