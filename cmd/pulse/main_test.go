@@ -16,7 +16,6 @@ import (
 	"os"
 	"os/exec"
 	"path/filepath"
-	"runtime"
 	"strconv"
 	"strings"
 	"sync"
@@ -58,7 +57,12 @@ func TestMain(m *testing.M) {
 		os.Exit(1)
 	}
 	pulseBin = filepath.Join(dir, "pulse")
-	gobin := filepath.Join(runtime.GOROOT(), "bin", "go")
+	gobin, err := exec.LookPath("go")
+	if err != nil {
+		fmt.Fprintln(os.Stderr, "e2e: the go command is needed to build pulse:", err)
+		os.RemoveAll(dir)
+		os.Exit(1)
+	}
 	build := exec.Command(gobin, "build", "-o", pulseBin,
 		"-ldflags", "-X github.com/pulse-bus/pulse/internal/app.Version="+testVersion, ".")
 	build.Stdout, build.Stderr = os.Stderr, os.Stderr
