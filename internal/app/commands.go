@@ -11,6 +11,13 @@ import (
 	"github.com/pulse-bus/pulse/transport"
 )
 
+// clientSettings are the configuration variables the client commands (publish, dlq) take
+// flags for: where the bus is and how to write on it.
+var clientSettings = []string{
+	"EVENT_BUS_BACKEND", "NATS_URL", "PULSE_NATS_LISTEN", "PULSE_NATS_CREDS", "REDIS_URL",
+	"MD_NAMESPACE", "SCHEMA_TRACK", "PULSE_FEEDBACK_STREAM", "PULSE_LOG_LEVEL", "PULSE_LOG_FORMAT",
+}
+
 // clientBusConfig is cfg's bus configuration for a command that connects as a client
 // (publish, dlq). With the jetstream backend and no NATS_URL the driver connects to the
 // embedded server that `pulse run` hosts on PULSE_NATS_LISTEN.
@@ -29,13 +36,18 @@ func cmdDLQ(ctx context.Context, args []string, env Env) int {
 			"          dead letter only once the broker confirmed its publish\n"+
 			"  purge   drops every dead letter")
 	over := overrides{}
-	over.register(fs)
+	over.register(fs, clientSettings...)
 	stream := fs.String("stream", "", "source stream whose dead letters to handle, as S or S.dlq (default: PULSE_FEEDBACK_STREAM)")
 	limit := fs.Int("limit", 0, "list or replay at most this many, oldest first (0: all)")
 	if len(args) == 0 {
 		return usageError(fs, "missing sub-command (list, replay or purge)")
 	}
 	sub := args[0]
+	if sub == "-h" || sub == "-help" || sub == "--help" || sub == "help" {
+		fs.SetOutput(env.Stdout)
+		fs.Usage()
+		return ExitOK
+	}
 	if code, ok := parseFlags(fs, args[1:]); !ok {
 		return code
 	}
@@ -168,7 +180,7 @@ func cmdPublish(ctx context.Context, args []string, env Env) int {
 			"PUBLISHER_TOKEN is set. With the jetstream backend and no NATS_URL it connects to the\n"+
 			"embedded server of `pulse run` on PULSE_NATS_LISTEN.")
 	over := overrides{}
-	over.register(fs)
+	over.register(fs, clientSettings...)
 	coordinator := fs.String("coordinator", "", "the Store coordinator (queue) reporting (required)")
 	level := fs.String("level", "", "backpressure level: ok, soft or hard (required)")
 	queueSize := fs.Int("queue-size", -1, "queue depth (default: derived from --level and --capacity: ok 0, soft 50%, hard 80%)")

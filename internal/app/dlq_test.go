@@ -140,9 +140,13 @@ func TestDLQReplayKeepsWhatItCouldNotPublish(t *testing.T) {
 	require.Empty(t, rangeAll(t, b, "telemetry.feedback"))
 }
 
-// TestDLQUsage proves bad dlq invocations exit 2 with a message and the usage.
+// TestDLQUsage proves bad dlq invocations exit 2 with a message and the usage, and that
+// `pulse dlq -h` prints the usage and exits 0.
 func TestDLQUsage(t *testing.T) {
 	env := baseEnv(t, "inmem")
+	code, out, _ := runMain(t, env, "dlq", "-h")
+	require.Equal(t, ExitOK, code)
+	require.Contains(t, out, "Usage: pulse dlq list|replay|purge")
 	for _, tc := range []struct {
 		args []string
 		want string
