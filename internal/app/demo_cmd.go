@@ -72,7 +72,7 @@ func cmdDemo(ctx context.Context, args []string, env Env) int {
 	log := newLogger(cfg, env.Stderr)
 	res, err := RunDemo(ctx, cfg, p, env.Stdout, log)
 	if err != nil && res == nil {
-		if isParamError(err) {
+		if errors.Is(err, demo.ErrParams) {
 			return usageError(fs, "%v", err)
 		}
 		fmt.Fprintf(env.Stderr, "pulse demo: %v\n", err)
@@ -91,10 +91,6 @@ func cmdDemo(ctx context.Context, args []string, env Env) int {
 	}
 	return ExitOK
 }
-
-func isParamError(err error) bool { return errors.Is(err, errDemoParams) }
-
-var errDemoParams = errors.New("invalid demo parameters")
 
 func writePlot(path string, res *demo.Result) error {
 	f, err := os.Create(path)
@@ -115,7 +111,8 @@ func writePlot(path string, res *demo.Result) error {
 // free loopback port) on an embedded bus of cfg's backend (jetstream: a server on a free
 // loopback port with its store in a temporary directory, removed afterwards; inmem: an
 // in-process broker), writing the live lines and the summary to out. It returns the result
-// (also when ctx ended the run early, with ctx's error).
+// (also when ctx ended the run early, with ctx's error); parameters it does not accept are
+// an error wrapping demo.ErrParams.
 func RunDemo(ctx context.Context, cfg Config, p demo.Params, out io.Writer, log *slog.Logger) (*demo.Result, error) {
 	dir, err := os.MkdirTemp("", "pulse-demo-*")
 	if err != nil {
@@ -161,7 +158,7 @@ func RunDemo(ctx context.Context, cfg Config, p demo.Params, out io.Writer, log 
 	if !ok {
 		return nil, fmt.Errorf("%w: %s", ErrNoStreamAdmin, cfg.Bus.Backend)
 	}
-	res, err := demo.Run(ctx, demo.Config{
+	return demo.Run(ctx, demo.Config{
 		Params:   p,
 		Store:    store,
 		Stream:   cfg.FeedbackStream,
@@ -173,8 +170,4 @@ func RunDemo(ctx context.Context, cfg Config, p demo.Params, out io.Writer, log 
 		Backend: cfg.Bus.Backend,
 		Out:     out,
 	})
-	if res == nil && err != nil && errors.Is(err, demo.ErrParams) {
-		return nil, fmt.Errorf("%w: %w", errDemoParams, err)
-	}
-	return res, err
 }
