@@ -11,6 +11,7 @@ import (
 	"github.com/pulse-bus/pulse/feedback"
 	"github.com/pulse-bus/pulse/telemetry"
 	"github.com/pulse-bus/pulse/transport"
+	"github.com/pulse-bus/pulse/transport/jetstream"
 	"github.com/pulse-bus/pulse/transport/jetstream/embedded"
 )
 
@@ -125,7 +126,7 @@ func (a *App) start(ctx context.Context) error {
 	busCfg.Logger = a.log
 	busCfg.Observer = a.metrics
 	busCfg.Schemas = feedback.Schemas()
-	bus, err := transport.Open(ctx, busCfg)
+	bus, err := a.openBus(ctx, busCfg)
 	if err != nil {
 		return fmt.Errorf("app: open %s bus at %s: %w", busCfg.Backend, a.where(), err)
 	}
@@ -169,6 +170,25 @@ func (a *App) start(ctx context.Context) error {
 	a.stack.push("feedback consumer", func(context.Context) error { return c.Close() })
 	a.watch("feedback consumer", c.Done(), c.Err)
 	return nil
+}
+
+// openBus opens the bus of cfg; to the embedded server it connects in-process (no TCP),
+// the way other processes cannot.
+func (a *App) openBus(ctx context.Context, cfg transport.Config) (*transport.Bus, error) {
+	s := a.server.Load()
+	if s == nil {
+		return transport.Open(ctx, cfg)
+	}
+	drv, err := jetstream.OpenWith(ctx, cfg, jetstream.Options{InProcess: s})
+	if err != nil {
+		return nil, err
+	}
+	bus, err := transport.New(drv, cfg)
+	if err != nil {
+		drv.Close()
+		return nil, err
+	}
+	return bus, nil
 }
 
 // watch reports a component that stops on its own (not through Stop) on Failed. The
