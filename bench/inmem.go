@@ -97,10 +97,9 @@ func (p *pulseInmemPipe) Close() error { return p.bus.Close() }
 // not persistent) with a no-op logger: the subscriber acks every message; the publisher
 // publishes the same bytes in batches of env.Batch.
 type goChannelPipe struct {
-	gc     *gochannel.GoChannel
-	env    *Env
-	bodies [][]byte
-	tal    *tally
+	gc  *gochannel.GoChannel
+	env *Env
+	tal *tally
 }
 
 func newGoChannelPipe(_ context.Context, env *Env, _ string) (Pipe, error) {
