@@ -181,20 +181,12 @@ func OpenWith(ctx context.Context, cfg transport.Config, o Options) (*Driver, er
 }
 
 func withDefaults(c transport.Config) transport.Config {
-	if c.Namespace == "" {
-		c.Namespace = transport.DefaultNamespace
-	}
-	if c.NATSListen == "" {
-		c.NATSListen = transport.DefaultNATSListen
-	}
+	c = c.WithDefaults()
 	if c.StreamMaxAge <= 0 {
 		c.StreamMaxAge = transport.DefaultStreamMaxAge
 	}
 	if c.Replicas <= 0 {
 		c.Replicas = transport.DefaultStreamReplicas
-	}
-	if c.Logger == nil {
-		c.Logger = slog.New(slog.DiscardHandler)
 	}
 	return c
 }
