@@ -23,6 +23,7 @@ import (
 	"path/filepath"
 	"regexp"
 	"runtime/pprof"
+	"slices"
 	"strings"
 	"syscall"
 
@@ -80,7 +81,12 @@ func run(args []string, stdout, stderr io.Writer) int {
 	}
 	if *only != "" {
 		for _, s := range strings.Split(*only, ",") {
-			opts.Only = append(opts.Only, strings.TrimSpace(s))
+			s = strings.TrimSpace(s)
+			if !slices.Contains(bench.Sections, s) {
+				fmt.Fprintf(stderr, "pulsebench: -only: unknown section %q (accepted: %s)\n", s, strings.Join(bench.Sections, ", "))
+				return 2
+			}
+			opts.Only = append(opts.Only, s)
 		}
 	}
 	if *match != "" {
