@@ -79,7 +79,7 @@ type Subscription struct {
 	ds     DriverSubscription
 	log    *slog.Logger
 
-	fetchCtx     context.Context // cancelled to stop fetching
+	fetchCtx     context.Context // cancelled to stop fetching: by Close, or with Subscribe's ctx
 	cancelFetch  context.CancelFunc
 	handleCtx    context.Context // cancelled when the drain deadline passes
 	cancelHandle context.CancelFunc
@@ -132,7 +132,7 @@ func (b *Bus) Subscribe(ctx context.Context, stream string, h Handler, opts Subs
 		log:    b.cfg.Logger.With("stream", stream, "group", opts.Group, "consumer", opts.Consumer),
 		done:   make(chan struct{}),
 	}
-	s.fetchCtx, s.cancelFetch = context.WithCancel(context.WithoutCancel(ctx))
+	s.fetchCtx, s.cancelFetch = context.WithCancel(ctx)
 	s.handleCtx, s.cancelHandle = context.WithCancel(context.WithoutCancel(ctx))
 	b.mu.Lock()
 	if b.closed {
