@@ -36,6 +36,18 @@ func TestStressRandomSettlement(t *testing.T) {
 	attempts := map[key]map[int]bool{}
 	allSettled := make(chan struct{})
 	groups := []string{"g1", "g2"}
+	markSettled := func(ks ...key) { // under mu
+		for _, k := range ks {
+			settled[k]++
+		}
+		if len(settled) == total*len(groups) {
+			select {
+			case <-allSettled:
+			default:
+				close(allSettled)
+			}
+		}
+	}
 
 	var wg sync.WaitGroup
 	for _, g := range groups {
@@ -75,7 +87,7 @@ func TestStressRandomSettlement(t *testing.T) {
 								return
 							}
 							mu.Lock()
-							settled[k]++
+							markSettled(k)
 							mu.Unlock()
 						default: // dropped: redelivered after ack-wait
 						}
@@ -86,14 +98,7 @@ func TestStressRandomSettlement(t *testing.T) {
 						}
 						mu.Lock()
 						for _, dl := range acks {
-							settled[key{g, dl.TransportID}]++
-						}
-						if len(settled) == total*len(groups) {
-							select {
-							case <-allSettled:
-							default:
-								close(allSettled)
-							}
+							markSettled(key{g, dl.TransportID})
 						}
 						mu.Unlock()
 					}
