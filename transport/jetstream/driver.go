@@ -6,6 +6,7 @@ import (
 	"fmt"
 	"log/slog"
 	"net/url"
+	"os"
 	"slices"
 	"strings"
 	"sync"
@@ -139,12 +140,20 @@ func OpenWith(ctx context.Context, cfg transport.Config, o Options) (*Driver, er
 		}),
 	}
 	if cfg.NATSCredsFile != "" {
+		f, err := os.Open(cfg.NATSCredsFile)
+		if err != nil {
+			return nil, &transport.ConfigError{Var: "PULSE_NATS_CREDS", Value: cfg.NATSCredsFile, Accepted: "a readable NATS credentials file (.creds): " + err.Error()}
+		}
+		f.Close()
 		opts = append(opts, nats.UserCredentials(cfg.NATSCredsFile))
 	}
 	if o.InProcess != nil {
 		opts = append(opts, nats.InProcessServer(o.InProcess))
 	}
 	nc, err := nats.Connect(strings.Join(servers, ","), opts...)
+	if errors.Is(err, nats.ErrAuthorization) || errors.Is(err, nats.ErrAuthExpired) || errors.Is(err, nats.ErrAuthRevoked) {
+		return nil, fmt.Errorf("jetstream: connect to %s: credentials refused (check the user:password or token in NATS_URL, or PULSE_NATS_CREDS): %w", redactList(servers), err)
+	}
 	if err != nil {
 		hint := ""
 		if cfg.NATSURL == "" {
