@@ -399,11 +399,10 @@ func BenchmarkLatency(b *testing.B) {
 
 // latencies records publish → handle times of n messages published one per millisecond.
 type latencies struct {
-	sent    []time.Time
-	lat     []time.Duration
-	count   atomic.Int64
-	done    chan struct{}
-	started atomic.Bool
+	sent  []time.Time
+	lat   []time.Duration
+	count atomic.Int64
+	done  chan struct{}
 }
 
 func newLatencies(n int) *latencies {
