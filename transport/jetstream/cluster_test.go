@@ -15,14 +15,15 @@ import (
 	"github.com/pulse-bus/pulse/transport/jetstream"
 )
 
-// countingObserver counts consume outcomes.
+// countingObserver counts consume outcomes and redeliveries.
 type countingObserver struct {
-	mu       sync.Mutex
-	outcomes map[string]int
+	mu          sync.Mutex
+	outcomes    map[string]int
+	redelivered atomic.Int64
 }
 
 func (o *countingObserver) Published(string, string, error, time.Duration) {}
-func (o *countingObserver) Redelivered(string)                             {}
+func (o *countingObserver) Redelivered(string)                             { o.redelivered.Add(1) }
 func (o *countingObserver) DeadLettered(string, string)                    {}
 func (o *countingObserver) Lag(string, time.Duration)                      {}
 func (o *countingObserver) Consumed(_, _ string, outcome transport.Outcome) {

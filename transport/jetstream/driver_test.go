@@ -13,6 +13,7 @@ import (
 	natsjs "github.com/nats-io/nats.go/jetstream"
 	"github.com/stretchr/testify/require"
 
+	"github.com/pulse-bus/pulse/envelope"
 	"github.com/pulse-bus/pulse/internal/natstest"
 	"github.com/pulse-bus/pulse/transport"
 	"github.com/pulse-bus/pulse/transport/jetstream"
@@ -362,4 +363,36 @@ func TestStreamAndConsumerConfig(t *testing.T) {
 	require.Equal(t, 7*time.Second, cc.AckWait)
 	require.Equal(t, -1, cc.MaxDeliver)
 	require.Equal(t, 64, cc.MaxAckPending)
+}
+
+// TestSlowHandlerNoAgedRedelivery proves the buffering bound: with AckWait 1 s and batch
+// size 2 (the client holds at most 4 × 2 messages), a handler taking 50 ms per message —
+// within AckWait / 8 — works through 40 messages (2 s in all, twice AckWait) without a
+// single message aging past AckWait in the buffer and being delivered again.
+func TestSlowHandlerNoAgedRedelivery(t *testing.T) {
+	srv := natsSrv.Server(t)
+	obs := &countingObserver{}
+	cfg := config(srv.ClientURL(), "slow")
+	cfg.Track = envelope.TrackV2
+	cfg.AckWait = time.Second
+	cfg.BatchSize = 2
+	cfg.Observer = obs
+	bus := openBus(t, cfg)
+	ctx := context.Background()
+	envs := feedback("slow-", 40)
+	require.NoError(t, bus.Publish(ctx, "s", envs...))
+	seen := newSeenSet()
+	sub, err := bus.Subscribe(ctx, "s", func(ctx context.Context, d *transport.Delivery) error {
+		select {
+		case <-time.After(50 * time.Millisecond): // the slow work itself
+		case <-ctx.Done():
+			return ctx.Err()
+		}
+		return seen.handler(ctx, d)
+	}, transport.SubscribeOptions{})
+	require.NoError(t, err)
+	defer sub.Close()
+	require.Eventually(t, func() bool { return seen.has(idsOf(envs)...) }, 20*time.Second, 10*time.Millisecond)
+	require.Zero(t, obs.redelivered.Load(), "no message was delivered twice")
+	require.Zero(t, obs.get(transport.OutcomeDuplicate))
 }
