@@ -332,11 +332,16 @@ func (s *Subscription) handleOne(d *RawDelivery) (ack bool) {
 	del := &Delivery{Envelope: env, Stream: s.stream, TransportID: d.TransportID, Attempt: d.Attempt, Raw: d.Body}
 	key := s.stream + "/" + s.opts.Group + "/" + del.ID()
 	track := string(env.Meta.Track)
-	if seen, err := s.bus.idem.Seen(s.handleCtx, key); err != nil {
-		s.log.Warn("idempotency record unavailable; handling anyway (at least once)", "err", err)
-	} else if seen {
-		obs.Consumed(s.stream, track, OutcomeDuplicate)
-		return true
+	// A message identified by its transport id (v1) on its first delivery to this group cannot
+	// have been handled by the group yet, so only later attempts and producer ids (which a
+	// retried publish repeats) are looked up.
+	if d.Attempt > 1 || env.ID != "" {
+		if seen, err := s.bus.idem.Seen(s.handleCtx, key); err != nil {
+			s.log.Warn("idempotency record unavailable; handling anyway (at least once)", "err", err)
+		} else if seen {
+			obs.Consumed(s.stream, track, OutcomeDuplicate)
+			return true
+		}
 	}
 
 	err = s.callHandler(del)
