@@ -62,8 +62,8 @@ type Config struct {
 	MaxDeliveries  int           // PULSE_MAX_DELIVERIES
 	AckWait        time.Duration // PULSE_ACK_WAIT
 
-	// RetryBackoffMin and RetryBackoffMax bound the delay before a failed message is tried
-	// again: Min × 2^(attempt-1), capped at Max.
+	// RetryBackoffMin and RetryBackoffMax (PULSE_RETRY_BACKOFF_MIN/_MAX) bound the delay
+	// before a failed message is tried again: Min × 2^(attempt-1), capped at Max.
 	RetryBackoffMin time.Duration
 	RetryBackoffMax time.Duration
 	// DrainTimeout bounds how long closing a subscription waits for in-flight handlers.
@@ -166,7 +166,7 @@ func (c Config) Validate() error {
 	case !validName(c.Consumer):
 		return &ConfigError{Var: "PULSE_CONSUMER_NAME", Value: c.Consumer, Accepted: "letters, digits, '_' and '-'"}
 	case c.RetryBackoffMin < 0 || c.RetryBackoffMax < c.RetryBackoffMin:
-		return &ConfigError{Var: "PULSE_RETRY_BACKOFF", Value: fmt.Sprintf("%s..%s", c.RetryBackoffMin, c.RetryBackoffMax), Accepted: "0 ≤ min ≤ max"}
+		return &ConfigError{Var: "PULSE_RETRY_BACKOFF_MAX", Value: c.RetryBackoffMax.String(), Accepted: fmt.Sprintf("a duration ≥ PULSE_RETRY_BACKOFF_MIN (%s)", c.RetryBackoffMin)}
 	case c.BatchSize < 1:
 		return &ConfigError{Var: "PULSE_BATCH_SIZE", Value: strconv.Itoa(c.BatchSize), Accepted: "an integer ≥ 1"}
 	case c.Replicas < 1 || c.Replicas > 5:
@@ -222,6 +222,8 @@ func FromEnv(lookup func(string) (string, bool)) (Config, error) {
 	p.PositiveInt("PULSE_MAX_DELIVERIES", &c.MaxDeliveries)
 	p.Duration("PULSE_ACK_WAIT", &c.AckWait)
 	p.Duration("PULSE_DRAIN_TIMEOUT", &c.DrainTimeout)
+	p.Duration("PULSE_RETRY_BACKOFF_MIN", &c.RetryBackoffMin)
+	p.Duration("PULSE_RETRY_BACKOFF_MAX", &c.RetryBackoffMax)
 	p.PositiveInt("PULSE_BATCH_SIZE", &c.BatchSize)
 	p.String("REDIS_URL", &c.RedisURL)
 	p.String("NATS_URL", &c.NATSURL)

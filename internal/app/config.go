@@ -111,6 +111,8 @@ var settings = []setting{
 	{env: "PULSE_MAX_DELIVERIES", flag: "max-deliveries", usage: "attempts before dead-lettering", show: func(c *Config) string { return strconv.Itoa(c.Bus.MaxDeliveries) }},
 	{env: "PULSE_ACK_WAIT", flag: "ack-wait", usage: "unacked messages are redelivered after this", show: func(c *Config) string { return c.Bus.AckWait.String() }},
 	{env: "PULSE_DRAIN_TIMEOUT", flag: "drain-timeout", usage: "how long in-flight work may take to finish at shutdown", show: func(c *Config) string { return c.Bus.DrainTimeout.String() }},
+	{env: "PULSE_RETRY_BACKOFF_MIN", flag: "retry-backoff-min", usage: "delay before the first retry of a failed message (doubles per attempt)", show: func(c *Config) string { return c.Bus.RetryBackoffMin.String() }},
+	{env: "PULSE_RETRY_BACKOFF_MAX", flag: "retry-backoff-max", usage: "longest delay between retries", show: func(c *Config) string { return c.Bus.RetryBackoffMax.String() }},
 	{env: "PULSE_BATCH_SIZE", flag: "batch-size", usage: "most deliveries fetched at once", show: func(c *Config) string { return strconv.Itoa(c.Bus.BatchSize) }},
 	{env: "PULSE_STREAM_MAX_AGE", flag: "stream-max-age", usage: "retention: oldest message kept", show: func(c *Config) string { return c.Bus.StreamMaxAge.String() }},
 	{env: "PULSE_STREAM_MAX_BYTES", flag: "stream-max-bytes", usage: "retention: bytes per stream (0 = unlimited)", show: func(c *Config) string { return strconv.FormatInt(c.Bus.StreamMaxBytes, 10) }},
