@@ -7,7 +7,7 @@ TESTFLAGS ?=
 STATICCHECK := honnef.co/go/tools/cmd/staticcheck@v0.8.2
 ACTIONLINT  := github.com/rhysd/actionlint/cmd/actionlint@v1.7.12
 
-.PHONY: all build run test test-short bench bench-go lint fuzz demo clean
+.PHONY: all build run test test-matrix bench bench-go lint fuzz demo clean
 
 all: build
 
@@ -25,6 +25,19 @@ demo: build
 ## test: every test of the module, with the race detector.
 test:
 	$(GO) test -race -count=1 -timeout 20m $(TESTFLAGS) ./...
+	cd bench && $(GO) test -count=1 ./...
+
+## test-matrix: the CI matrix, schema track × backend: conformance suite, feedback package and
+## the service's feedback tests, each cell on one track and one backend.
+MATRIX_TRACKS   ?= v1 v2
+MATRIX_BACKENDS ?= inmem redis jetstream
+test-matrix:
+	@set -e; for track in $(MATRIX_TRACKS); do for backend in $(MATRIX_BACKENDS); do \
+	  echo "== matrix: backend=$$backend track=$$track"; \
+	  PULSE_TEST_TRACK=$$track PULSE_TEST_BACKEND=$$backend $(GO) test -race -count=1 -run '^TestConformance$$' ./transport/$$backend; \
+	  PULSE_TEST_TRACK=$$track PULSE_TEST_BACKEND=$$backend $(GO) test -race -count=1 ./feedback/...; \
+	  PULSE_TEST_TRACK=$$track PULSE_TEST_BACKEND=$$backend $(GO) test -race -count=1 -run '^(TestApp|TestPublishThenApply|TestDLQ|TestDemoSettles)' ./internal/app; \
+	done; done
 
 ## bench: Pulse beside raw clients and Watermill, in one run (bench/ is its own module); the
 ## report also goes to bench/results/latest.txt. Pass flags with BENCHFLAGS, e.g.
