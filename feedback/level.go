@@ -8,7 +8,8 @@
 //     wins, the most backed-up coordinator decides, every applied change is published as a
 //     RateAdjustment) and Consumer (the Handler subscribed to a transport.Bus);
 //   - the Store side: Watermarks, a bounded queue that publishes a FeedbackEvent when its
-//     depth crosses the high (0.8) or low (0.5) watermark.
+//     depth crosses the high (0.8) or low (0.5) watermark, with a hysteresis band between
+//     them so that a queue hovering at a mark does not flap.
 package feedback
 
 import (

@@ -18,6 +18,13 @@ const (
 	// DefaultHighWatermark and DefaultLowWatermark are fractions of the capacity.
 	DefaultHighWatermark = 0.8
 	DefaultLowWatermark  = 0.5
+	// DefaultBand is the hysteresis band, as a fraction of the distance between the marks:
+	// the soft mark sits at the midpoint between the low and the high mark.
+	DefaultBand = 0.5
+	// NoBand disables the band (WatermarkConfig.Band): soft one message above the low mark,
+	// and hard held until the depth is back at the low mark, as the Python Store's
+	// BoundedQueue does. It flaps ok↔soft at the low mark.
+	NoBand = -1.0
 	// DefaultMaxPendingEvents bounds the feedback events waiting to be published.
 	DefaultMaxPendingEvents = 64
 	// DefaultPublishTimeout bounds one publish attempt.
@@ -36,7 +43,7 @@ const (
 	HeaderUtilization = "utilization" // depth / capacity, formatted "%.6f" ("0.850000")
 
 	ReasonHighWatermark  = "high_watermark"      // hard: the depth reached the high mark
-	ReasonAboveLowMark   = "above_low_watermark" // soft: the depth rose past the low mark
+	ReasonAboveLowMark   = "above_low_watermark" // soft: the depth is between the marks (rose to, or fell back to, the soft mark)
 	ReasonQueueRecovered = "queue_recovered"     // ok: the depth is back at or under the low mark
 )
 
@@ -60,6 +67,13 @@ type WatermarkConfig struct {
 	// are high = max(1, ⌊High × Capacity⌋) and low = ⌊Low × Capacity⌋ (lowered to high − 1 if
 	// they meet).
 	High, Low float64
+	// Band is the hysteresis band that keeps a level from flapping when the depth moves by
+	// one message, as a fraction of the distance between the marks, 0 ≤ Band < 1. It places
+	// the soft mark at low + ⌊Band × (high − low)⌋ items: from ok the level turns soft only
+	// once the depth has risen to the soft mark, and from hard only once it has fallen to it
+	// (see Watermarks). 0 means DefaultBand (the midpoint); a negative value (NoBand) means
+	// no band, the Python Store's behaviour.
+	Band float64
 	// Publisher receives the feedback events; nil means none are published (Level still
 	// follows the depth).
 	Publisher Publisher
@@ -85,17 +99,30 @@ type WatermarkConfig struct {
 }
 
 // Watermarks is the Store's bounded queue with backpressure feedback (DESIGN.md "Feedback
-// semantics"), edge-triggered like the Python Store's BoundedQueue: one event per change of
-// level, none while the level holds.
+// semantics"): edge-triggered, one event per change of level and none while the level holds,
+// with hysteresis so that no level flaps when the depth moves by one message.
 //
-//   - hard (reason high_watermark) once when the depth reaches the high mark;
-//   - soft (reason above_low_watermark) once when the depth rises above the low mark while
-//     the level is ok;
-//   - ok (reason queue_recovered) once when the depth is back at or under the low mark after
-//     soft or hard.
+// With high and low the marks in items (Marks) and the soft mark s = low + ⌊Band × (high −
+// low)⌋ (SoftMark; the midpoint 65 of a queue of 100 by default), each change of the depth d
+// moves the level so:
 //
-// A queue that falls from hard into the band between the marks stays hard until it
-// recovers: the band is the hysteresis that keeps hard from flapping at the high mark.
+//	from \ depth   d ≥ high                low < d < high                          d ≤ low
+//	ok             hard (high_watermark)   soft (above_low_watermark) once d ≥ s   ·
+//	soft           hard (high_watermark)   ·                                       ok (queue_recovered)
+//	hard           ·                       soft (above_low_watermark) once d ≤ s   ok (queue_recovered)
+//
+// (· : the level holds, nothing is signalled.)
+//
+// So hard is signalled only at or above the high mark, soft only strictly between the marks
+// and ok only at or under the low mark, and the band between s and each mark must be crossed
+// before a level is left the other way: a queue hovering at the low mark after ok, or at the
+// high mark after hard, or anywhere between the marks at soft, signals nothing. A queue
+// rising from empty to full signals soft at s, then hard at high; falling back, soft at s,
+// then ok at low. With Band NoBand (s = low) this is the Python Store's BoundedQueue: soft one
+// message above the low mark (flapping ok↔soft on a queue that hovers there), and hard held
+// until the queue recovers at the low mark. Between marks fewer than four messages apart
+// one of the bands is a single message.
+//
 // Every event carries the headers reason and utilization, is keyed by the coordinator id,
 // and has a ts strictly greater than the previous event's (so that latest-wins consumers
 // never take a later event for a duplicate).
@@ -104,9 +131,9 @@ type WatermarkConfig struct {
 // the queue publishes, in order, retrying failures with backoff (logged, and visible in
 // PublishErr and Dropped). Close stops it. All methods are safe for concurrent use.
 type Watermarks[T any] struct {
-	cfg       WatermarkConfig
-	high, low int
-	log       *slog.Logger
+	cfg             WatermarkConfig
+	high, low, soft int
+	log             *slog.Logger
 
 	mu       sync.Mutex
 	buf      []T // ring of Capacity items
@@ -154,6 +181,14 @@ func NewWatermarks[T any](cfg WatermarkConfig) (*Watermarks[T], error) {
 	if !(cfg.Low > 0 && cfg.Low < cfg.High && cfg.High <= 1) {
 		return nil, fmt.Errorf("feedback: watermarks: High %v, Low %v (accepted: 0 < Low < High ≤ 1)", cfg.High, cfg.Low)
 	}
+	switch {
+	case cfg.Band == 0:
+		cfg.Band = DefaultBand
+	case cfg.Band < 0:
+		cfg.Band = 0 // NoBand
+	case !(cfg.Band < 1): // also NaN
+		return nil, fmt.Errorf("feedback: watermarks: Band %v (accepted: 0 < Band < 1, a fraction of the distance between the marks; 0 for the default %v; negative for none)", cfg.Band, DefaultBand)
+	}
 	if cfg.Stream == "" {
 		cfg.Stream = StreamFeedback
 	}
@@ -187,10 +222,12 @@ func NewWatermarks[T any](cfg WatermarkConfig) (*Watermarks[T], error) {
 	}
 	high := max(1, int(cfg.High*float64(cfg.Capacity)))
 	low := min(int(cfg.Low*float64(cfg.Capacity)), high-1)
+	soft := low + int(cfg.Band*float64(high-low)) // < high, as Band < 1
 	w := &Watermarks[T]{
 		cfg:     cfg,
 		high:    high,
 		low:     low,
+		soft:    soft,
 		log:     log.With("coordinator", cfg.CoordinatorID, "stream", cfg.Stream),
 		buf:     make([]T, cfg.Capacity),
 		level:   LevelOK,
@@ -208,6 +245,10 @@ func (w *Watermarks[T]) Cap() int { return w.cfg.Capacity }
 
 // Marks returns the high and low watermarks in items.
 func (w *Watermarks[T]) Marks() (high, low int) { return w.high, w.low }
+
+// SoftMark returns the depth, in items, at which the level turns soft: rising from ok, or
+// falling from hard (see Watermarks). It equals the low mark with NoBand.
+func (w *Watermarks[T]) SoftMark() int { return w.soft }
 
 // Len is the current depth.
 func (w *Watermarks[T]) Len() int {
@@ -332,7 +373,8 @@ func signal(p *chan struct{}) {
 	}
 }
 
-// checkLocked signals a change of level after the depth changed.
+// checkLocked signals a change of level after the depth changed: the state machine of the
+// Watermarks doc comment.
 func (w *Watermarks[T]) checkLocked() {
 	switch {
 	case w.n >= w.high:
@@ -343,10 +385,9 @@ func (w *Watermarks[T]) checkLocked() {
 		if w.level != LevelOK {
 			w.signalLocked(LevelOK, ReasonQueueRecovered)
 		}
-	default: // between the marks
-		if w.level == LevelOK {
-			w.signalLocked(LevelSoft, ReasonAboveLowMark)
-		}
+	case w.level == LevelOK && w.n >= w.soft, // rose through the band above the low mark
+		w.level == LevelHard && w.n <= w.soft: // fell through the band below the high mark
+		w.signalLocked(LevelSoft, ReasonAboveLowMark)
 	}
 }
 

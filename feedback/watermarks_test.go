@@ -41,35 +41,42 @@ func waitPublished(t *testing.T, w *feedback.Watermarks[int], pub *fakePublisher
 }
 
 // TestWatermarkMarks proves the marks in items follow the Python Store: high = max(1,
-// ⌊0.8 × capacity⌋), low = ⌊0.5 × capacity⌋, kept below high.
+// ⌊0.8 × capacity⌋), low = ⌊0.5 × capacity⌋, kept below high; and that the soft mark is
+// low + ⌊band × (high − low)⌋: the midpoint by default, the low mark with NoBand.
 func TestWatermarkMarks(t *testing.T) {
 	tests := []struct {
 		capacity  int
 		high, low float64
+		band      float64
 		wantHigh  int
 		wantLow   int
+		wantSoft  int
 	}{
-		{10, 0, 0, 8, 5},
-		{100, 0, 0, 80, 50},
-		{1, 0, 0, 1, 0},
-		{2, 0, 0, 1, 0},
-		{3, 0, 0, 2, 1},
-		{10, 0.9, 0.2, 9, 2},
+		{10, 0, 0, 0, 8, 5, 6},
+		{100, 0, 0, 0, 80, 50, 65},
+		{100, 0, 0, feedback.NoBand, 80, 50, 50},
+		{100, 0, 0, 0.2, 80, 50, 56},
+		{100, 0, 0, 0.99, 80, 50, 79},
+		{1, 0, 0, 0, 1, 0, 0},
+		{2, 0, 0, 0, 1, 0, 0},
+		{3, 0, 0, 0, 2, 1, 1},
+		{10, 0.9, 0.2, 0, 9, 2, 5},
 	}
 	for _, tt := range tests {
-		w := newWatermarks(t, tt.capacity, nil, func(c *feedback.WatermarkConfig) { c.High, c.Low = tt.high, tt.low })
+		w := newWatermarks(t, tt.capacity, nil, func(c *feedback.WatermarkConfig) { c.High, c.Low, c.Band = tt.high, tt.low, tt.band })
 		h, l := w.Marks()
-		require.Equal(t, [2]int{tt.wantHigh, tt.wantLow}, [2]int{h, l}, "capacity %d", tt.capacity)
+		require.Equal(t, [3]int{tt.wantHigh, tt.wantLow, tt.wantSoft}, [3]int{h, l, w.SoftMark()}, "capacity %d, band %v", tt.capacity, tt.band)
 		require.Equal(t, tt.capacity, w.Cap())
 	}
 }
 
-// TestWatermarkEdges proves the edge-triggered levels: soft once on rising past the low mark,
-// hard once at the high mark and never again while above it, no soft on the way down from
-// hard, ok with reason queue_recovered once at or under the low mark; each event carrying
-// the depth, the reason and utilization headers, the coordinator as key, and a strictly
-// increasing ts even with a frozen clock.
-func TestWatermarkEdges(t *testing.T) {
+// TestWatermarkEdgesNoBand proves that with NoBand the queue signals as the Python Store's
+// BoundedQueue does: soft once on rising past the low mark, hard once at the high mark and
+// never again while above it, no soft on the way down from hard, ok with reason
+// queue_recovered once at or under the low mark, and soft/ok again on every single message
+// across the low mark; each event carrying the depth, the reason and utilization headers, the
+// coordinator as key, and a strictly increasing ts even with a frozen clock.
+func TestWatermarkEdgesNoBand(t *testing.T) {
 	type want struct {
 		level  feedback.Level
 		size   int
@@ -96,7 +103,10 @@ func TestWatermarkEdges(t *testing.T) {
 	}
 	pub := newFakePublisher()
 	frozen := time.Unix(1760812500, 0)
-	w := newWatermarks(t, 10, pub, func(c *feedback.WatermarkConfig) { c.Now = func() time.Time { return frozen } })
+	w := newWatermarks(t, 10, pub, func(c *feedback.WatermarkConfig) {
+		c.Now = func() time.Time { return frozen }
+		c.Band = feedback.NoBand
+	})
 
 	var all []want
 	for i, s := range steps {
@@ -129,6 +139,129 @@ func TestWatermarkEdges(t *testing.T) {
 		}
 	}
 	require.ErrorIs(t, fillErr(w), feedback.ErrQueueFull)
+}
+
+// step is one event a watermark queue is expected to publish.
+type step struct {
+	level  feedback.Level
+	size   int
+	reason string
+}
+
+// moveTo puts or takes items one at a time until the queue holds depth.
+func moveTo(t *testing.T, w *feedback.Watermarks[int], depth int) {
+	t.Helper()
+	for w.Len() < depth {
+		require.NoError(t, w.Offer(0))
+	}
+	for w.Len() > depth {
+		_, ok := w.Take()
+		require.True(t, ok)
+	}
+}
+
+// publishedSteps waits until nothing is pending and returns every event published so far.
+func publishedSteps(t *testing.T, w *feedback.Watermarks[int], pub *fakePublisher) []step {
+	t.Helper()
+	require.Eventually(t, func() bool { return w.Pending() == 0 }, waitFor, time.Millisecond)
+	var out []step // nil when nothing was published
+	for _, e := range pub.published() {
+		ev, err := feedback.ParseEvent(e)
+		require.NoError(t, err)
+		out = append(out, step{ev.Level, ev.QueueSize, e.Header(feedback.HeaderReason)})
+	}
+	return out
+}
+
+var (
+	softAt  = func(n int) step { return step{feedback.LevelSoft, n, feedback.ReasonAboveLowMark} }
+	hardAt  = func(n int) step { return step{feedback.LevelHard, n, feedback.ReasonHighWatermark} }
+	okAt    = func(n int) step { return step{feedback.LevelOK, n, feedback.ReasonQueueRecovered} }
+	noSteps = []step(nil)
+)
+
+// TestWatermarkHysteresisSweeps proves the default state machine on a queue of 100 (low 50,
+// soft mark 65, high 80): rising from empty to full signals exactly soft at 65 and hard at
+// 80; falling back to empty exactly soft at 65 and ok at 50.
+func TestWatermarkHysteresisSweeps(t *testing.T) {
+	pub := newFakePublisher()
+	w := newWatermarks(t, 100, pub, nil)
+	require.Equal(t, 65, w.SoftMark())
+
+	moveTo(t, w, 100)
+	require.Equal(t, []step{softAt(65), hardAt(80)}, publishedSteps(t, w, pub), "rising")
+	require.Equal(t, feedback.LevelHard, w.Level())
+
+	moveTo(t, w, 0)
+	require.Equal(t, []step{softAt(65), hardAt(80), softAt(65), okAt(50)}, publishedSteps(t, w, pub), "falling")
+	require.Equal(t, feedback.LevelOK, w.Level())
+}
+
+// TestWatermarkHysteresisNoFlap proves that a queue hovering one message either side of a
+// mark signals nothing after its first transition there: around the low mark (reached from
+// above after soft, or from below), around the high mark (after hard, and after a
+// hard → soft → hard round trip), and around the soft mark (from ok and from hard). With
+// NoBand the same hovering at the low mark flaps, one event per message, as in the Python
+// Store.
+func TestWatermarkHysteresisNoFlap(t *testing.T) {
+	const swings = 20
+	tests := []struct {
+		name   string
+		band   float64
+		path   []int  // depths visited in order, one message at a time
+		first  []step // what the path signals
+		around int    // then the depth swings around..around+1, swings times
+		swing  []step // what the swinging signals (nothing, unless NoBand)
+	}{
+		{"low mark after soft", 0, []int{65, 50}, []step{softAt(65), okAt(50)}, 50, noSteps},
+		{"low mark from below", 0, []int{50}, noSteps, 50, noSteps},
+		{"high mark after hard", 0, []int{80}, []step{softAt(65), hardAt(80)}, 79, noSteps},
+		{"high mark after hard, soft, hard", 0, []int{80, 65, 80}, []step{softAt(65), hardAt(80), softAt(65), hardAt(80)}, 79, noSteps},
+		{"soft mark from ok", 0, []int{65}, []step{softAt(65)}, 64, noSteps},
+		{"soft mark from hard", 0, []int{80, 65}, []step{softAt(65), hardAt(80), softAt(65)}, 65, noSteps},
+		{"low mark without band", feedback.NoBand, []int{51, 50}, []step{softAt(51), okAt(50)}, 50, func() []step {
+			var s []step
+			for range swings {
+				s = append(s, softAt(51), okAt(50))
+			}
+			return s
+		}()},
+	}
+	for _, tt := range tests {
+		t.Run(tt.name, func(t *testing.T) {
+			pub := newFakePublisher()
+			w := newWatermarks(t, 100, pub, func(c *feedback.WatermarkConfig) { c.Band = tt.band })
+			for _, d := range tt.path {
+				moveTo(t, w, d)
+			}
+			require.Equal(t, tt.first, publishedSteps(t, w, pub), "the path")
+			level := w.Level()
+			moveTo(t, w, tt.around)
+			for range swings {
+				moveTo(t, w, tt.around+1)
+				moveTo(t, w, tt.around)
+			}
+			require.Equal(t, append(tt.first, tt.swing...), publishedSteps(t, w, pub), "the swings")
+			if len(tt.swing) == 0 {
+				require.Equal(t, level, w.Level(), "the level held")
+			}
+		})
+	}
+}
+
+// TestWatermarkBand proves a configured band moves the soft mark both ways: with Band 0.2 on
+// a queue of 100 the level turns soft at 56 rising from ok and at 56 falling from hard, and
+// nothing is signalled between 51 and 55 from ok.
+func TestWatermarkBand(t *testing.T) {
+	pub := newFakePublisher()
+	w := newWatermarks(t, 100, pub, func(c *feedback.WatermarkConfig) { c.Band = 0.2 })
+	moveTo(t, w, 55)
+	require.Empty(t, publishedSteps(t, w, pub))
+	moveTo(t, w, 90)
+	moveTo(t, w, 57)
+	require.Equal(t, []step{softAt(56), hardAt(80)}, publishedSteps(t, w, pub))
+	moveTo(t, w, 0)
+	require.Equal(t, []step{softAt(56), hardAt(80), softAt(56), okAt(50)}, publishedSteps(t, w, pub))
 }
 
 // fillErr offers until the queue refuses.
@@ -182,11 +315,11 @@ func TestWatermarkOutboxBounded(t *testing.T) {
 	for i := range 8 { // soft, hard
 		require.NoError(t, w.Offer(i))
 	}
-	for range 3 { // ok
+	for range 3 { // soft at the soft mark (6), then ok
 		w.Take()
 	}
 	require.NoError(t, w.Offer(0)) // soft
-	require.Equal(t, uint64(2), w.Dropped())
+	require.Equal(t, uint64(3), w.Dropped(), "five events, room for two")
 	pub.setFailing(false)
 	require.Eventually(t, func() bool { return w.Pending() == 0 }, waitFor, time.Millisecond)
 	evs := pub.events(t)
@@ -308,7 +441,8 @@ func TestWatermarkGetWaits(t *testing.T) {
 
 // TestWatermarkConcurrent proves producers and consumers racing on the queue lose nothing and
 // the published levels stay consistent: never the same level twice in a row, each event's
-// depth inside its level's band, and ok at the end.
+// depth inside its level's band (soft reached from ok at or above the soft mark, from hard at
+// or under it), and ok at the end.
 func TestWatermarkConcurrent(t *testing.T) {
 	pub := newFakePublisher()
 	// Room for every transition: a dropped event would break the sequence checked below.
@@ -360,6 +494,11 @@ func TestWatermarkConcurrent(t *testing.T) {
 		case feedback.LevelSoft:
 			require.Greater(t, ev.QueueSize, low)
 			require.Less(t, ev.QueueSize, high)
+			if prev == feedback.LevelOK {
+				require.GreaterOrEqual(t, ev.QueueSize, w.SoftMark(), "event %d: soft from ok below the soft mark", i)
+			} else {
+				require.LessOrEqual(t, ev.QueueSize, w.SoftMark(), "event %d: soft from hard above the soft mark", i)
+			}
 		}
 		prev = ev.Level
 	}
@@ -379,6 +518,9 @@ func TestWatermarkConfigErrors(t *testing.T) {
 		{"low above high", feedback.WatermarkConfig{CoordinatorID: "c", Capacity: 10, High: 0.4, Low: 0.6}, "0 < Low < High ≤ 1"},
 		{"high above one", feedback.WatermarkConfig{CoordinatorID: "c", Capacity: 10, High: 1.2}, "0 < Low < High ≤ 1"},
 		{"bad stream", feedback.WatermarkConfig{CoordinatorID: "c", Capacity: 10, Stream: "a..b"}, "invalid stream"},
+		{"band of one", feedback.WatermarkConfig{CoordinatorID: "c", Capacity: 10, Band: 1}, "Band 1 (accepted: 0 < Band < 1"},
+		{"band above one", feedback.WatermarkConfig{CoordinatorID: "c", Capacity: 10, Band: 1.5}, "Band 1.5"},
+		{"band NaN", feedback.WatermarkConfig{CoordinatorID: "c", Capacity: 10, Band: nan()}, "Band NaN"},
 	}
 	for _, tt := range tests {
 		t.Run(tt.name, func(t *testing.T) {
