@@ -4,6 +4,7 @@ import (
 	"fmt"
 	"math"
 	"strconv"
+	"time"
 
 	"github.com/pulse-bus/pulse/internal/envconf"
 )
@@ -22,6 +23,11 @@ const (
 	DefaultMinRate = 1.0
 	// DefaultBurst is the token bucket's depth: 1 paces requests evenly at the rate.
 	DefaultBurst = 1
+	// DefaultCoordinatorTTL is how long a coordinator's last applied event keeps counting
+	// toward its provider's minimum: 0, for ever, as in the Python core. It is the safe
+	// default because Stores signal on edges only: a live Store that stays hard sends nothing
+	// more, and expiring it would lift the rate while its queue is still full.
+	DefaultCoordinatorTTL time.Duration = 0
 )
 
 // The environment variables read by PolicyFromEnv.
@@ -33,6 +39,8 @@ const (
 	EnvBaseRate  = "MDP_FB_BASE_RATE"
 	EnvMinRate   = "MDP_FB_MIN_RATE"
 	EnvBurst     = "MDP_FB_BURST"
+	// EnvCoordinatorTTL is a Go duration (30s, 5m); 0 means never expire.
+	EnvCoordinatorTTL = "MDP_FB_COORDINATOR_TTL"
 )
 
 // Policy turns a backpressure level into a provider's rate: rate = max(MinRate, BaseRate ×
@@ -53,16 +61,26 @@ type Policy struct {
 	MinRate float64
 	// Burst is the token bucket's depth (MDP_FB_BURST); 0 means DefaultBurst.
 	Burst int
+	// CoordinatorTTL (MDP_FB_COORDINATOR_TTL), when > 0, expires a coordinator whose last
+	// event the Handler applied longer ago than this: it no longer counts toward the
+	// provider's minimum, so a Store that died after saying hard does not hold the provider
+	// at its floor for ever (see Handler.Expire). 0 (DefaultCoordinatorTTL) never expires,
+	// as in the Python core. Stores signal on edges only, so set it well above the longest
+	// time a live Store may hold a level without a new event (or let the Stores repeat their
+	// level more often than that); a live Store expired while hard gets its provider back at
+	// the full rate.
+	CoordinatorTTL time.Duration
 }
 
 // DefaultPolicy returns the defaults, spelled out.
 func DefaultPolicy() Policy {
 	return Policy{
-		Provider: DefaultProvider,
-		Scales:   map[Level]float64{LevelOK: DefaultScaleOK, LevelSoft: DefaultScaleSoft, LevelHard: DefaultScaleHard},
-		BaseRate: DefaultBaseRate,
-		MinRate:  DefaultMinRate,
-		Burst:    DefaultBurst,
+		Provider:       DefaultProvider,
+		Scales:         map[Level]float64{LevelOK: DefaultScaleOK, LevelSoft: DefaultScaleSoft, LevelHard: DefaultScaleHard},
+		BaseRate:       DefaultBaseRate,
+		MinRate:        DefaultMinRate,
+		Burst:          DefaultBurst,
+		CoordinatorTTL: DefaultCoordinatorTTL,
 	}
 }
 
@@ -130,6 +148,9 @@ func (p Policy) Validate() error {
 			return &envconf.Error{Var: scaleVar(l), Value: fmtFloat(s), Accepted: "a number from 0 to 1"}
 		}
 	}
+	if p.CoordinatorTTL < 0 {
+		return &envconf.Error{Var: EnvCoordinatorTTL, Value: p.CoordinatorTTL.String(), Accepted: ttlAccepted}
+	}
 	return p.Limits().validate()
 }
 
@@ -146,8 +167,8 @@ func scaleVar(l Level) string {
 func fmtFloat(f float64) string { return strconv.FormatFloat(f, 'g', -1, 64) }
 
 // PolicyFromEnv reads the policy from MDP_FB_PROVIDER_NAME, MDP_FB_SCALE_OK/_SOFT/_HARD,
-// MDP_FB_BASE_RATE, MDP_FB_MIN_RATE and MDP_FB_BURST through lookup (os.LookupEnv in
-// production). Unset or blank variables keep their defaults. A bad value is returned as a
+// MDP_FB_BASE_RATE, MDP_FB_MIN_RATE, MDP_FB_BURST and MDP_FB_COORDINATOR_TTL through lookup
+// (os.LookupEnv in production). Unset or blank variables keep their defaults. A bad value is returned as a
 // *envconf.Error naming the variable, the value and what is accepted.
 func PolicyFromEnv(lookup func(string) (string, bool)) (Policy, error) {
 	p := DefaultPolicy()
@@ -161,6 +182,7 @@ func PolicyFromEnv(lookup func(string) (string, bool)) (Policy, error) {
 	positiveFloat(&r, EnvBaseRate, &p.BaseRate)
 	positiveFloat(&r, EnvMinRate, &p.MinRate)
 	r.PositiveInt(EnvBurst, &p.Burst)
+	ttl(&r, EnvCoordinatorTTL, &p.CoordinatorTTL)
 	if r.Err != nil {
 		return Policy{}, r.Err
 	}
@@ -185,6 +207,23 @@ func positiveFloat(r *envconf.Reader, name string, dst *float64) {
 		return
 	}
 	*dst = f
+}
+
+const ttlAccepted = "a duration ≥ 0 such as 30s, 5m or 1h (0 = never expire)"
+
+// ttl reads a Go duration ≥ 0 into dst; "0" (no unit) is accepted.
+func ttl(r *envconf.Reader, name string, dst *time.Duration) {
+	var s string
+	r.String(name, &s)
+	if r.Err != nil || s == "" {
+		return
+	}
+	d, err := time.ParseDuration(s)
+	if err != nil || d < 0 {
+		r.Err = &envconf.Error{Var: name, Value: s, Accepted: ttlAccepted}
+		return
+	}
+	*dst = d
 }
 
 // Limits are one provider's token-bucket settings. The zero Limits means the defaults.

@@ -3,6 +3,7 @@ package feedback_test
 import (
 	"errors"
 	"testing"
+	"time"
 
 	"github.com/stretchr/testify/require"
 
@@ -11,7 +12,7 @@ import (
 )
 
 // TestPolicyFromEnvDefaults proves an empty environment gives CONTRACT.md §5's defaults and
-// the documented floor and burst.
+// the documented floor and burst, and no coordinator TTL.
 func TestPolicyFromEnvDefaults(t *testing.T) {
 	p, err := feedback.PolicyFromEnv(envconf.Map(nil))
 	require.NoError(t, err)
@@ -20,6 +21,7 @@ func TestPolicyFromEnvDefaults(t *testing.T) {
 	require.Equal(t, 60.0, p.BaseRate)
 	require.Equal(t, 1.0, p.MinRate)
 	require.Equal(t, 1, p.Burst)
+	require.Zero(t, p.CoordinatorTTL, "coordinators never expire by default, as in the Python core")
 	require.Equal(t, feedback.DefaultPolicy(), feedback.Policy{}.WithDefaults(), "the zero Policy means the defaults")
 }
 
@@ -44,6 +46,15 @@ func TestPolicyFromEnv(t *testing.T) {
 			require.Equal(t, 0.1, p.Scale(feedback.LevelHard))
 			require.Equal(t, feedback.Limits{BaseRate: 120, MinRate: 2.5, Burst: 4}, p.Limits())
 		}},
+		{name: "coordinator ttl", env: map[string]string{"MDP_FB_COORDINATOR_TTL": "90s"}, check: func(t *testing.T, p feedback.Policy) {
+			require.Equal(t, 90*time.Second, p.CoordinatorTTL)
+		}},
+		{name: "coordinator ttl zero", env: map[string]string{"MDP_FB_COORDINATOR_TTL": "0"}, check: func(t *testing.T, p feedback.Policy) {
+			require.Zero(t, p.CoordinatorTTL)
+		}},
+		{name: "coordinator ttl negative", env: map[string]string{"MDP_FB_COORDINATOR_TTL": "-5s"}, errVar: "MDP_FB_COORDINATOR_TTL", errValue: "-5s", accepted: "a duration ≥ 0"},
+		{name: "coordinator ttl no unit", env: map[string]string{"MDP_FB_COORDINATOR_TTL": "30"}, errVar: "MDP_FB_COORDINATOR_TTL", errValue: "30", accepted: "0 = never expire"},
+		{name: "coordinator ttl text", env: map[string]string{"MDP_FB_COORDINATOR_TTL": "soon"}, errVar: "MDP_FB_COORDINATOR_TTL", errValue: "soon", accepted: "such as 30s"},
 		{name: "blank keeps default", env: map[string]string{"MDP_FB_SCALE_SOFT": "  "}, check: func(t *testing.T, p feedback.Policy) {
 			require.Equal(t, 0.5, p.Scale(feedback.LevelSoft))
 		}},
@@ -112,4 +123,8 @@ func TestPolicyValidate(t *testing.T) {
 	err = feedback.Policy{BaseRate: -1}.Validate()
 	require.True(t, errors.As(err, &ce))
 	require.Equal(t, "MDP_FB_BASE_RATE", ce.Var)
+	err = feedback.Policy{CoordinatorTTL: -time.Second}.Validate()
+	require.True(t, errors.As(err, &ce))
+	require.Equal(t, "MDP_FB_COORDINATOR_TTL", ce.Var)
+	require.Equal(t, "-1s", ce.Value)
 }
