@@ -6,6 +6,7 @@ import (
 	"fmt"
 	"log/slog"
 	"sync"
+	"time"
 
 	"github.com/pulse-bus/pulse/internal/envconf"
 	"github.com/pulse-bus/pulse/transport"
@@ -23,6 +24,17 @@ const (
 // GroupSeparator joins PULSE_GROUP and PULSE_CONSUMER_NAME into a replica's own group name.
 const GroupSeparator = "-"
 
+// Bounds of the interval at which a running Consumer applies Policy.CoordinatorTTL, when
+// ConsumerConfig.ExpiryInterval does not set it: a quarter of the TTL, within these bounds.
+// A rate thus recovers at most MaxExpiryInterval after its coordinator's TTL passed.
+const (
+	MinExpiryInterval = 10 * time.Millisecond
+	MaxExpiryInterval = time.Second
+)
+
+// expiryTimeout bounds one periodic Handler.Expire (its publish).
+const expiryTimeout = 5 * time.Second
+
 // ConsumerConfig configures a Consumer. The zero value reads StreamFeedback in a group of
 // this replica's own.
 type ConsumerConfig struct {
@@ -37,6 +49,11 @@ type ConsumerConfig struct {
 	// SharedGroup (PULSE_FEEDBACK_SHARED_GROUP) opts in to one group for all replicas, the
 	// bus's PULSE_GROUP: each event then reaches one replica only.
 	SharedGroup bool
+	// ExpiryInterval is how often, while the consumer runs, it calls Handler.Expire so that a
+	// coordinator that stopped sending expires (Policy.CoordinatorTTL) without waiting for
+	// another event; 0 means a quarter of the TTL, between MinExpiryInterval and
+	// MaxExpiryInterval. Unused when the handler's TTL is 0.
+	ExpiryInterval time.Duration
 	// Logger receives operational logs; nil discards them.
 	Logger *slog.Logger
 }
@@ -70,17 +87,23 @@ func ReplicaGroup(group, consumer string) string { return group + GroupSeparator
 // Consumer runs a Handler on the feedback stream of a Bus: it decodes each delivery's
 // FeedbackEvent (a payload of another schema is poison, dead-lettered at once) and applies
 // it. Stale events are acked and counted `stale` by the Bus; a failed RateAdjustment publish
-// makes the delivery retry (see Handler). Its methods are safe for concurrent use.
+// makes the delivery retry (see Handler). With a coordinator TTL in the handler's policy, a
+// goroutine owned by the consumer calls Handler.Expire every ExpiryInterval while it runs, so
+// that the rate recovers from a coordinator that stopped sending without any new event; it
+// stops with the consumer. Its methods are safe for concurrent use.
 type Consumer struct {
 	bus      *transport.Bus
 	h        *Handler
 	stream   string
 	group    string
 	consumer string
+	expiry   time.Duration // 0: no expiry loop
 	log      *slog.Logger
 
 	mu      sync.Mutex
 	sub     *transport.Subscription
+	cancel  context.CancelFunc // stops the expiry loop
+	done    chan struct{}      // closed once the subscription and the expiry loop ended
 	started bool
 	closed  bool
 }
@@ -112,12 +135,25 @@ func NewConsumer(bus *transport.Bus, h *Handler, cfg ConsumerConfig) (*Consumer,
 			c.group = ReplicaGroup(bc.Group, c.consumer)
 		}
 	}
+	if cfg.ExpiryInterval < 0 {
+		return nil, fmt.Errorf("feedback: expiry interval %v (accepted: a duration > 0, or 0 for the default)", cfg.ExpiryInterval)
+	}
+	if ttl := h.policy.CoordinatorTTL; ttl > 0 {
+		c.expiry = cfg.ExpiryInterval
+		if c.expiry == 0 {
+			c.expiry = min(max(ttl/4, MinExpiryInterval), MaxExpiryInterval)
+		}
+	}
 	if c.log == nil {
 		c.log = slog.New(slog.DiscardHandler)
 	}
 	c.log = c.log.With("stream", c.stream, "group", c.group, "consumer", c.consumer)
 	return c, nil
 }
+
+// ExpiryInterval is how often the running consumer calls Handler.Expire; 0 when the
+// handler's policy has no coordinator TTL.
+func (c *Consumer) ExpiryInterval() time.Duration { return c.expiry }
 
 // Stream is the stream read.
 func (c *Consumer) Stream() string { return c.stream }
@@ -144,9 +180,40 @@ func (c *Consumer) Start(ctx context.Context) error {
 	if err != nil {
 		return fmt.Errorf("feedback: start consumer: %w", err)
 	}
-	c.sub, c.started = sub, true
-	c.log.Info("feedback consumer started", "fan_out", c.group != c.bus.Config().Group)
+	runCtx, cancel := context.WithCancel(ctx)
+	c.sub, c.cancel, c.done, c.started = sub, cancel, make(chan struct{}), true
+	go c.run(runCtx, sub)
+	c.log.Info("feedback consumer started", "fan_out", c.group != c.bus.Config().Group,
+		"coordinator_ttl", c.h.policy.CoordinatorTTL, "expiry_interval", c.expiry)
 	return nil
+}
+
+// run lives as long as the subscription: it calls Handler.Expire every expiry interval (if
+// any) until Close cancels ctx or the subscription ends, and closes done once both ended.
+func (c *Consumer) run(ctx context.Context, sub *transport.Subscription) {
+	defer close(c.done)
+	var tick <-chan time.Time
+	if c.expiry > 0 {
+		t := time.NewTicker(c.expiry)
+		defer t.Stop()
+		tick = t.C
+	}
+	for {
+		select {
+		case <-sub.Done():
+			return
+		case <-ctx.Done():
+			<-sub.Done() // Close closes it; a cancelled Start context stops it
+			return
+		case <-tick:
+			ectx, cancel := context.WithTimeout(ctx, expiryTimeout)
+			err := c.h.Expire(ectx)
+			cancel()
+			if err != nil && ctx.Err() == nil {
+				c.log.Warn("applying the coordinator TTL: rate adjustment not published yet; kept for retry", "err", err)
+			}
+		}
+	}
 }
 
 // handle is the transport.Handler: decode, apply.
@@ -159,7 +226,9 @@ func (c *Consumer) handle(ctx context.Context, d *transport.Delivery) error {
 }
 
 // Close stops consuming, letting in-flight events finish (bounded by the bus's drain
-// timeout). It is idempotent and safe to call concurrently; it does not close the bus.
+// timeout), stops the expiry loop (cancelling an expiry publish in flight: its adjustment
+// stays pending for Handler.Flush) and waits for both. It is idempotent and safe to call
+// concurrently; it does not close the bus.
 func (c *Consumer) Close() error {
 	c.mu.Lock()
 	if c.closed {
@@ -167,12 +236,14 @@ func (c *Consumer) Close() error {
 		return nil
 	}
 	c.closed = true
-	sub := c.sub
+	sub, cancel, done := c.sub, c.cancel, c.done
 	c.mu.Unlock()
 	if sub == nil {
 		return nil
 	}
+	cancel()
 	err := sub.Close()
+	<-done
 	if errors.Is(err, transport.ErrClosed) {
 		err = nil
 	}
@@ -213,13 +284,14 @@ func (c *Consumer) Err() error {
 	return sub.Err()
 }
 
-// Done is closed once the consumer has stopped (after Close, or ctx of Start cancelled);
-// before Start it returns nil (blocks forever in a select).
+// Done is closed once the consumer has stopped (after Close, or ctx of Start cancelled, or
+// the subscription failed), its expiry loop included; before Start it returns nil (blocks
+// forever in a select).
 func (c *Consumer) Done() <-chan struct{} {
 	c.mu.Lock()
 	defer c.mu.Unlock()
 	if c.sub == nil {
 		return nil
 	}
-	return c.sub.Done()
+	return c.done
 }

@@ -5,6 +5,7 @@ import (
 	"errors"
 	"fmt"
 	"log/slog"
+	"slices"
 	"sync"
 	"time"
 
@@ -52,7 +53,8 @@ type HandlerConfig struct {
 	Observer Observer
 	// Logger receives operational logs; nil discards them.
 	Logger *slog.Logger
-	// Now is the clock for applied-at times and RateAdjustment ts; nil means time.Now.
+	// Now is the clock for applied-at times, coordinator expiry (Policy.CoordinatorTTL) and
+	// RateAdjustment ts; nil means time.Now.
 	Now func() time.Time
 	// MaxPending bounds the unpublished RateAdjustments kept for retry (oldest dropped
 	// first, with a warning); 0 means DefaultMaxPending.
@@ -66,7 +68,14 @@ type HandlerConfig struct {
 //   - every coordinator feeds Policy.Provider, and the most backed-up one decides: the
 //     provider's scale is the minimum of its coordinators' scales;
 //   - each real change of that scale is set on the RateCoordinator and published as a
-//     RateAdjustment.
+//     RateAdjustment;
+//   - with Policy.CoordinatorTTL > 0, a coordinator whose last event was applied longer ago
+//     than the TTL (by the handler's clock, so the Store's clock does not matter) expires: it
+//     stays in State, marked expired, but no longer counts toward the minimum. Expiry is
+//     checked on every Apply and by Expire, which a running Consumer calls periodically; the
+//     change it causes is set and published like any other, with the reason of the remaining
+//     minimum (ok when none is left). The coordinator's next event (newer than its last)
+//     brings it back.
 //
 // Publishing failures: the rate change always applies first. The adjustment is kept (up to
 // MaxPending) and every later Apply publishes what is kept, in order. Apply returns an error
@@ -76,7 +85,8 @@ type HandlerConfig struct {
 // the retries run out, the transport dead-letters the event although its change applied,
 // and the adjustment still goes out with the next publish that works.
 //
-// A Handler is safe for concurrent use; it starts no goroutines.
+// A Handler is safe for concurrent use; it starts no goroutines (a Handler used without a
+// Consumer and with a TTL must call Expire itself for rates to recover without events).
 type Handler struct {
 	policy     Policy
 	rates      *RateCoordinator
@@ -103,13 +113,23 @@ type coordState struct {
 	capacity  int
 	eventTS   float64
 	appliedAt time.Time
+	expired   bool
 }
 
 type pendingAdjustment struct {
 	seq         uint64
 	env         *envelope.Envelope // kept, so that a retry re-sends the same v2 id
-	coordinator string             // the event that caused it
+	coordinator string             // the event that caused it; "" for an expiry
 	eventTS     float64
+}
+
+// rescale is what one change of the provider's coordinators did to its scale.
+type rescale struct {
+	provider   string
+	old, scale float64
+	reason     Level
+	changed    bool
+	expired    []string // coordinators that expired with it
 }
 
 // NewHandler returns a Handler; an invalid policy is a *envconf.Error.
@@ -182,7 +202,8 @@ func (h *Handler) Apply(ctx context.Context, ev Event) error {
 		h.mu.Unlock()
 		return h.flush(ctx, ev.CoordinatorID, ts)
 	}
-	if prev := h.coords[ev.CoordinatorID]; prev != nil && ts <= prev.eventTS {
+	prev := h.coords[ev.CoordinatorID]
+	if prev != nil && ts <= prev.eventTS {
 		h.mu.Unlock()
 		err := fmt.Errorf("feedback: event of coordinator %q at ts %v is not newer than the applied one at ts %v: %w",
 			ev.CoordinatorID, ts, prev.eventTS, transport.ErrStale)
@@ -192,6 +213,7 @@ func (h *Handler) Apply(ctx context.Context, ev Event) error {
 		return err
 	}
 	now := h.now()
+	back := prev != nil && prev.expired
 	h.coords[ev.CoordinatorID] = &coordState{
 		provider:  provider,
 		level:     ev.Level,
@@ -200,37 +222,22 @@ func (h *Handler) Apply(ctx context.Context, ev Event) error {
 		eventTS:   ts,
 		appliedAt: now,
 	}
-	scale, reason := h.decideLocked(provider)
-	old := h.rates.Scale(provider)
-	changed := scale != old
-	if changed {
-		if err := h.rates.SetScale(provider, scale); err != nil {
-			h.mu.Unlock()
-			return err // cannot happen: the policy's scales are validated
-		}
-		adj := RateAdjustment{Provider: provider, Scale: envelope.Float(scale), Reason: reason, TS: unixSeconds(now)}
-		if h.pub != nil {
-			env, err := adj.Envelope()
-			if err != nil {
-				h.mu.Unlock()
-				return err // cannot happen: every field is valid
-			}
-			h.enqueueLocked(pendingAdjustment{env: env, coordinator: ev.CoordinatorID, eventTS: ts})
-		}
+	rs, err := h.rescaleLocked(provider, now, ev.CoordinatorID, ts)
+	if err != nil {
+		h.mu.Unlock()
+		return err
 	}
 	h.obs.FeedbackProcessed(provider, string(ev.Level))
-	h.obs.RateScale(provider, scale)
-	h.obs.BackpressureState(provider, reason.State())
 	mustFlush := len(h.pending) > 0
 	h.mu.Unlock()
 
-	if changed {
-		h.log.Info("provider rate adjusted",
-			"provider", provider, "scale", scale, "previous_scale", old, "rate", h.rates.Rate(provider),
-			"reason", reason, "coordinator", ev.CoordinatorID, "level", ev.Level, "event_ts", ts)
-	} else {
+	if back {
+		h.log.Info("expired coordinator is back", "coordinator", ev.CoordinatorID, "level", ev.Level, "event_ts", ts)
+	}
+	h.logRescale(rs, "coordinator", ev.CoordinatorID, "level", ev.Level, "event_ts", ts)
+	if !rs.changed {
 		h.log.Debug("feedback applied; scale unchanged",
-			"provider", provider, "scale", scale, "coordinator", ev.CoordinatorID, "level", ev.Level)
+			"provider", provider, "scale", rs.scale, "coordinator", ev.CoordinatorID, "level", ev.Level)
 	}
 	if !mustFlush {
 		return nil
@@ -238,12 +245,101 @@ func (h *Handler) Apply(ctx context.Context, ev Event) error {
 	return h.flush(ctx, ev.CoordinatorID, ts)
 }
 
-// decideLocked returns provider's scale, the minimum over its coordinators, and the level
-// that decided it (the most pressing one among equal scales).
+// Expire applies Policy.CoordinatorTTL at the handler's clock: every coordinator whose last
+// event was applied longer ago than the TTL stops counting toward its provider's minimum.
+// If that changes the provider's scale, the new scale is set and a RateAdjustment (reason:
+// the level of the remaining minimum, ok if none remains) is published. Expire also
+// publishes the adjustments kept from failed publishes, so that they go out without waiting
+// for an event. It returns an error wrapping ErrPublish when publishing failed (the change
+// is applied and the adjustment kept for the next publish). With a TTL of 0 nothing expires.
+// It blocks only while publishing, bounded by ctx. A Consumer calls it periodically.
+func (h *Handler) Expire(ctx context.Context) error {
+	h.mu.Lock()
+	var rs rescale
+	if h.policy.CoordinatorTTL > 0 {
+		var err error
+		if rs, err = h.rescaleLocked(h.policy.Provider, h.now(), "", 0); err != nil {
+			h.mu.Unlock()
+			return err
+		}
+	}
+	mustFlush := len(h.pending) > 0
+	h.mu.Unlock()
+
+	h.logRescale(rs)
+	if !mustFlush {
+		return nil
+	}
+	return h.Flush(ctx)
+}
+
+// rescaleLocked expires coordinators older than the TTL at now, recomputes provider's
+// scale, and sets and enqueues a change, attributed to the event (coordinator, ts) ("" for
+// an expiry). It updates the provider's gauges.
+func (h *Handler) rescaleLocked(provider string, now time.Time, coordinator string, ts float64) (rescale, error) {
+	rs := rescale{provider: provider, expired: h.expireLocked(now)}
+	rs.scale, rs.reason = h.decideLocked(provider)
+	rs.old = h.rates.Scale(provider)
+	rs.changed = rs.scale != rs.old
+	if rs.changed {
+		if err := h.rates.SetScale(provider, rs.scale); err != nil {
+			return rs, err // cannot happen: the policy's scales are validated
+		}
+		if h.pub != nil {
+			adj := RateAdjustment{Provider: provider, Scale: envelope.Float(rs.scale), Reason: rs.reason, TS: unixSeconds(now)}
+			env, err := adj.Envelope()
+			if err != nil {
+				return rs, err // cannot happen: every field is valid
+			}
+			h.enqueueLocked(pendingAdjustment{env: env, coordinator: coordinator, eventTS: ts})
+		}
+	}
+	if rs.changed || len(rs.expired) > 0 || coordinator != "" {
+		h.obs.RateScale(provider, rs.scale)
+		h.obs.BackpressureState(provider, rs.reason.State())
+	}
+	return rs, nil
+}
+
+// expireLocked marks the coordinators whose last event was applied more than the TTL before
+// now as expired, and returns their ids.
+func (h *Handler) expireLocked(now time.Time) []string {
+	ttl := h.policy.CoordinatorTTL
+	if ttl <= 0 {
+		return nil
+	}
+	var ids []string
+	for id, c := range h.coords {
+		if !c.expired && now.Sub(c.appliedAt) > ttl {
+			c.expired = true
+			ids = append(ids, id)
+		}
+	}
+	slices.Sort(ids)
+	return ids
+}
+
+// logRescale logs the expiries and the change of rs, with attrs describing the cause.
+func (h *Handler) logRescale(rs rescale, attrs ...any) {
+	for _, id := range rs.expired {
+		h.log.Warn("coordinator expired: no feedback event applied within the TTL; it no longer counts toward the provider's rate",
+			"coordinator", id, "provider", rs.provider, "ttl", h.policy.CoordinatorTTL)
+	}
+	if !rs.changed {
+		return
+	}
+	h.log.Info("provider rate adjusted", append([]any{
+		"provider", rs.provider, "scale", rs.scale, "previous_scale", rs.old, "rate", h.rates.Rate(rs.provider),
+		"reason", rs.reason}, attrs...)...)
+}
+
+// decideLocked returns provider's scale, the minimum over its unexpired coordinators (1 if
+// none), and the level that decided it (the most pressing one among equal scales; ok if
+// none).
 func (h *Handler) decideLocked(provider string) (float64, Level) {
 	scale, reason, found := 1.0, LevelOK, false
 	for _, c := range h.coords {
-		if c.provider != provider {
+		if c.provider != provider || c.expired {
 			continue
 		}
 		s := h.policy.Scale(c.level)
@@ -351,7 +447,7 @@ type State struct {
 	DroppedAdjustments uint64 `json:"dropped_adjustments"`
 }
 
-// CoordinatorState is one coordinator's last applied event.
+// CoordinatorState is one coordinator's last applied event, and whether it expired.
 type CoordinatorState struct {
 	Provider  string    `json:"provider"`
 	Level     Level     `json:"level"`
@@ -359,6 +455,9 @@ type CoordinatorState struct {
 	Capacity  int       `json:"capacity"`
 	EventTS   float64   `json:"event_ts"`
 	AppliedAt time.Time `json:"applied_at"`
+	// Expired is true once the coordinator has gone longer than Policy.CoordinatorTTL
+	// without an event: it no longer counts toward the provider's rate.
+	Expired bool `json:"expired"`
 }
 
 // State returns a snapshot; its maps are the caller's.
@@ -373,6 +472,7 @@ func (h *Handler) State() State {
 			Capacity:  c.capacity,
 			EventTS:   c.eventTS,
 			AppliedAt: c.appliedAt,
+			Expired:   c.expired,
 		}
 	}
 	st := State{Coordinators: coords, PendingAdjustments: len(h.pending), DroppedAdjustments: h.dropped}

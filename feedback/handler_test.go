@@ -261,7 +261,8 @@ func TestInvalidEventIsPoison(t *testing.T) {
 }
 
 // TestHandlerState proves the /state snapshot: per provider base rate, scale and rate; per
-// coordinator level, event ts and when applied; it marshals to the documented JSON names.
+// coordinator level, event ts, when applied and whether expired; it marshals to the
+// documented JSON names.
 func TestHandlerState(t *testing.T) {
 	f := newHandler(t, nil)
 	st := f.h.State()
@@ -272,13 +273,13 @@ func TestHandlerState(t *testing.T) {
 	st = f.h.State()
 	require.Equal(t, feedback.ProviderState{BaseRate: 60, MinRate: 1, Burst: 1, Scale: 0.5, Rate: 30}, st.Providers["ibkr"])
 	require.Equal(t, feedback.CoordinatorState{Provider: "ibkr", Level: feedback.LevelSoft, QueueSize: 10, Capacity: 100,
-		EventTS: 1760812345.5, AppliedAt: testNow}, st.Coordinators["bars_1"])
+		EventTS: 1760812345.5, AppliedAt: testNow, Expired: false}, st.Coordinators["bars_1"])
 
 	b, err := json.Marshal(st)
 	require.NoError(t, err)
 	require.JSONEq(t, `{"providers":{"ibkr":{"base_rate":60,"min_rate":1,"burst":1,"scale":0.5,"rate":30}},
 		"coordinators":{"bars_1":{"provider":"ibkr","level":"soft","queue_size":10,"capacity":100,
-		"event_ts":1760812345.5,"applied_at":"2026-01-02T03:04:05Z"}},
+		"event_ts":1760812345.5,"applied_at":"2026-01-02T03:04:05Z","expired":false}},
 		"pending_adjustments":0,"dropped_adjustments":0}`, string(b))
 }
 
