@@ -74,6 +74,9 @@ type Driver struct {
 	subsMu sync.Mutex
 	subs   map[*subscription]struct{}
 
+	// inflight maps each asynchronously published *nats.Msg to its batch (see settlePub).
+	inflight sync.Map
+
 	closed    atomic.Bool
 	done      chan struct{} // closed by Close
 	closeOnce sync.Once
@@ -164,6 +167,8 @@ func OpenWith(ctx context.Context, cfg transport.Config, o Options) (*Driver, er
 	d.nc = nc
 	d.conn.set(nc.IsConnected())
 	d.js, err = jetstream.New(nc,
+		jetstream.WithPublishAsyncAckHandler(func(_ jetstream.JetStream, m *nats.Msg, ack *jetstream.PubAck) { d.settlePub(m, ack, nil) }),
+		jetstream.WithPublishAsyncErrHandler(func(_ jetstream.JetStream, m *nats.Msg, err error) { d.settlePub(m, nil, err) }),
 		jetstream.WithPublishAsyncMaxPending(DefaultPublishMaxPending),
 		jetstream.WithPublishAsyncTimeout(DefaultPubAckTimeout),
 		jetstream.WithDefaultTimeout(DefaultAPITimeout),

@@ -6,6 +6,8 @@ import (
 	"fmt"
 	"strconv"
 	"strings"
+	"sync"
+	"sync/atomic"
 	"time"
 
 	"github.com/nats-io/nats.go"
@@ -102,46 +104,99 @@ func (d *Driver) Publish(ctx context.Context, stream string, msgs []transport.Ra
 	}
 }
 
+// pubBatch tracks the PubAcks of one publishOnce call. The JetStream context's ack and error
+// handlers settle its messages (settlePub), so the publishing goroutine wakes once per batch
+// rather than once per message.
+type pubBatch struct {
+	seqs []uint64 // stream sequence by position in the call; 0 = not stored
+	left atomic.Int64
+	done chan struct{} // closed when every message is settled
+
+	mu      sync.Mutex
+	lastErr error
+}
+
+// pubRef is what the driver's in-flight table holds for one sent message.
+type pubRef struct {
+	b *pubBatch
+	k int
+}
+
+// settlePub is the JetStream context's async ack and error handler: it settles message m of
+// its batch with its PubAck or its error. Every asynchronous publish ends in exactly one call
+// (PubAck, API error, ack timeout, reset by a reconnect, or publisher cleanup at Close).
+func (d *Driver) settlePub(m *nats.Msg, ack *jetstream.PubAck, err error) {
+	v, ok := d.inflight.LoadAndDelete(m)
+	if !ok {
+		return
+	}
+	ref := v.(pubRef)
+	if err == nil && ack != nil {
+		ref.b.seqs[ref.k] = ack.Sequence
+	} else {
+		if err == nil {
+			err = jetstream.ErrInvalidJSAck
+		}
+		ref.b.mu.Lock()
+		ref.b.lastErr = err
+		ref.b.mu.Unlock()
+	}
+	if ref.b.left.Add(-1) == 0 {
+		close(ref.b.done)
+	}
+}
+
 // publishOnce sends msgs[idx...] and waits for their PubAcks, filling ids. It returns the
 // indexes still to be sent and the error of the last failure (wrapped); a failure that may
 // pass wraps transport.ErrUnavailable.
 func (d *Driver) publishOnce(ctx context.Context, msgs []*nats.Msg, idx []int, ids []string) ([]int, error) {
-	futs := make([]jetstream.PubAckFuture, 0, len(idx))
-	var failed []int
-	var lastErr error
+	b := &pubBatch{seqs: make([]uint64, len(idx)), done: make(chan struct{})}
+	b.left.Store(int64(len(idx)))
 	stall := jetstream.WithStallWait(DefaultPublishStallWait)
+	sent := 0
+	var sendErr error
 	for k, i := range idx {
-		f, err := d.js.PublishMsgAsync(msgs[i], stall)
-		for errors.Is(err, jetstream.ErrTooManyStalledMsgs) {
+		m := msgs[i]
+		d.inflight.Store(m, pubRef{b: b, k: k})
+		_, err := d.js.PublishMsgAsync(m, stall)
+		for errors.Is(err, jetstream.ErrTooManyStalledMsgs) && ctx.Err() == nil && !d.closed.Load() {
 			// The in-flight window is full and no PubAck came within the stall wait: wait
 			// again rather than drop the message.
-			if ctx.Err() != nil || d.closed.Load() {
-				break
-			}
-			f, err = d.js.PublishMsgAsync(msgs[i], stall)
+			_, err = d.js.PublishMsgAsync(m, stall)
 		}
 		if err != nil {
-			lastErr = err
-			failed = append(failed, idx[k:]...)
+			d.inflight.Delete(m) // not registered: no handler will settle it
+			sendErr = err
 			break
 		}
-		futs = append(futs, f)
+		sent++
 	}
-	for k, f := range futs {
-		select {
-		case ack := <-f.Ok():
-			ids[idx[k]] = strconv.FormatUint(ack.Sequence, 10)
-		case err := <-f.Err():
-			lastErr = err
-			failed = append(failed, idx[k])
-		case <-ctx.Done():
-			return append(failed, idx[k:]...), ctx.Err()
-		case <-d.done:
-			return append(failed, idx[k:]...), transport.ErrClosed
+	if unsent := int64(len(idx) - sent); unsent > 0 && b.left.Add(-unsent) == 0 {
+		close(b.done)
+	}
+	select {
+	case <-b.done:
+	case <-ctx.Done():
+		return idx, ctx.Err()
+	case <-d.done:
+		return idx, transport.ErrClosed
+	}
+	var failed []int
+	for k, i := range idx {
+		if k >= sent || b.seqs[k] == 0 {
+			failed = append(failed, i)
+			continue
 		}
+		ids[i] = strconv.FormatUint(b.seqs[k], 10)
 	}
 	if len(failed) == 0 {
 		return nil, nil
+	}
+	lastErr := sendErr
+	if lastErr == nil {
+		b.mu.Lock()
+		lastErr = b.lastErr
+		b.mu.Unlock()
 	}
 	return failed, d.wrap(ctx, fmt.Sprintf("publish %d of %d message(s) to %s", len(failed), len(idx), msgs[0].Subject), lastErr)
 }
