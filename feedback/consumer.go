@@ -164,8 +164,9 @@ func (c *Consumer) Group() string { return c.group }
 // Handler is the handler the consumer applies events with.
 func (c *Consumer) Handler() *Handler { return c.h }
 
-// Start subscribes. The consumer then runs until ctx is cancelled or Close is called (either
-// drains in-flight work). Start is idempotent: a second call while running does nothing.
+// Start subscribes and, when the handler's policy has a coordinator TTL, starts the periodic
+// expiry check. The consumer then runs until ctx is cancelled or Close is called (either
+// drains in-flight work and stops the check). Start is idempotent: a second call while running does nothing.
 // After Close it returns transport.ErrClosed.
 func (c *Consumer) Start(ctx context.Context) error {
 	c.mu.Lock()

@@ -234,7 +234,7 @@ func (h *Handler) Apply(ctx context.Context, ev Event) error {
 	if back {
 		h.log.Info("expired coordinator is back", "coordinator", ev.CoordinatorID, "level", ev.Level, "event_ts", ts)
 	}
-	h.logRescale(rs, "coordinator", ev.CoordinatorID, "level", ev.Level, "event_ts", ts)
+	h.logRescale(rs, ev, true)
 	if !rs.changed {
 		h.log.Debug("feedback applied; scale unchanged",
 			"provider", provider, "scale", rs.scale, "coordinator", ev.CoordinatorID, "level", ev.Level)
@@ -266,7 +266,7 @@ func (h *Handler) Expire(ctx context.Context) error {
 	mustFlush := len(h.pending) > 0
 	h.mu.Unlock()
 
-	h.logRescale(rs)
+	h.logRescale(rs, Event{}, false)
 	if !mustFlush {
 		return nil
 	}
@@ -319,18 +319,24 @@ func (h *Handler) expireLocked(now time.Time) []string {
 	return ids
 }
 
-// logRescale logs the expiries and the change of rs, with attrs describing the cause.
-func (h *Handler) logRescale(rs rescale, attrs ...any) {
+// logRescale logs the expiries and the change of rs, caused by ev (fromEvent) or by the
+// TTL alone.
+func (h *Handler) logRescale(rs rescale, ev Event, fromEvent bool) {
 	for _, id := range rs.expired {
 		h.log.Warn("coordinator expired: no feedback event applied within the TTL; it no longer counts toward the provider's rate",
 			"coordinator", id, "provider", rs.provider, "ttl", h.policy.CoordinatorTTL)
 	}
-	if !rs.changed {
-		return
+	switch {
+	case !rs.changed:
+	case fromEvent:
+		h.log.Info("provider rate adjusted",
+			"provider", rs.provider, "scale", rs.scale, "previous_scale", rs.old, "rate", h.rates.Rate(rs.provider),
+			"reason", rs.reason, "coordinator", ev.CoordinatorID, "level", ev.Level, "event_ts", float64(ev.TS))
+	default:
+		h.log.Info("provider rate adjusted after coordinators expired",
+			"provider", rs.provider, "scale", rs.scale, "previous_scale", rs.old, "rate", h.rates.Rate(rs.provider),
+			"reason", rs.reason)
 	}
-	h.log.Info("provider rate adjusted", append([]any{
-		"provider", rs.provider, "scale", rs.scale, "previous_scale", rs.old, "rate", h.rates.Rate(rs.provider),
-		"reason", rs.reason}, attrs...)...)
 }
 
 // decideLocked returns provider's scale, the minimum over its unexpired coordinators (1 if

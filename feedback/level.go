@@ -6,7 +6,9 @@
 //   - the pipeline side: Policy (level → scale, from MDP_FB_*), RateCoordinator (a token
 //     bucket per provider on golang.org/x/time/rate), Handler (latest event per coordinator
 //     wins, the most backed-up coordinator decides, every applied change is published as a
-//     RateAdjustment) and Consumer (the Handler subscribed to a transport.Bus);
+//     RateAdjustment, and optionally a coordinator silent for longer than
+//     MDP_FB_COORDINATOR_TTL stops counting) and Consumer (the Handler subscribed to a
+//     transport.Bus, and the periodic check of that TTL);
 //   - the Store side: Watermarks, a bounded queue that publishes a FeedbackEvent when its
 //     depth crosses the high (0.8) or low (0.5) watermark, with a hysteresis band between
 //     them so that a queue hovering at a mark does not flap.
