@@ -45,8 +45,8 @@ func newHandler(t *testing.T, p feedback.Policy) *feedback.Handler {
 }
 
 // TestRunSettles proves the loop's claim with the default parameters: hard while the
-// writer is down, then held below the high watermark, nothing refused, and the provider
-// sending what the Store drains.
+// writer is down, then held below the high watermark, nothing refused, the provider sending
+// what the Store drains, and no flapping: a couple of feedback events a second at most.
 func TestRunSettles(t *testing.T) {
 	h := newHandler(t, feedback.Policy{})
 	var out bytes.Buffer
@@ -67,6 +67,11 @@ func TestRunSettles(t *testing.T) {
 	require.Zero(t, res.LateTicks)
 	require.Len(t, res.Samples, 200)
 	require.Contains(t, out.String(), "over direct")
+	// The watermarks' hysteresis band: in steady state the queue swings between the low and
+	// the soft mark, about one level change a second (without the band it flapped at the low
+	// mark, some 35 events a second).
+	require.Positive(t, res.Events)
+	require.LessOrEqual(t, res.Events, 2*int(res.Duration/time.Second), "at most two feedback events a second")
 }
 
 // TestRunWithoutFeedbackOverflows proves the demo is not rigged: with a policy that does not
