@@ -166,8 +166,8 @@ func (c *Consumer) Handler() *Handler { return c.h }
 
 // Start subscribes and, when the handler's policy has a coordinator TTL, starts the periodic
 // expiry check. The consumer then runs until ctx is cancelled or Close is called (either
-// drains in-flight work and stops the check). Start is idempotent: a second call while running does nothing.
-// After Close it returns transport.ErrClosed.
+// drains in-flight work and stops the check). Start is idempotent: a second call while
+// running does nothing. After Close it returns transport.ErrClosed.
 func (c *Consumer) Start(ctx context.Context) error {
 	c.mu.Lock()
 	defer c.mu.Unlock()
