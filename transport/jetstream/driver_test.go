@@ -77,7 +77,7 @@ func TestOpenUnreachable(t *testing.T) {
 // messages are not delivered again.
 func TestRoundTrip(t *testing.T) {
 	srv := natsSrv.Server(t)
-	d := open(t, config(srv.ClientURL(), "rt"))
+	d := open(t, config(srv.ClientURL(), uniqueNS("rt")))
 	ctx := context.Background()
 	msgs := []transport.RawMessage{
 		{Body: []byte(`{"a":1}`), ID: "id-1"},
@@ -124,7 +124,7 @@ func TestRoundTrip(t *testing.T) {
 // is stored once and that the retry gets the original sequence.
 func TestPublishDedupe(t *testing.T) {
 	srv := natsSrv.Server(t)
-	d := open(t, config(srv.ClientURL(), "dedupe"))
+	d := open(t, config(srv.ClientURL(), uniqueNS("dedupe")))
 	ctx := context.Background()
 	m := transport.RawMessage{Body: []byte(`{"x":1}`), ID: "01JABCDEFGHJKMNPQRSTVWXYZ0"}
 	first, err := d.Publish(ctx, "s", []transport.RawMessage{m})
@@ -142,7 +142,7 @@ func TestPublishDedupe(t *testing.T) {
 // the server, not before the delay.
 func TestNakDelay(t *testing.T) {
 	srv := natsSrv.Server(t)
-	d := open(t, config(srv.ClientURL(), "nak"))
+	d := open(t, config(srv.ClientURL(), uniqueNS("nak")))
 	ctx := context.Background()
 	_, err := d.Publish(ctx, "s", []transport.RawMessage{{Body: []byte("x")}})
 	require.NoError(t, err)
@@ -173,7 +173,7 @@ func TestNakDelay(t *testing.T) {
 // handed back at once (a new member gets them long before the 30 s AckWait), none lost.
 func TestCloseHandsBackBuffered(t *testing.T) {
 	srv := natsSrv.Server(t)
-	d := open(t, config(srv.ClientURL(), "handback"))
+	d := open(t, config(srv.ClientURL(), uniqueNS("handback")))
 	ctx := context.Background()
 	const n = 50
 	msgs := make([]transport.RawMessage, n)
@@ -223,7 +223,7 @@ func TestCloseHandsBackBuffered(t *testing.T) {
 // TestReceiveHonoursContext proves that a blocked Receive returns ctx.Err() promptly.
 func TestReceiveHonoursContext(t *testing.T) {
 	srv := natsSrv.Server(t)
-	d := open(t, config(srv.ClientURL(), "ctx"))
+	d := open(t, config(srv.ClientURL(), uniqueNS("ctx")))
 	sub, err := d.Subscribe(context.Background(), "s", transport.DriverSubscribeOptions{Group: "g", AckWait: time.Second, BatchSize: 4})
 	require.NoError(t, err)
 	defer sub.Close()
@@ -265,7 +265,8 @@ func TestConsumerDeletedRecreated(t *testing.T) {
 	srv := natsSrv.Server(t)
 	ctx := context.Background()
 	var logs lockedBuffer
-	cfg := config(srv.ClientURL(), "recreate")
+	ns := uniqueNS("recreate")
+	cfg := config(srv.ClientURL(), ns)
 	cfg.Logger = slog.New(slog.NewTextHandler(&logs, nil))
 	d := open(t, cfg)
 	sub, err := d.Subscribe(ctx, "s", transport.DriverSubscribeOptions{Group: "g", AckWait: 5 * time.Second, BatchSize: 4})
@@ -290,7 +291,7 @@ func TestConsumerDeletedRecreated(t *testing.T) {
 	require.NoError(t, err)
 	require.Equal(t, "one", string(receive()[0].Body))
 
-	require.NoError(t, d.JetStream().DeleteConsumer(ctx, jetstream.StreamName("recreate", "s"), "g"))
+	require.NoError(t, d.JetStream().DeleteConsumer(ctx, jetstream.StreamName(ns, "s"), "g"))
 	_, err = d.Publish(ctx, "s", []transport.RawMessage{{Body: []byte("two")}})
 	require.NoError(t, err)
 	var bodies []string
@@ -336,7 +337,8 @@ func slicesContains(s []string, v string) bool {
 func TestStreamAndConsumerConfig(t *testing.T) {
 	srv := natsSrv.Server(t)
 	ctx := context.Background()
-	cfg := config(srv.ClientURL(), "cfg")
+	ns := uniqueNS("cfg")
+	cfg := config(srv.ClientURL(), ns)
 	cfg.StreamMaxAge = time.Minute
 	cfg.StreamMaxBytes = 1 << 20
 	cfg.StreamMaxLen = 500
@@ -344,10 +346,10 @@ func TestStreamAndConsumerConfig(t *testing.T) {
 	sub, err := d.Subscribe(ctx, "telemetry.feedback", transport.DriverSubscribeOptions{Group: "pipeline", AckWait: 7 * time.Second, BatchSize: 16})
 	require.NoError(t, err)
 	defer sub.Close()
-	st, err := d.JetStream().Stream(ctx, "CFG_TELEMETRY_FEEDBACK")
+	st, err := d.JetStream().Stream(ctx, jetstream.StreamName(ns, "telemetry.feedback"))
 	require.NoError(t, err)
 	sc := st.CachedInfo().Config
-	require.Equal(t, []string{"cfg.telemetry.feedback"}, sc.Subjects)
+	require.Equal(t, []string{ns + ".telemetry.feedback"}, sc.Subjects)
 	require.Equal(t, natsjs.FileStorage, sc.Storage)
 	require.Equal(t, natsjs.LimitsPolicy, sc.Retention)
 	require.Equal(t, time.Minute, sc.MaxAge)
@@ -372,7 +374,7 @@ func TestStreamAndConsumerConfig(t *testing.T) {
 func TestSlowHandlerNoAgedRedelivery(t *testing.T) {
 	srv := natsSrv.Server(t)
 	obs := &countingObserver{}
-	cfg := config(srv.ClientURL(), "slow")
+	cfg := config(srv.ClientURL(), uniqueNS("slow"))
 	cfg.Track = envelope.TrackV2
 	cfg.AckWait = time.Second
 	cfg.BatchSize = 2

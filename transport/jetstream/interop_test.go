@@ -74,8 +74,9 @@ func TestPythonV1ViaCorePublish(t *testing.T) {
 func TestSharedIdempotency(t *testing.T) {
 	srv := natsSrv.Server(t)
 	ctx := context.Background()
-	a := open(t, config(srv.ClientURL(), "idem"))
-	b := open(t, config(srv.ClientURL(), "idem"))
+	ns := uniqueNS("idem")
+	a := open(t, config(srv.ClientURL(), ns))
+	b := open(t, config(srv.ClientURL(), ns))
 	sa, err := a.IdempotencyStore(ctx, time.Minute)
 	require.NoError(t, err)
 	sb, err := b.IdempotencyStore(ctx, time.Minute)
@@ -90,7 +91,7 @@ func TestSharedIdempotency(t *testing.T) {
 		require.True(t, seen, key)
 	}
 
-	cfg := config(srv.ClientURL(), "idem")
+	cfg := config(srv.ClientURL(), ns)
 	cfg.SharedIdempotency = true
 	cfg.Track = envelope.TrackV2
 	pub := openBus(t, cfg)
@@ -135,7 +136,7 @@ func TestSharedIdempotency(t *testing.T) {
 func TestAdminMissingStream(t *testing.T) {
 	srv := natsSrv.Server(t)
 	ctx := context.Background()
-	d := open(t, config(srv.ClientURL(), "missing"))
+	d := open(t, config(srv.ClientURL(), uniqueNS("missing")))
 	n := 0
 	require.NoError(t, d.Range(ctx, "never.dlq", 0, func(transport.StoredMessage) error { n++; return nil }))
 	require.Zero(t, n)
@@ -159,7 +160,7 @@ func TestAdminMissingStream(t *testing.T) {
 func TestNameCollision(t *testing.T) {
 	srv := natsSrv.Server(t)
 	ctx := context.Background()
-	d := open(t, config(srv.ClientURL(), "coll"))
+	d := open(t, config(srv.ClientURL(), uniqueNS("coll")))
 	_, err := d.Publish(ctx, "a.b", []transport.RawMessage{{Body: []byte("x")}})
 	require.NoError(t, err)
 	_, err = d.Publish(ctx, "a_b", []transport.RawMessage{{Body: []byte("y")}})
@@ -171,7 +172,7 @@ func TestNameCollision(t *testing.T) {
 func TestClosedDriver(t *testing.T) {
 	srv := natsSrv.Server(t)
 	ctx := context.Background()
-	d, err := jetstream.Open(ctx, config(srv.ClientURL(), "closed"))
+	d, err := jetstream.Open(ctx, config(srv.ClientURL(), uniqueNS("closed")))
 	require.NoError(t, err)
 	require.NoError(t, d.Close())
 	require.NoError(t, d.Close())

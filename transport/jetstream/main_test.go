@@ -3,6 +3,8 @@ package jetstream_test
 import (
 	"context"
 	"errors"
+	"fmt"
+	"sync/atomic"
 	"testing"
 
 	"github.com/stretchr/testify/require"
@@ -44,3 +46,9 @@ func openBus(t testing.TB, cfg transport.Config) *transport.Bus {
 }
 
 func errorsIs(err, target error) bool { return err != nil && errors.Is(err, target) }
+
+var nsSeq atomic.Int64
+
+// uniqueNS returns a namespace no other test (or repetition with -count) of this process uses
+// on the shared server.
+func uniqueNS(prefix string) string { return fmt.Sprintf("%s%d", prefix, nsSeq.Add(1)) }
