@@ -123,6 +123,7 @@ var settings = []setting{
 	{env: feedback.EnvBaseRate, flag: "base-rate", usage: "provider's base rate, messages per second", show: func(c *Config) string { return fmtFloat(c.Policy.BaseRate) }},
 	{env: feedback.EnvMinRate, flag: "min-rate", usage: "floor under a throttled rate, messages per second", show: func(c *Config) string { return fmtFloat(c.Policy.MinRate) }},
 	{env: feedback.EnvBurst, flag: "burst", usage: "provider's token bucket depth", show: func(c *Config) string { return strconv.Itoa(c.Policy.Burst) }},
+	{env: feedback.EnvCoordinatorTTL, flag: "coordinator-ttl", usage: "a Store coordinator silent for longer than this stops counting toward the minimum (0 = never)", show: func(c *Config) string { return c.Policy.CoordinatorTTL.String() }},
 	{env: feedback.EnvScaleOK, flag: "scale-ok", usage: "rate scale at level ok, 0 to 1", show: func(c *Config) string { return fmtFloat(c.Policy.Scale(feedback.LevelOK)) }},
 	{env: feedback.EnvScaleSoft, flag: "scale-soft", usage: "rate scale at level soft, 0 to 1", show: func(c *Config) string { return fmtFloat(c.Policy.Scale(feedback.LevelSoft)) }},
 	{env: feedback.EnvScaleHard, flag: "scale-hard", usage: "rate scale at level hard, 0 to 1", show: func(c *Config) string { return fmtFloat(c.Policy.Scale(feedback.LevelHard)) }},
