@@ -37,6 +37,12 @@ const (
 // for up to DefaultPublishRetryFor; a message whose send is ambiguous may then be stored
 // twice, which Nats-Msg-Id (v2) or the consumers' de-duplication absorbs. Retried messages
 // may land after later ones of the same call. The stream is created on first use.
+//
+// Publish is safe for concurrent use and blocks until every PubAck is in, ctx is done
+// (ctx.Err() is returned; some messages may be stored), the retry budget is spent, or the
+// driver closes (ErrClosed). Because each call waits for its own PubAcks, throughput comes from
+// large batches or several concurrent callers (see the package benchmarks). msgs is not
+// retained after Publish returns.
 func (d *Driver) Publish(ctx context.Context, stream string, msgs []transport.RawMessage) ([]string, error) {
 	if d.closed.Load() {
 		return nil, transport.ErrClosed
