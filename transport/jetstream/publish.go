@@ -41,8 +41,9 @@ const (
 // Publish is safe for concurrent use and blocks until every PubAck is in, ctx is done
 // (ctx.Err() is returned; some messages may be stored), the retry budget is spent, or the
 // driver closes (ErrClosed). Because each call waits for its own PubAcks, throughput comes from
-// large batches or several concurrent callers (see the package benchmarks). msgs is not
-// retained after Publish returns.
+// large batches or several concurrent callers (see the package benchmarks). The bodies in msgs
+// must not change while Publish runs, nor after an early return on ctx or Close (the client
+// may still resend a message it has in flight).
 func (d *Driver) Publish(ctx context.Context, stream string, msgs []transport.RawMessage) ([]string, error) {
 	if d.closed.Load() {
 		return nil, transport.ErrClosed
