@@ -343,6 +343,13 @@ func (s *Subscription) handleOne(d *RawDelivery) (ack bool) {
 			return true
 		}
 	}
+	if d.Attempt > s.opts.MaxDeliveries {
+		// Delivered past the limit without being settled: each attempt died with its consumer
+		// (or the dead-letter write failed). Dead-letter it without handling again, so a
+		// message that crashes its consumer cannot loop for ever.
+		s.deadLetter(d, "max_deliveries", fmt.Errorf("transport: delivered %d times without being settled (limit %d)", d.Attempt, s.opts.MaxDeliveries), track, OutcomeDeadLetter)
+		return false
+	}
 
 	err = s.callHandler(del)
 	switch {

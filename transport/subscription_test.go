@@ -107,6 +107,29 @@ func TestFailureBacksOffThenDeadLetters(t *testing.T) {
 	require.Equal(t, 2, rec.Redeliveries(stream))
 }
 
+// TestPastLimitDeadLetteredWithoutHandling proves that a delivery whose attempt is already
+// beyond MaxDeliveries — its earlier consumers died before settling it, as a message that
+// crashes its process would — is dead-lettered without calling the handler again.
+func TestPastLimitDeadLetteredWithoutHandling(t *testing.T) {
+	bus, drv, rec := newBus(t)
+	called := make(chan struct{}, 1)
+	_, fs := subscribe(t, bus, drv, func(context.Context, *transport.Delivery) error {
+		called <- struct{}{}
+		return nil
+	})
+	b := body(t, bus, 1)
+	fs.deliver(raw("9", 4, b))
+	c := drv.next(t)
+	require.Equal(t, "publish", c.kind)
+	require.Equal(t, stream+transport.DLQSuffix, c.stream)
+	require.Equal(t, "max_deliveries", c.msgs[0].Headers[transport.DLQReason])
+	require.Equal(t, "4", c.msgs[0].Headers[transport.DLQAttempts])
+	require.Equal(t, string(b), string(c.msgs[0].Body))
+	require.Equal(t, call{kind: "term", stream: stream, tids: []string{"9"}}, drv.next(t))
+	require.Len(t, called, 0, "the handler must not run past the limit")
+	require.Equal(t, 1, rec.Outcome(stream, transport.OutcomeDeadLetter))
+}
+
 // TestHandlerPanicRecoveredAndRetried proves that a panicking handler neither crashes the
 // subscription nor loses the message: the panic is a failure, retried with backoff, and the
 // next attempt that succeeds is acked.
