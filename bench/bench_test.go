@@ -11,6 +11,7 @@ import (
 	"go.uber.org/goleak"
 
 	"github.com/pulse-bus/pulse/envelope"
+	"github.com/pulse-bus/pulse/internal/redistest"
 )
 
 // The benchmarks measure the same trials as the pulsebench report, one contender at a time,
@@ -21,19 +22,15 @@ import (
 //	go test -run '^$' -bench 'Redis/pulse' -benchtime 100000x -cpuprofile cpu.out ./
 
 var (
-	redisOnce sync.Once
-	redisSrv  *RedisServer
-	redisErr  error
-	natsOnce  sync.Once
-	natsSrv   *NATSServer
-	natsErr   error
+	redisSrv redistest.Shared
+	natsOnce sync.Once
+	natsSrv  *NATSServer
+	natsErr  error
 )
 
 func TestMain(m *testing.M) {
 	code := m.Run()
-	if redisSrv != nil {
-		redisSrv.Stop()
-	}
+	redisSrv.Stop()
 	if natsSrv != nil {
 		natsSrv.Stop()
 	}
@@ -57,18 +54,15 @@ func benchEnv(b *testing.B) *Env {
 
 func redisEnv(b *testing.B) *Env {
 	b.Helper()
-	redisOnce.Do(func() { redisSrv, redisErr = StartRedis(context.Background()) })
-	if redisErr != nil {
-		b.Fatal(redisErr)
-	}
+	srv := redisSrv.Server(b)
 	env := benchEnv(b)
-	env.RedisAddr = redisSrv.Addr
+	env.RedisAddr = srv.Addr()
 	return env
 }
 
 func natsEnv(b *testing.B) *Env {
 	b.Helper()
-	natsOnce.Do(func() { natsSrv, natsErr = StartNATS() })
+	natsOnce.Do(func() { natsSrv, natsErr = StartNATS(context.Background()) })
 	if natsErr != nil {
 		b.Fatal(natsErr)
 	}

@@ -17,6 +17,7 @@ import (
 	"golang.org/x/sync/errgroup"
 
 	"github.com/pulse-bus/pulse/envelope"
+	"github.com/pulse-bus/pulse/internal/redistest"
 )
 
 // Section names, as accepted by Options.Only.
@@ -288,17 +289,18 @@ func runSection(ctx context.Context, name string, env *Env, opts Options) (*Sect
 		sec, cs = inmemSection()
 		sec.N = pick(opts.N, DefaultInmemN)
 	case SectionRedis:
-		srv, err := StartRedis(ctx)
+		srv, err := redistest.Start()
 		if err != nil {
-			return nil, err
+			return nil, fmt.Errorf("bench: %w", err)
 		}
-		stop = func() { srv.Stop() }
-		env.RedisAddr = srv.Addr
+		stop = func() { srv.Close() }
+		env.RedisAddr = srv.Addr()
+		version, _ := srv.Version() // only shown in the report
 		sec, cs = redisSection()
-		sec.Server = fmt.Sprintf("redis-server %s, own process on %s, no persistence", srv.Version, srv.Addr)
+		sec.Server = fmt.Sprintf("redis-server %s, own process on %s, no persistence", version, srv.Addr())
 		sec.N = pick(opts.N, DefaultBrokerN)
 	case SectionJetStream:
-		srv, err := StartNATS()
+		srv, err := StartNATS(ctx)
 		if err != nil {
 			return nil, err
 		}

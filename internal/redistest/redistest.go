@@ -133,6 +133,23 @@ func (s *Server) Addr() string { return net.JoinHostPort("127.0.0.1", strconv.It
 // URL is a redis:// URL for database 0.
 func (s *Server) URL() string { return "redis://" + s.Addr() + "/0" }
 
+// Version is the version the server's binary reports (`redis-server --version`, its v=
+// field, e.g. "7.0.15"; the whole trimmed output if it has no such field). It runs the binary
+// once and does not need the server to be running.
+func (s *Server) Version() (string, error) {
+	out, err := exec.Command(s.bin, "--version").Output()
+	if err != nil {
+		return "", fmt.Errorf("redistest: %s --version: %w", s.bin, err)
+	}
+	v := strings.TrimSpace(string(out))
+	for _, f := range strings.Fields(v) {
+		if after, ok := strings.CutPrefix(f, "v="); ok {
+			return after, nil
+		}
+	}
+	return v, nil
+}
+
 // Running reports whether the process is alive.
 func (s *Server) Running() bool {
 	s.mu.Lock()

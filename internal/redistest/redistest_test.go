@@ -33,6 +33,15 @@ func TestLifecycle(t *testing.T) {
 	require.Equal(t, "redis://"+s.Addr()+"/0", s.URL())
 }
 
+// TestVersion proves Version reports the binary's version number (the v= field of
+// `redis-server --version`), a dotted number such as 7.0.15.
+func TestVersion(t *testing.T) {
+	s := StartT(t)
+	v, err := s.Version()
+	require.NoError(t, err)
+	require.Regexp(t, `^\d+\.\d+(\.\d+)?$`, v)
+}
+
 // TestMissingBinary proves that a missing redis-server is an error that says how to install
 // it (tests then fail with that hint instead of skipping).
 func TestMissingBinary(t *testing.T) {
