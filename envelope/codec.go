@@ -69,14 +69,19 @@ func (c *Codec) Encode(e *Envelope) ([]byte, error) {
 	var err error
 	switch track {
 	case TrackV1:
-		if err = validJSON(e.Payload); err != nil {
-			return nil, fmt.Errorf("envelope: encode: payload is not valid JSON: %w", err)
-		}
 		// The Python core sends the payload as json.dumps writes it and hashes pydantic's
 		// compact dump of it: both are functions of the payload's value (strings re-escaped
 		// the Python way), so a payload re-encoded from v1 wire text keeps its bytes and hash.
-		payload = appendPyJSON(make([]byte, 0, len(e.Payload)+len(e.Payload)/8), e.Payload, pyDumps)
-		e.Meta.Hash = hashHex(appendPyJSON(make([]byte, 0, len(e.Payload)), e.Payload, pyCompact))
+		// One pass validates and writes both, into pooled scratch buffers.
+		bufs := getPyBufs()
+		defer putPyBufs(bufs)
+		var ok bool
+		bufs.dumps, bufs.compact, ok = appendPyForms(bufs.dumps[:0], bufs.compact[:0], e.Payload)
+		if !ok {
+			return nil, fmt.Errorf("envelope: encode: payload is not valid JSON: %w", invalidJSON(e.Payload))
+		}
+		payload = bufs.dumps
+		e.Meta.Hash = hashHex(bufs.compact)
 	case TrackV2:
 		if payload, err = compactJSON(e.Payload); err != nil {
 			return nil, fmt.Errorf("envelope: encode: payload is not valid JSON: %w", err)
@@ -185,9 +190,9 @@ func appendString(b []byte, s string, asciiOnly bool) []byte {
 	b = append(b, '"')
 	for i := 0; i < len(s); {
 		c := s[i]
-		if c >= 0x20 && c < 0x7f && c != '"' && c != '\\' {
+		if plainByte[c] {
 			j := i + 1
-			for j < len(s) && s[j] >= 0x20 && s[j] < 0x7f && s[j] != '"' && s[j] != '\\' {
+			for j < len(s) && plainByte[s[j]] {
 				j++
 			}
 			b = append(b, s[i:j]...)
@@ -208,7 +213,9 @@ func appendString(b []byte, s string, asciiOnly bool) []byte {
 
 func hashHex(b []byte) string {
 	sum := sha256.Sum256(b)
-	return hex.EncodeToString(sum[:])
+	var buf [2 * sha256.Size]byte
+	hex.Encode(buf[:], sum[:])
+	return string(buf[:])
 }
 
 // Decode parses wire bytes of either track. A double-wrapped envelope (schema_id

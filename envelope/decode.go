@@ -54,6 +54,12 @@ func (r *reader) ws() {
 	}
 }
 
+// atEnd reports whether only whitespace is left.
+func (r *reader) atEnd() bool {
+	r.ws()
+	return r.i >= len(r.b)
+}
+
 // peek returns the next non-whitespace byte, or 0 at the end.
 func (r *reader) peek() byte {
 	r.ws()
@@ -376,7 +382,7 @@ func decodeWire(b []byte) (*Envelope, error) {
 		return nil, fmt.Errorf("%w: empty message", ErrMalformed)
 	default:
 		// Tell "valid JSON but not an object" from garbage.
-		if r.skip(0) && r.peek() == 0 {
+		if r.skip(0) && r.atEnd() {
 			return nil, fmt.Errorf("%w: envelope must be a JSON object", ErrMalformed)
 		}
 		return nil, fmt.Errorf("%w: %v", ErrMalformed, r.errOr("data after the JSON value"))
@@ -445,7 +451,7 @@ func decodeWire(b []byte) (*Envelope, error) {
 			ok = r.skip(1)
 		}
 	}
-	if ok && r.peek() != 0 {
+	if ok && !r.atEnd() {
 		r.fail("data after the envelope")
 		ok = false
 	}

@@ -92,104 +92,6 @@ func appendPyFloat(dst []byte, v float64) ([]byte, error) {
 	return dst, nil
 }
 
-// pyStyle is a way Python writes JSON.
-type pyStyle struct {
-	// spaced selects json.dumps' default ", " and ": " separators instead of "," and ":".
-	spaced bool
-	// ascii escapes every character outside ' '..'~' as \uXXXX (json.dumps' ensure_ascii);
-	// otherwise non-ASCII characters and DEL are written as UTF-8 (pydantic's dump).
-	ascii bool
-}
-
-var (
-	// pyDumps is json.dumps(value): the v1 wire form of a payload.
-	pyDumps = pyStyle{spaced: true, ascii: true}
-	// pyCompact is pydantic's model_dump_json(): what the Python core hashes.
-	pyCompact = pyStyle{}
-)
-
-// appendPyJSON appends the JSON text src re-written the way Python writes the value it
-// denotes: insignificant whitespace dropped, the separators of st, and every string
-// re-escaped from its decoded value (so "\u0041" and "A", "\/" and "/" no longer differ, and
-// Go's HTML escapes such as "\u003c" become "<"). Object key order and number text are kept
-// as they are; payload types use Float so that numbers read as Python's. src must be valid
-// JSON (a string may hold invalid UTF-8, which becomes U+FFFD). The result does not depend on
-// how src was laid out or escaped: appendPyJSON of its own output returns that output.
-func appendPyJSON(dst, src []byte, st pyStyle) []byte {
-	for i := 0; i < len(src); {
-		switch c := src[i]; c {
-		case ' ', '\t', '\n', '\r':
-			i++
-		case '"':
-			var n int
-			dst, n = appendPyStringToken(dst, src[i:], st.ascii)
-			i += n
-		case ',':
-			dst = append(dst, ',')
-			if st.spaced {
-				dst = append(dst, ' ')
-			}
-			i++
-		case ':':
-			dst = append(dst, ':')
-			if st.spaced {
-				dst = append(dst, ' ')
-			}
-			i++
-		default:
-			dst = append(dst, c)
-			i++
-		}
-	}
-	return dst
-}
-
-// appendPyStringToken re-escapes the JSON string token at the start of src (which begins with
-// its opening quote) and returns how many bytes of src it spans. Escaped surrogate pairs are
-// joined; a lone escaped surrogate stays a \uXXXX escape, as Python keeps it.
-func appendPyStringToken(dst, src []byte, ascii bool) ([]byte, int) {
-	dst = append(dst, '"')
-	for i := 1; i < len(src); {
-		c := src[i]
-		switch {
-		case c == '"':
-			return append(dst, '"'), i + 1
-		case c >= 0x20 && c < 0x7f && c != '\\':
-			dst = append(dst, c)
-			i++
-		case c == '\\':
-			esc := src[i+1]
-			if esc != 'u' {
-				dst = appendPyRune(dst, rune(unescapeChar(esc)), ascii)
-				i += 2
-				continue
-			}
-			u := hex4(src[i+2:])
-			i += 6
-			if utf16.IsSurrogate(u) {
-				if u < 0xdc00 && i+6 <= len(src) && src[i] == '\\' && src[i+1] == 'u' {
-					if lo := hex4(src[i+2:]); lo >= 0xdc00 && lo <= 0xdfff {
-						dst = appendPyRune(dst, utf16.DecodeRune(u, lo), ascii)
-						i += 6
-						continue
-					}
-				}
-				dst = appendEscape(dst, u)
-				continue
-			}
-			dst = appendPyRune(dst, u, ascii)
-		case c < utf8.RuneSelf:
-			dst = appendPyRune(dst, rune(c), ascii)
-			i++
-		default:
-			r, size := utf8.DecodeRune(src[i:])
-			dst = appendPyRune(dst, r, ascii)
-			i += size
-		}
-	}
-	return dst, len(src) // unreachable for valid JSON
-}
-
 // unescapeChar returns the character a one-letter JSON escape stands for.
 func unescapeChar(esc byte) byte {
 	switch esc {
@@ -280,19 +182,31 @@ func isJSONObject(b []byte) bool {
 // validJSON checks that src is exactly one JSON value (surrounding whitespace allowed).
 func validJSON(src []byte) error {
 	r := reader{b: src}
-	if r.skip(0) && r.peek() != 0 {
+	if r.skip(0) && !r.atEnd() {
 		r.fail("data after the JSON value")
 	}
 	return r.err
 }
 
+// invalidJSON is why src, which a scanner found invalid, is not valid JSON.
+func invalidJSON(src []byte) error {
+	if err := validJSON(src); err != nil {
+		return err
+	}
+	return &errSyntax{msg: "invalid JSON"} // unreachable: the scanners agree with the reader
+}
+
 // compactJSON returns src without the whitespace outside strings, after checking that it is
 // valid JSON. When there is no such whitespace it returns src itself (callers only read it).
 func compactJSON(src []byte) ([]byte, error) {
-	if err := validJSON(src); err != nil {
-		return nil, err
+	ok, space := scanCompact(src)
+	switch {
+	case !ok:
+		return nil, invalidJSON(src)
+	case space:
+		return appendCompact(make([]byte, 0, len(src)), src), nil
 	}
-	return stripJSONSpace(src), nil
+	return src, nil
 }
 
 // stripJSONSpace returns valid JSON src without the whitespace outside strings: src itself
