@@ -3,11 +3,8 @@ package bench
 import (
 	"context"
 	"errors"
-	"fmt"
-	"sync"
 
 	"github.com/ThreeDotsLabs/watermill"
-	"github.com/ThreeDotsLabs/watermill/message"
 	"github.com/ThreeDotsLabs/watermill/pubsub/gochannel"
 
 	"github.com/pulse-bus/pulse/envelope"
@@ -84,12 +81,7 @@ func (p *pulseInmemPipe) Run(ctx context.Context, n int) error {
 	return pulseAcked(ctx, p.bus, pulseStream)
 }
 
-func (p *pulseInmemPipe) Duplicates() int64 {
-	if p.tal == nil {
-		return 0
-	}
-	return p.tal.dups.Load()
-}
+func (p *pulseInmemPipe) Duplicates() int64 { return p.tal.duplicates() }
 
 func (p *pulseInmemPipe) Close() error { return p.bus.Close() }
 
@@ -115,43 +107,19 @@ func (p *goChannelPipe) Run(ctx context.Context, n int) error {
 	}
 	p.tal = newTally(n)
 	ctx, cancel := context.WithCancel(ctx)
-	var wg sync.WaitGroup
-	defer func() { cancel(); wg.Wait() }()
-	msgs, err := p.gc.Subscribe(ctx, goChannelTopic)
+	defer cancel()
+	stop, err := subscribeWatermill(ctx, p.gc, goChannelTopic, p.tal.add, "gochannel")
 	if err != nil {
-		return fmt.Errorf("bench: gochannel subscribe: %w", err)
+		return err
 	}
-	wg.Go(func() {
-		for m := range msgs {
-			p.tal.add(m.Payload)
-			m.Ack()
-		}
-	})
+	defer stop()
 	pubErr := make(chan error, 1)
-	go func() {
-		batch := make([]*message.Message, 0, p.env.Batch)
-		for i := 0; i < n; i += len(batch) {
-			batch = batch[:0]
-			for j := i; j < min(n, i+p.env.Batch); j++ {
-				batch = append(batch, message.NewMessage(watermill.NewUUID(), bodies[j]))
-			}
-			if err := p.gc.Publish(goChannelTopic, batch...); err != nil {
-				pubErr <- fmt.Errorf("bench: gochannel publish: %w", err)
-				return
-			}
-		}
-		pubErr <- nil
-	}()
+	go func() { pubErr <- publishWatermill(ctx, p.gc, goChannelTopic, bodies, p.env.Batch, "gochannel") }()
 	err = p.tal.wait(ctx)
 	cancel() // ends the subscription: its channel closes and the reader returns
 	return errors.Join(err, <-pubErr)
 }
 
-func (p *goChannelPipe) Duplicates() int64 {
-	if p.tal == nil {
-		return 0
-	}
-	return p.tal.dups.Load()
-}
+func (p *goChannelPipe) Duplicates() int64 { return p.tal.duplicates() }
 
 func (p *goChannelPipe) Close() error { return p.gc.Close() }

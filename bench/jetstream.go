@@ -5,7 +5,6 @@ import (
 	"errors"
 	"fmt"
 	"strings"
-	"sync"
 	"sync/atomic"
 	"time"
 
@@ -253,12 +252,7 @@ func (t *rawNATSTrial) Consume(ctx context.Context, n int) error {
 	return natsAllAcked(ctx, t.js, t.name)
 }
 
-func (t *rawNATSTrial) Duplicates() int64 {
-	if t.tal == nil {
-		return 0
-	}
-	return t.tal.dups.Load()
-}
+func (t *rawNATSTrial) Duplicates() int64 { return t.tal.duplicates() }
 
 func (t *rawNATSTrial) Latency(ctx context.Context, warm, n int, rate float64) (Latencies, error) {
 	total := warm + n
@@ -338,39 +332,13 @@ func (t *watermillJSTrial) Publish(ctx context.Context, lo, hi int) error {
 	if err != nil {
 		return err
 	}
-	batch := make([]*message.Message, 0, t.env.Batch)
-	for i := lo; i < hi; i += len(batch) {
-		if err := ctx.Err(); err != nil {
-			return err
-		}
-		batch = batch[:0]
-		for j := i; j < min(hi, i+t.env.Batch); j++ {
-			batch = append(batch, message.NewMessage(watermill.NewUUID(), bodies[j]))
-		}
-		if err := t.pub.Publish(t.topic, batch...); err != nil {
-			return fmt.Errorf("bench: watermill jetstream publish: %w", err)
-		}
-	}
-	return nil
+	return publishWatermill(ctx, t.pub, t.topic, bodies[lo:hi], t.env.Batch, "watermill jetstream")
 }
 
 // subscribe runs fn on every message's payload and acks it, until the returned stop is
 // called.
 func (t *watermillJSTrial) subscribe(ctx context.Context, fn func([]byte)) (stop func(), err error) {
-	sctx, cancel := context.WithCancel(ctx)
-	msgs, err := t.sub.Subscribe(sctx, t.topic)
-	if err != nil {
-		cancel()
-		return nil, fmt.Errorf("bench: watermill jetstream subscribe: %w", err)
-	}
-	var wg sync.WaitGroup
-	wg.Go(func() {
-		for m := range msgs {
-			fn(m.Payload)
-			m.Ack()
-		}
-	})
-	return func() { cancel(); wg.Wait() }, nil
+	return subscribeWatermill(ctx, t.sub, t.topic, fn, "watermill jetstream")
 }
 
 func (t *watermillJSTrial) Consume(ctx context.Context, n int) error {
@@ -386,12 +354,7 @@ func (t *watermillJSTrial) Consume(ctx context.Context, n int) error {
 	return natsAllAcked(ctx, t.adminJS, t.topic)
 }
 
-func (t *watermillJSTrial) Duplicates() int64 {
-	if t.tal == nil {
-		return 0
-	}
-	return t.tal.dups.Load()
-}
+func (t *watermillJSTrial) Duplicates() int64 { return t.tal.duplicates() }
 
 func (t *watermillJSTrial) Latency(ctx context.Context, warm, n int, rate float64) (Latencies, error) {
 	total := warm + n

@@ -4,12 +4,10 @@ import (
 	"context"
 	"errors"
 	"fmt"
-	"sync"
 	"time"
 
 	"github.com/ThreeDotsLabs/watermill"
 	"github.com/ThreeDotsLabs/watermill-redisstream/pkg/redisstream"
-	"github.com/ThreeDotsLabs/watermill/message"
 	"github.com/redis/go-redis/v9"
 
 	"github.com/pulse-bus/pulse/transport"
@@ -153,12 +151,7 @@ func (t *rawRedisTrial) Consume(ctx context.Context, n int) error {
 	return redisPendingZero(ctx, t.sub, t.key, t.group)
 }
 
-func (t *rawRedisTrial) Duplicates() int64 {
-	if t.tal == nil {
-		return 0
-	}
-	return t.tal.dups.Load()
-}
+func (t *rawRedisTrial) Duplicates() int64 { return t.tal.duplicates() }
 
 func (t *rawRedisTrial) Close() error {
 	ctx, cancel := context.WithTimeout(context.Background(), 30*time.Second)
@@ -202,20 +195,7 @@ func (t *watermillRedisTrial) Publish(ctx context.Context, lo, hi int) error {
 	if err != nil {
 		return err
 	}
-	batch := make([]*message.Message, 0, t.env.Batch)
-	for i := lo; i < hi; i += len(batch) {
-		if err := ctx.Err(); err != nil {
-			return err
-		}
-		batch = batch[:0]
-		for j := i; j < min(hi, i+t.env.Batch); j++ {
-			batch = append(batch, message.NewMessage(watermill.NewUUID(), bodies[j]))
-		}
-		if err := t.pub.Publish(t.topic, batch...); err != nil {
-			return fmt.Errorf("bench: watermill redisstream publish: %w", err)
-		}
-	}
-	return nil
+	return publishWatermill(ctx, t.pub, t.topic, bodies[lo:hi], t.env.Batch, "watermill redisstream")
 }
 
 func (t *watermillRedisTrial) Consume(ctx context.Context, n int) error {
@@ -227,31 +207,18 @@ func (t *watermillRedisTrial) Consume(ctx context.Context, n int) error {
 		return fmt.Errorf("bench: watermill redisstream subscriber: %w", err)
 	}
 	t.closeSub = sub.Close
-	sctx, cancel := context.WithCancel(ctx)
-	var wg sync.WaitGroup
-	defer func() { cancel(); wg.Wait() }()
-	msgs, err := sub.Subscribe(sctx, t.topic)
+	stop, err := subscribeWatermill(ctx, sub, t.topic, t.tal.add, "watermill redisstream")
 	if err != nil {
-		return fmt.Errorf("bench: watermill redisstream subscribe: %w", err)
+		return err
 	}
-	wg.Go(func() {
-		for m := range msgs {
-			t.tal.add(m.Payload)
-			m.Ack()
-		}
-	})
+	defer stop()
 	if err := t.tal.wait(ctx); err != nil {
 		return err
 	}
 	return redisPendingZero(ctx, t.pubC, t.topic, t.group)
 }
 
-func (t *watermillRedisTrial) Duplicates() int64 {
-	if t.tal == nil {
-		return 0
-	}
-	return t.tal.dups.Load()
-}
+func (t *watermillRedisTrial) Duplicates() int64 { return t.tal.duplicates() }
 
 func (t *watermillRedisTrial) Close() error {
 	ctx, cancel := context.WithTimeout(context.Background(), 30*time.Second)

@@ -123,6 +123,15 @@ func (t *tally) add(b []byte) {
 	}
 }
 
+// duplicates is how many messages were seen more than once; 0 on a nil tally (a trial that
+// has not consumed yet).
+func (t *tally) duplicates() int64 {
+	if t == nil {
+		return 0
+	}
+	return t.dups.Load()
+}
+
 // wait blocks until every message was seen, or ctx is done.
 func (t *tally) wait(ctx context.Context) error {
 	select {
