@@ -50,12 +50,36 @@ func receiveN(t *testing.T, s transport.DriverSubscription, n int) []*transport.
 // pendingCount is Redis's delivery count of id in group (0 if not pending).
 func pendingCount(t *testing.T, c *goredis.Client, key, group, id string) int64 {
 	t.Helper()
-	p, err := c.XPendingExt(context.Background(), &goredis.XPendingExtArgs{Stream: key, Group: group, Start: id, End: id, Count: 1}).Result()
+	p, err := pendingEntry(context.Background(), c, key, group, id)
 	require.NoError(t, err)
 	if len(p) == 0 {
 		return 0
 	}
 	return p[0].RetryCount
+}
+
+// publish publishes msgs to stream on d and returns their entry ids; an error fails the test.
+func publish(t *testing.T, d *Driver, stream string, msgs []transport.RawMessage) []string {
+	t.Helper()
+	ids, err := d.Publish(context.Background(), stream, msgs)
+	require.NoError(t, err)
+	return ids
+}
+
+// pendingEntry is Redis's pending-list entry for id in group (none if id is not pending).
+func pendingEntry(ctx context.Context, c *goredis.Client, key, group, id string) ([]goredis.XPendingExt, error) {
+	return c.XPendingExt(ctx, &goredis.XPendingExtArgs{Stream: key, Group: group, Start: id, End: id, Count: 1}).Result()
+}
+
+// storedIDs is the entry ids Range visits on stream with limit; an error fails the test.
+func storedIDs(t *testing.T, d *Driver, stream string, limit int) []string {
+	t.Helper()
+	var ids []string
+	require.NoError(t, d.Range(context.Background(), stream, limit, func(m transport.StoredMessage) error {
+		ids = append(ids, m.TransportID)
+		return nil
+	}))
+	return ids
 }
 
 func bodies(n int) []transport.RawMessage {
@@ -76,8 +100,7 @@ func TestPublishLayoutAndReceive(t *testing.T) {
 	c := rawClient(t, cfg.RedisURL)
 	ctx := context.Background()
 
-	ids, err := d.Publish(ctx, "telemetry.feedback", bodies(3))
-	require.NoError(t, err)
+	ids := publish(t, d, "telemetry.feedback", bodies(3))
 	require.Len(t, ids, 3)
 
 	key := cfg.Namespace + ":telemetry.feedback"
@@ -114,8 +137,7 @@ func TestDeadLetterLayout(t *testing.T) {
 	ctx := context.Background()
 	body := []byte(`{"not": "an envelope"}`)
 	hdr := map[string]string{"original_id": "1-1", "reason": "malformed", "attempts": "1", "failed_at": "2025-01-01T00:00:00Z", "stream": "telemetry.feedback", "error": "boom"}
-	_, err := d.Publish(ctx, "telemetry.feedback.dlq", []transport.RawMessage{{Body: body, Headers: hdr}})
-	require.NoError(t, err)
+	publish(t, d, "telemetry.feedback.dlq", []transport.RawMessage{{Body: body, Headers: hdr}})
 
 	entries, err := c.XRange(ctx, cfg.Namespace+":telemetry.feedback.dlq", "-", "+").Result()
 	require.NoError(t, err)
@@ -144,8 +166,7 @@ func TestNakWaitsItsDelayAndCountsOneAttempt(t *testing.T) {
 	d := openDriver(t, cfg)
 	c := rawClient(t, cfg.RedisURL)
 	ctx := context.Background()
-	_, err := d.Publish(ctx, "s", bodies(1))
-	require.NoError(t, err)
+	publish(t, d, "s", bodies(1))
 	s := sub(t, d, "s", "g", "c1", time.Minute)
 
 	first := receive(t, s, 10)
@@ -173,8 +194,7 @@ func TestNakLongerThanAckWait(t *testing.T) {
 	d1 := openDriver(t, cfg)
 	d2 := openDriver(t, cfg)
 	ctx := context.Background()
-	_, err := d1.Publish(ctx, "s", bodies(1))
-	require.NoError(t, err)
+	publish(t, d1, "s", bodies(1))
 	const ackWait = 200 * time.Millisecond
 	s1 := sub(t, d1, "s", "g", "c1", ackWait)
 	s2 := sub(t, d2, "s", "g", "c2", ackWait)
@@ -207,8 +227,7 @@ func TestIdleEntriesClaimedFromDeadMember(t *testing.T) {
 	cfg := testConfig(t)
 	dead := openDriver(t, cfg)
 	ctx := context.Background()
-	_, err := dead.Publish(ctx, "s", bodies(3))
-	require.NoError(t, err)
+	publish(t, dead, "s", bodies(3))
 	const ackWait = 300 * time.Millisecond
 	s1 := sub(t, dead, "s", "g", "dead", ackWait)
 	lost := receiveN(t, s1, 3)
@@ -236,8 +255,7 @@ func TestCloseHandsDelayedEntriesBack(t *testing.T) {
 	cfg := testConfig(t)
 	d := openDriver(t, cfg)
 	ctx := context.Background()
-	_, err := d.Publish(ctx, "s", bodies(1))
-	require.NoError(t, err)
+	publish(t, d, "s", bodies(1))
 	const ackWait = 300 * time.Millisecond
 	s1, err := d.Subscribe(ctx, "s", transport.DriverSubscribeOptions{Group: "g", Consumer: "c1", AckWait: ackWait})
 	require.NoError(t, err)
@@ -284,8 +302,7 @@ func TestReceiveCancelIsPrompt(t *testing.T) {
 	case <-time.After(waitFor):
 		t.Fatal("Receive did not return after cancellation")
 	}
-	_, err := d.Publish(context.Background(), "s", bodies(1))
-	require.NoError(t, err)
+	publish(t, d, "s", bodies(1))
 	require.Len(t, receive(t, s, 10), 1)
 }
 
@@ -300,8 +317,7 @@ func TestGroupRecreatedOnNoGroup(t *testing.T) {
 	c := rawClient(t, cfg.RedisURL)
 	ctx := context.Background()
 	s := sub(t, d, "s", "g", "c1", time.Minute)
-	_, err := d.Publish(ctx, "s", bodies(1))
-	require.NoError(t, err)
+	publish(t, d, "s", bodies(1))
 	require.NoError(t, s.Ack(ctx, receive(t, s, 10)))
 
 	require.NoError(t, c.Del(ctx, cfg.Namespace+":s").Err())
@@ -320,8 +336,7 @@ func TestPendingTrimmedIsReported(t *testing.T) {
 	d := openDriver(t, cfg)
 	c := rawClient(t, cfg.RedisURL)
 	ctx := context.Background()
-	ids, err := d.Publish(ctx, "s", bodies(1))
-	require.NoError(t, err)
+	ids := publish(t, d, "s", bodies(1))
 	s := sub(t, d, "s", "g", "c1", 100*time.Millisecond)
 	receive(t, s, 10)
 	require.NoError(t, c.XDel(ctx, cfg.Namespace+":s", ids[0]).Err())
@@ -350,8 +365,7 @@ func TestRetention(t *testing.T) {
 		}
 		_, err := pipe.Exec(ctx)
 		require.NoError(t, err)
-		_, err = d.Publish(ctx, "s", bodies(1))
-		require.NoError(t, err)
+		publish(t, d, "s", bodies(1))
 		n, err := c.XLen(ctx, key).Result()
 		require.NoError(t, err)
 		require.Less(t, n, int64(100), "entries older than the max age were not trimmed")
@@ -361,10 +375,8 @@ func TestRetention(t *testing.T) {
 		cfg.StreamMaxLen = 50
 		d := openDriver(t, cfg)
 		for range 10 {
-			_, err := d.Publish(ctx, "s", bodies(100))
-			require.NoError(t, err)
-			_, err = d.Publish(ctx, "s.dlq", bodies(100))
-			require.NoError(t, err)
+			publish(t, d, "s", bodies(100))
+			publish(t, d, "s.dlq", bodies(100))
 		}
 		main, err := d.Info(ctx, "s", "")
 		require.NoError(t, err)
@@ -459,21 +471,10 @@ func TestStreamAdmin(t *testing.T) {
 	cfg := testConfig(t)
 	d := openDriver(t, cfg)
 	ctx := context.Background()
-	ids, err := d.Publish(ctx, "s", bodies(600))
-	require.NoError(t, err)
+	ids := publish(t, d, "s", bodies(600))
 
-	var seen []string
-	require.NoError(t, d.Range(ctx, "s", 0, func(m transport.StoredMessage) error {
-		seen = append(seen, m.TransportID)
-		return nil
-	}))
-	require.Equal(t, ids, seen)
-	seen = nil
-	require.NoError(t, d.Range(ctx, "s", 300, func(m transport.StoredMessage) error {
-		seen = append(seen, m.TransportID)
-		return nil
-	}))
-	require.Equal(t, ids[:300], seen)
+	require.Equal(t, ids, storedIDs(t, d, "s", 0))
+	require.Equal(t, ids[:300], storedIDs(t, d, "s", 300))
 	stop := errors.New("stop")
 	require.ErrorIs(t, d.Range(ctx, "s", 0, func(transport.StoredMessage) error { return stop }), stop)
 
@@ -491,8 +492,7 @@ func TestStreamAdmin(t *testing.T) {
 	n, err := d.Purge(ctx, "s")
 	require.NoError(t, err)
 	require.EqualValues(t, 590, n)
-	after, err := d.Publish(ctx, "s", bodies(1))
-	require.NoError(t, err)
+	after := publish(t, d, "s", bodies(1))
 	purged := map[string]bool{}
 	for _, id := range ids[:590] {
 		purged[id] = true
@@ -546,8 +546,7 @@ func TestReadAheadHandedOutOnce(t *testing.T) {
 	d := openDriver(t, cfg)
 	c := rawClient(t, cfg.RedisURL)
 	ctx := context.Background()
-	ids, err := d.Publish(ctx, "s", bodies(2))
-	require.NoError(t, err)
+	ids := publish(t, d, "s", bodies(2))
 	const ackWait = 200 * time.Millisecond
 	s := sub(t, d, "s", "g", "c1", ackWait)
 	first := receive(t, s, 1)
@@ -557,7 +556,7 @@ func TestReadAheadHandedOutOnce(t *testing.T) {
 	// The caller is busy: the entry read ahead goes idle for longer than AckWait.
 	key := cfg.Namespace + ":s"
 	require.Eventually(t, func() bool {
-		p, err := c.XPendingExt(ctx, &goredis.XPendingExtArgs{Stream: key, Group: "g", Start: ids[1], End: ids[1], Count: 1}).Result()
+		p, err := pendingEntry(ctx, c, key, "g", ids[1])
 		return err == nil && len(p) == 1 && p[0].Idle > ackWait
 	}, waitFor, 10*time.Millisecond, "the second entry was not read ahead")
 
@@ -565,7 +564,7 @@ func TestReadAheadHandedOutOnce(t *testing.T) {
 	require.Len(t, second, 1)
 	require.Equal(t, ids[1], second[0].TransportID)
 	require.Equal(t, 1, second[0].Attempt)
-	p, err := c.XPendingExt(ctx, &goredis.XPendingExtArgs{Stream: key, Group: "g", Start: ids[1], End: ids[1], Count: 1}).Result()
+	p, err := pendingEntry(ctx, c, key, "g", ids[1])
 	require.NoError(t, err)
 	require.EqualValues(t, 1, p[0].RetryCount)
 	require.Less(t, p[0].Idle, ackWait, "its AckWait runs from the hand-out")
