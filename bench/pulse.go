@@ -122,12 +122,7 @@ func (t *pulseTrial) Consume(ctx context.Context, n int) error {
 	return pulseConsume(ctx, t.bus, t.env, pulseStream, n, t.tal)
 }
 
-func (t *pulseTrial) Duplicates() int64 {
-	if t.tal == nil {
-		return 0
-	}
-	return t.tal.dups.Load()
-}
+func (t *pulseTrial) Duplicates() int64 { return t.tal.duplicates() }
 
 func (t *pulseTrial) Latency(ctx context.Context, warm, n int, rate float64) (Latencies, error) {
 	total := warm + n
