@@ -167,8 +167,7 @@ func pulsePublishTrial(b *testing.B, url string, n int, m publishMode) float64 {
 	}
 	var next atomic.Int64
 	var g errgroup.Group
-	b.StartTimer()
-	start := time.Now()
+	elapsed := startTrial(b)
 	for range m.publishers {
 		g.Go(func() error {
 			for {
@@ -190,9 +189,7 @@ func pulsePublishTrial(b *testing.B, url string, n int, m publishMode) float64 {
 	if err := g.Wait(); err != nil {
 		b.Fatal(err)
 	}
-	rate := float64(n) / time.Since(start).Seconds()
-	b.StopTimer()
-	return rate
+	return float64(n) / elapsed().Seconds()
 }
 
 // rawPublishTrial publishes n messages with raw nats.go and returns msgs/s.
@@ -204,21 +201,9 @@ func rawPublishTrial(b *testing.B, url string, n int) float64 {
 	defer nc.Close()
 	subject := rawStream(b, js, ns)
 	defer deleteStream(b, url, ns)
-	b.StartTimer()
-	start := time.Now()
-	for range n {
-		if _, err := js.PublishAsync(subject, body, natsjs.WithStallWait(rawStallWait)); err != nil {
-			b.Fatal(err)
-		}
-	}
-	select {
-	case <-js.PublishAsyncComplete():
-	case <-time.After(time.Minute):
-		b.Fatal("PubAcks missing")
-	}
-	rate := float64(n) / time.Since(start).Seconds()
-	b.StopTimer()
-	return rate
+	elapsed := startTrial(b)
+	rawPublishN(b, js, subject, body, n, "PubAcks missing")
+	return float64(n) / elapsed().Seconds()
 }
 
 // pulseConsumeTrial has a new Bus consume n prefilled messages and returns msgs/s, timed from
@@ -229,22 +214,17 @@ func pulseConsumeTrial(b *testing.B, url string, n int) float64 {
 	prefill(b, url, ns, n)
 	defer deleteStream(b, url, ns)
 	bus := openBus(b, config(url, ns))
-	var handled atomic.Int64
-	done := make(chan struct{})
-	b.StartTimer()
-	start := time.Now()
+	handled, done := countTo(n)
+	elapsed := startTrial(b)
 	sub, err := bus.Subscribe(context.Background(), "bench", func(context.Context, *transport.Delivery) error {
-		if handled.Add(1) == int64(n) {
-			close(done)
-		}
+		handled()
 		return nil
 	}, transport.SubscribeOptions{})
 	if err != nil {
 		b.Fatal(err)
 	}
 	waitDone(b, done)
-	rate := float64(n) / time.Since(start).Seconds()
-	b.StopTimer()
+	rate := float64(n) / elapsed().Seconds()
 	sub.Close()
 	return rate
 }
@@ -262,8 +242,7 @@ func driverConsumeTrial(b *testing.B, url string, n int) float64 {
 	}
 	defer d.Close()
 	ctx := context.Background()
-	b.StartTimer()
-	start := time.Now()
+	elapsed := startTrial(b)
 	sub, err := d.Subscribe(ctx, "bench", transport.DriverSubscribeOptions{Group: "g", AckWait: 30 * time.Second, BatchSize: benchBatch})
 	if err != nil {
 		b.Fatal(err)
@@ -279,8 +258,7 @@ func driverConsumeTrial(b *testing.B, url string, n int) float64 {
 			b.Fatal(err)
 		}
 	}
-	rate := float64(n) / time.Since(start).Seconds()
-	b.StopTimer()
+	rate := float64(n) / elapsed().Seconds()
 	sub.Close()
 	return rate
 }
@@ -293,31 +271,20 @@ func rawConsumeTrial(b *testing.B, url string, n int) float64 {
 	defer deleteStream(b, url, ns)
 	nc, js := rawConn(b, url)
 	defer nc.Close()
-	ctx := context.Background()
-	cons, err := js.CreateOrUpdateConsumer(ctx, jetstream.StreamName(ns, "bench"), natsjs.ConsumerConfig{
-		Durable: "raw", AckPolicy: natsjs.AckExplicitPolicy, MaxAckPending: rawMaxAckPending,
-	})
-	if err != nil {
-		b.Fatal(err)
-	}
-	var handled atomic.Int64
-	done := make(chan struct{})
-	b.StartTimer()
-	start := time.Now()
+	cons := rawConsumer(b, js, ns)
+	handled, done := countTo(n)
+	elapsed := startTrial(b)
 	cc, err := cons.Consume(func(m natsjs.Msg) {
 		if err := m.Ack(); err != nil {
 			b.Error(err)
 		}
-		if handled.Add(1) == int64(n) {
-			close(done)
-		}
+		handled()
 	}, natsjs.PullMaxMessages(rawPullMax))
 	if err != nil {
 		b.Fatal(err)
 	}
 	waitDone(b, done)
-	rate := float64(n) / time.Since(start).Seconds()
-	b.StopTimer()
+	rate := float64(n) / elapsed().Seconds()
 	cc.Stop()
 	return rate
 }
@@ -360,12 +327,7 @@ func BenchmarkLatency(b *testing.B) {
 		defer nc.Close()
 		subject := rawStream(b, js, ns)
 		defer deleteStream(b, url, ns)
-		cons, err := js.CreateOrUpdateConsumer(context.Background(), jetstream.StreamName(ns, "bench"), natsjs.ConsumerConfig{
-			Durable: "raw", AckPolicy: natsjs.AckExplicitPolicy, MaxAckPending: rawMaxAckPending,
-		})
-		if err != nil {
-			b.Fatal(err)
-		}
+		cons := rawConsumer(b, js, ns)
 		lat := newLatencies(b.N)
 		cc, err := cons.Consume(func(m natsjs.Msg) {
 			at := time.Now()
@@ -489,6 +451,13 @@ func prefill(b *testing.B, url, ns string, n int) {
 	nc, js := rawConn(b, url)
 	defer nc.Close()
 	subject := rawStream(b, js, ns)
+	rawPublishN(b, js, subject, body, n, "prefill: PubAcks missing")
+}
+
+// rawPublishN publishes body n times to subject with PublishAsync (at most rawMaxInFlight
+// unacknowledged) and waits up to a minute for every PubAck; missing ones fail b with
+// missing.
+func rawPublishN(b *testing.B, js natsjs.JetStream, subject string, body []byte, n int, missing string) {
 	for range n {
 		if _, err := js.PublishAsync(subject, body, natsjs.WithStallWait(rawStallWait)); err != nil {
 			b.Fatal(err)
@@ -497,6 +466,42 @@ func prefill(b *testing.B, url, ns string, n int) {
 	select {
 	case <-js.PublishAsyncComplete():
 	case <-time.After(time.Minute):
-		b.Fatal("prefill: PubAcks missing")
+		b.Fatal(missing)
 	}
+}
+
+// rawConsumer is the raw contender's durable pull consumer on logical stream "bench" of ns:
+// explicit acks, MaxAckPending rawMaxAckPending.
+func rawConsumer(b *testing.B, js natsjs.JetStream, ns string) natsjs.Consumer {
+	cons, err := js.CreateOrUpdateConsumer(context.Background(), jetstream.StreamName(ns, "bench"), natsjs.ConsumerConfig{
+		Durable: "raw", AckPolicy: natsjs.AckExplicitPolicy, MaxAckPending: rawMaxAckPending,
+	})
+	if err != nil {
+		b.Fatal(err)
+	}
+	return cons
+}
+
+// startTrial starts the benchmark timer (a trial sets up with it stopped) and a wall clock;
+// elapsed stops the timer and returns the time since the start.
+func startTrial(b *testing.B) (elapsed func() time.Duration) {
+	b.StartTimer()
+	start := time.Now()
+	return func() time.Duration {
+		d := time.Since(start)
+		b.StopTimer()
+		return d
+	}
+}
+
+// countTo returns handled, to be called once per handled message from any goroutine, and
+// done, closed when handled has been called n times.
+func countTo(n int) (handled func(), done <-chan struct{}) {
+	var count atomic.Int64
+	ch := make(chan struct{})
+	return func() {
+		if count.Add(1) == int64(n) {
+			close(ch)
+		}
+	}, ch
 }
