@@ -143,19 +143,12 @@ func TestEventValidation(t *testing.T) {
 		{"wrong type", `{"coordinator_id":5,"queue_size":0,"capacity":1,"level":"ok","ts":1}`, "coordinator_id", ""},
 		{"not an object", `[1,2]`, "FeedbackEvent payload", ""},
 	}
-	schemas := feedback.Schemas()
 	for _, tt := range tests {
 		t.Run(tt.name, func(t *testing.T) {
-			ev, err := feedback.ParseEventPayload([]byte(tt.payload))
-			verr := schemas.Validate(feedback.SchemaFeedbackEvent, []byte(tt.payload))
-			if tt.errHas != "" {
-				require.ErrorContains(t, err, tt.errHas)
-				require.ErrorIs(t, verr, envelope.ErrInvalidPayload)
-				return
+			ev := requirePayload(t, feedback.SchemaFeedbackEvent, tt.payload, tt.errHas, feedback.ParseEventPayload)
+			if tt.errHas == "" {
+				require.Equal(t, tt.source, ev.Source)
 			}
-			require.NoError(t, err)
-			require.NoError(t, verr)
-			require.Equal(t, tt.source, ev.Source)
 		})
 	}
 }
@@ -176,20 +169,29 @@ func TestRateAdjustmentValidation(t *testing.T) {
 		{"empty provider", `{"provider":"","scale":0.5,"reason":"soft","ts":2}`, "provider"},
 		{"missing scale", `{"provider":"ibkr","reason":"soft","ts":2}`, "lacks [scale]"},
 	}
-	schemas := feedback.Schemas()
 	for _, tt := range tests {
 		t.Run(tt.name, func(t *testing.T) {
-			_, err := feedback.ParseRateAdjustmentPayload([]byte(tt.payload))
-			verr := schemas.Validate(feedback.SchemaRateAdjustment, []byte(tt.payload))
-			if tt.errHas != "" {
-				require.ErrorContains(t, err, tt.errHas)
-				require.ErrorIs(t, verr, envelope.ErrInvalidPayload)
-				return
-			}
-			require.NoError(t, err)
-			require.NoError(t, verr)
+			requirePayload(t, feedback.SchemaRateAdjustment, tt.payload, tt.errHas, feedback.ParseRateAdjustmentPayload)
 		})
 	}
+}
+
+// requirePayload runs parse and the registered validator of schema on payload. With errHas
+// set both must refuse it (parse with an error containing errHas, the validator with
+// envelope.ErrInvalidPayload); with errHas "" both must accept it. It returns what parse
+// returned.
+func requirePayload[T any](t *testing.T, schema, payload, errHas string, parse func([]byte) (T, error)) T {
+	t.Helper()
+	v, err := parse([]byte(payload))
+	verr := feedback.Schemas().Validate(schema, []byte(payload))
+	if errHas != "" {
+		require.ErrorContains(t, err, errHas)
+		require.ErrorIs(t, verr, envelope.ErrInvalidPayload)
+		return v
+	}
+	require.NoError(t, err)
+	require.NoError(t, verr)
+	return v
 }
 
 // TestSchemasRegistry proves Schemas knows exactly the two payload schemas and
