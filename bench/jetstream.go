@@ -255,29 +255,25 @@ func (t *rawNATSTrial) Consume(ctx context.Context, n int) error {
 func (t *rawNATSTrial) Duplicates() int64 { return t.tal.duplicates() }
 
 func (t *rawNATSTrial) Latency(ctx context.Context, warm, n int, rate float64) (Latencies, error) {
-	total := warm + n
-	bodies, err := t.env.Bodies(total)
+	bodies, err := t.env.Bodies(warm + n)
 	if err != nil {
 		return nil, err
 	}
-	clock := newLatencyClock(total)
-	cc, err := t.consume(ctx, clock.received)
-	if err != nil {
-		return nil, err
-	}
-	defer cc.Stop()
-	err = paced(ctx, total, rate, func(seq int) error {
-		clock.markSent(seq)
+	lat, err := measureLatency(ctx, warm, n, rate, func(received func([]byte)) (func(), error) {
+		cc, err := t.consume(ctx, received)
+		if err != nil {
+			return nil, err
+		}
+		return cc.Stop, nil
+	}, func(seq int, sent func()) error {
+		sent()
 		_, err := t.js.PublishAsync(t.subject, bodies[seq], jetstream.WithStallWait(natsStallWait))
 		return err
 	})
 	if err != nil {
 		return nil, err
 	}
-	if err := clock.tal.wait(ctx); err != nil {
-		return nil, err
-	}
-	return clock.latencies(warm), t.publishErr()
+	return lat, t.publishErr()
 }
 
 func (t *rawNATSTrial) Close() error {
@@ -357,29 +353,17 @@ func (t *watermillJSTrial) Consume(ctx context.Context, n int) error {
 func (t *watermillJSTrial) Duplicates() int64 { return t.tal.duplicates() }
 
 func (t *watermillJSTrial) Latency(ctx context.Context, warm, n int, rate float64) (Latencies, error) {
-	total := warm + n
-	bodies, err := t.env.Bodies(total)
+	bodies, err := t.env.Bodies(warm + n)
 	if err != nil {
 		return nil, err
 	}
-	clock := newLatencyClock(total)
-	stop, err := t.subscribe(ctx, clock.received)
-	if err != nil {
-		return nil, err
-	}
-	defer stop()
-	err = paced(ctx, total, rate, func(seq int) error {
+	return measureLatency(ctx, warm, n, rate, func(received func([]byte)) (func(), error) {
+		return t.subscribe(ctx, received)
+	}, func(seq int, sent func()) error {
 		m := message.NewMessage(watermill.NewUUID(), bodies[seq])
-		clock.markSent(seq)
+		sent()
 		return t.pub.Publish(t.topic, m)
 	})
-	if err != nil {
-		return nil, err
-	}
-	if err := clock.tal.wait(ctx); err != nil {
-		return nil, err
-	}
-	return clock.latencies(warm), nil
 }
 
 func (t *watermillJSTrial) Close() error {

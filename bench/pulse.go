@@ -125,28 +125,20 @@ func (t *pulseTrial) Consume(ctx context.Context, n int) error {
 func (t *pulseTrial) Duplicates() int64 { return t.tal.duplicates() }
 
 func (t *pulseTrial) Latency(ctx context.Context, warm, n int, rate float64) (Latencies, error) {
-	total := warm + n
-	clock := newLatencyClock(total)
-	sub, err := t.bus.Subscribe(ctx, pulseStream, func(_ context.Context, d *transport.Delivery) error {
-		clock.received(d.Envelope.Payload)
-		return nil
-	}, transport.SubscribeOptions{Group: pulseGroup, Consumer: pulseConsumer, BatchSize: t.env.Batch})
-	if err != nil {
-		return nil, err
-	}
-	defer sub.Close()
-	err = paced(ctx, total, rate, func(seq int) error {
+	return measureLatency(ctx, warm, n, rate, func(received func([]byte)) (func(), error) {
+		sub, err := t.bus.Subscribe(ctx, pulseStream, func(_ context.Context, d *transport.Delivery) error {
+			received(d.Envelope.Payload)
+			return nil
+		}, transport.SubscribeOptions{Group: pulseGroup, Consumer: pulseConsumer, BatchSize: t.env.Batch})
+		if err != nil {
+			return nil, err
+		}
+		return func() { sub.Close() }, nil
+	}, func(seq int, sent func()) error {
 		e := t.env.Work.Envelope(seq)
-		clock.markSent(seq)
+		sent()
 		return t.bus.Publish(ctx, pulseStream, e)
 	})
-	if err != nil {
-		return nil, err
-	}
-	if err := clock.tal.wait(ctx); err != nil {
-		return nil, err
-	}
-	return clock.latencies(warm), nil
 }
 
 func (t *pulseTrial) Close() error {

@@ -214,6 +214,33 @@ func (c *latencyClock) latencies(warm int) Latencies {
 	return out
 }
 
+// measureLatency runs a latency trial of warm+n messages (see LatencyTrial): subscribe starts
+// the contender's subscriber, which must call received with every payload, and returns its
+// stop, called before measureLatency returns; send publishes message seq, calling sent right
+// before the publish itself (after building the message, so that only the publish is timed).
+// Sends go at rate per second on paced's schedule; it returns once every message was handled.
+func measureLatency(ctx context.Context, warm, n int, rate float64,
+	subscribe func(received func([]byte)) (stop func(), err error),
+	send func(seq int, sent func()) error) (Latencies, error) {
+	total := warm + n
+	clock := newLatencyClock(total)
+	stop, err := subscribe(clock.received)
+	if err != nil {
+		return nil, err
+	}
+	defer stop()
+	err = paced(ctx, total, rate, func(seq int) error {
+		return send(seq, func() { clock.markSent(seq) })
+	})
+	if err != nil {
+		return nil, err
+	}
+	if err := clock.tal.wait(ctx); err != nil {
+		return nil, err
+	}
+	return clock.latencies(warm), nil
+}
+
 // paced calls send(seq) for seq 0..total-1 at rate per second on an absolute schedule from the
 // start: after a send that ran late the next ones go at once until back on schedule, so a slow
 // publisher cannot hide its own latency by sending less (no coordinated omission).
