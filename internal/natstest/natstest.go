@@ -120,12 +120,17 @@ func StartCluster(t testing.TB, n int) *Cluster {
 	c.Servers = servers
 	// Accepting clients is not enough: JetStream requests hang until the members have elected
 	// a meta leader and caught up with it.
-	deadline := time.Now().Add(ClusterReadyTimeout)
+	// The servers publish no event for it, so their state is polled, with a deadline.
+	deadline := time.NewTimer(ClusterReadyTimeout)
+	defer deadline.Stop()
+	poll := time.NewTicker(10 * time.Millisecond)
+	defer poll.Stop()
 	for !c.jetStreamReady() {
-		if time.Now().After(deadline) {
+		select {
+		case <-deadline.C:
 			t.Fatalf("natstest: the cluster's JetStream was not ready after %s", ClusterReadyTimeout)
+		case <-poll.C:
 		}
-		time.Sleep(10 * time.Millisecond) // polling the servers' state; nothing to wait on
 	}
 	return c
 }
