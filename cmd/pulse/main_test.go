@@ -18,7 +18,6 @@ import (
 	"path/filepath"
 	"strconv"
 	"strings"
-	"sync"
 	"syscall"
 	"testing"
 	"time"
@@ -29,6 +28,7 @@ import (
 	"github.com/pulse-bus/pulse/envelope"
 	"github.com/pulse-bus/pulse/feedback"
 	"github.com/pulse-bus/pulse/internal/redistest"
+	"github.com/pulse-bus/pulse/internal/testutil"
 	"github.com/pulse-bus/pulse/transport"
 	_ "github.com/pulse-bus/pulse/transport/jetstream"
 	"github.com/pulse-bus/pulse/transport/jetstream/embedded"
@@ -82,24 +82,6 @@ func TestMain(m *testing.M) {
 	os.Exit(code)
 }
 
-// lockedBuffer collects a process's output.
-type lockedBuffer struct {
-	mu sync.Mutex
-	b  bytes.Buffer
-}
-
-func (b *lockedBuffer) Write(p []byte) (int, error) {
-	b.mu.Lock()
-	defer b.mu.Unlock()
-	return b.b.Write(p)
-}
-
-func (b *lockedBuffer) String() string {
-	b.mu.Lock()
-	defer b.mu.Unlock()
-	return b.b.String()
-}
-
 // environ is the process environment for env: only PATH and HOME from the test's own, so
 // that nothing on the machine (a NATS_URL, a REDIS_URL) leaks into the run.
 func environ(env map[string]string) []string {
@@ -135,7 +117,7 @@ func pulse(t *testing.T, env map[string]string, args ...string) (int, string, st
 type server struct {
 	t      *testing.T
 	cmd    *exec.Cmd
-	logs   *lockedBuffer
+	logs   *testutil.LockedBuffer
 	start  map[string]any // the "pulse running" log record
 	exited chan struct{}
 	err    error // Wait's result, valid after exited
@@ -147,7 +129,7 @@ func startRun(t *testing.T, env map[string]string) *server {
 	env["PULSE_LOG_FORMAT"] = "json"
 	cmd := exec.Command(pulseBin, "run")
 	cmd.Env = environ(env)
-	logs := &lockedBuffer{}
+	logs := &testutil.LockedBuffer{}
 	pr, pw := io.Pipe()
 	cmd.Stderr = io.MultiWriter(logs, pw)
 	cmd.Stdout = logs

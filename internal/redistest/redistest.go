@@ -19,7 +19,6 @@ package redistest
 
 import (
 	"bufio"
-	"bytes"
 	"errors"
 	"fmt"
 	"net"
@@ -31,6 +30,8 @@ import (
 	"syscall"
 	"testing"
 	"time"
+
+	"github.com/pulse-bus/pulse/internal/testutil"
 )
 
 // BinaryEnv names an environment variable that may point at the redis-server binary; unset,
@@ -58,7 +59,7 @@ type Server struct {
 
 	mu   sync.Mutex
 	cmd  *exec.Cmd
-	out  *lockedBuffer
+	out  *testutil.LockedBuffer
 	done chan struct{} // closed when the current process has exited (its Wait returned)
 }
 
@@ -226,7 +227,7 @@ func (s *Server) start() error {
 		"--protected-mode", "no",
 		"--loglevel", "warning",
 	)
-	out := &lockedBuffer{}
+	out := &testutil.LockedBuffer{Limit: 64 << 10} // keep the start-up messages
 	cmd.Stdout, cmd.Stderr = out, out
 	// The server dies with the test binary even when the binary is killed (a -timeout panic
 	// skips every cleanup).
@@ -288,27 +289,6 @@ func freePort() (int, error) {
 	}
 	defer l.Close()
 	return l.Addr().(*net.TCPAddr).Port, nil
-}
-
-// lockedBuffer collects the server's output; the exec copier writes while tests may read.
-type lockedBuffer struct {
-	mu  sync.Mutex
-	buf bytes.Buffer
-}
-
-func (b *lockedBuffer) Write(p []byte) (int, error) {
-	b.mu.Lock()
-	defer b.mu.Unlock()
-	if b.buf.Len() > 64<<10 { // bounded: keep the start-up messages, drop the rest
-		return len(p), nil
-	}
-	return b.buf.Write(p)
-}
-
-func (b *lockedBuffer) String() string {
-	b.mu.Lock()
-	defer b.mu.Unlock()
-	return b.buf.String()
 }
 
 // Shared is a test package's server, started on first use by Server and stopped by the

@@ -1,12 +1,10 @@
 package jetstream_test
 
 import (
-	"bytes"
 	"context"
 	"errors"
 	"log/slog"
 	"strconv"
-	"sync"
 	"testing"
 	"time"
 
@@ -15,6 +13,7 @@ import (
 
 	"github.com/pulse-bus/pulse/envelope"
 	"github.com/pulse-bus/pulse/internal/natstest"
+	"github.com/pulse-bus/pulse/internal/testutil"
 	"github.com/pulse-bus/pulse/transport"
 	"github.com/pulse-bus/pulse/transport/jetstream"
 )
@@ -264,7 +263,7 @@ func TestInProcess(t *testing.T) {
 func TestConsumerDeletedRecreated(t *testing.T) {
 	srv := natsSrv.Server(t)
 	ctx := context.Background()
-	var logs lockedBuffer
+	var logs testutil.LockedBuffer
 	ns := uniqueNS("recreate")
 	cfg := config(srv.ClientURL(), ns)
 	cfg.Logger = slog.New(slog.NewTextHandler(&logs, nil))
@@ -302,23 +301,6 @@ func TestConsumerDeletedRecreated(t *testing.T) {
 	}
 	require.Subset(t, []string{"one", "two"}, bodies)
 	require.Contains(t, logs.String(), "pull consumer stopped; starting it again")
-}
-
-type lockedBuffer struct {
-	mu sync.Mutex
-	b  bytes.Buffer
-}
-
-func (l *lockedBuffer) Write(p []byte) (int, error) {
-	l.mu.Lock()
-	defer l.mu.Unlock()
-	return l.b.Write(p)
-}
-
-func (l *lockedBuffer) String() string {
-	l.mu.Lock()
-	defer l.mu.Unlock()
-	return l.b.String()
 }
 
 func slicesContains(s []string, v string) bool {

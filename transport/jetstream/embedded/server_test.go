@@ -1,12 +1,10 @@
 package embedded_test
 
 import (
-	"bytes"
 	"context"
 	"log/slog"
 	"net"
 	"path/filepath"
-	"sync"
 	"testing"
 	"time"
 
@@ -14,34 +12,18 @@ import (
 	"github.com/stretchr/testify/require"
 	"go.uber.org/goleak"
 
+	"github.com/pulse-bus/pulse/internal/testutil"
 	"github.com/pulse-bus/pulse/transport/jetstream/embedded"
 )
 
 func TestMain(m *testing.M) { goleak.VerifyTestMain(m) }
-
-type syncBuffer struct {
-	mu sync.Mutex
-	b  bytes.Buffer
-}
-
-func (s *syncBuffer) Write(p []byte) (int, error) {
-	s.mu.Lock()
-	defer s.mu.Unlock()
-	return s.b.Write(p)
-}
-
-func (s *syncBuffer) String() string {
-	s.mu.Lock()
-	defer s.mu.Unlock()
-	return s.b.String()
-}
 
 // TestStartServeShutdown proves that a server on a random port stores JetStream data under
 // DataDir/jetstream with the configured limits, accepts clients at ClientURL (and in process),
 // logs through slog, and that Shutdown is idempotent and leaves no goroutine behind.
 func TestStartServeShutdown(t *testing.T) {
 	dir := t.TempDir()
-	var logs syncBuffer
+	var logs testutil.LockedBuffer
 	s, err := embedded.Start(context.Background(), embedded.Options{
 		Listen:    "127.0.0.1:-1",
 		DataDir:   dir,
