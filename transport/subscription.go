@@ -78,6 +78,8 @@ type Subscription struct {
 	h      Handler
 	ds     DriverSubscription
 	log    *slog.Logger
+	// keyPrefix is "stream/group/", the start of every idempotency key.
+	keyPrefix string
 
 	fetchCtx     context.Context // cancelled to stop fetching: by Close, or with Subscribe's ctx
 	cancelFetch  context.CancelFunc
@@ -131,6 +133,8 @@ func (b *Bus) Subscribe(ctx context.Context, stream string, h Handler, opts Subs
 		ds:     ds,
 		log:    b.cfg.Logger.With("stream", stream, "group", opts.Group, "consumer", opts.Consumer),
 		done:   make(chan struct{}),
+
+		keyPrefix: stream + "/" + opts.Group + "/",
 	}
 	s.fetchCtx, s.cancelFetch = context.WithCancel(ctx)
 	s.handleCtx, s.cancelHandle = context.WithCancel(context.WithoutCancel(ctx))
@@ -270,15 +274,18 @@ func sleepCtx(ctx context.Context, d time.Duration) bool {
 	}
 }
 
-// process handles one batch and acks its successes in one call.
+// process handles one batch and acks its successes in one call. The batch's lag is measured
+// against one reading of the clock, taken when it arrives.
 func (s *Subscription) process(batch []*RawDelivery) {
 	acks := make([]*RawDelivery, 0, len(batch))
+	dels := make([]Delivery, len(batch)) // one allocation for the batch's deliveries
+	received := time.Now()
 	if s.opts.Concurrency == 1 {
-		for _, d := range batch {
+		for i, d := range batch {
 			if s.handleCtx.Err() != nil {
 				break // past the drain deadline: leave the rest for redelivery
 			}
-			if s.handleOne(d) {
+			if s.handleOne(d, &dels[i], received) {
 				acks = append(acks, d)
 			}
 		}
@@ -286,12 +293,12 @@ func (s *Subscription) process(batch []*RawDelivery) {
 		var mu sync.Mutex
 		var g errgroup.Group
 		g.SetLimit(s.opts.Concurrency)
-		for _, d := range batch {
+		for i, d := range batch {
 			if s.handleCtx.Err() != nil {
 				break
 			}
 			g.Go(func() error {
-				if s.handleOne(d) {
+				if s.handleOne(d, &dels[i], received) {
 					mu.Lock()
 					acks = append(acks, d)
 					mu.Unlock()
@@ -316,9 +323,10 @@ func (s *Subscription) settleCtx() (context.Context, context.CancelFunc) {
 	return context.WithTimeout(context.WithoutCancel(s.handleCtx), settleTimeout)
 }
 
-// handleOne runs the policies for one delivery. It reports whether the delivery is to be
-// acked; every other settlement (nak, dead-letter) is done here.
-func (s *Subscription) handleOne(d *RawDelivery) (ack bool) {
+// handleOne runs the policies for one delivery, filling del (its slot in the batch) for the
+// handler; received is when the batch arrived. It reports whether the delivery is to be acked;
+// every other settlement (nak, dead-letter) is done here.
+func (s *Subscription) handleOne(d *RawDelivery, del *Delivery, received time.Time) (ack bool) {
 	obs := s.bus.cfg.Observer
 	if d.Attempt > 1 {
 		obs.Redelivered(s.stream)
@@ -328,9 +336,9 @@ func (s *Subscription) handleOne(d *RawDelivery) (ack bool) {
 		s.deadLetter(d, poisonReason(err), err, "unknown", OutcomeRejected)
 		return false
 	}
-	obs.Lag(s.stream, time.Since(time.Unix(0, int64(env.TS*1e9))))
-	del := &Delivery{Envelope: env, Stream: s.stream, TransportID: d.TransportID, Attempt: d.Attempt, Raw: d.Body}
-	key := s.stream + "/" + s.opts.Group + "/" + del.ID()
+	obs.Lag(s.stream, received.Sub(time.Unix(0, int64(env.TS*1e9))))
+	*del = Delivery{Envelope: env, Stream: s.stream, TransportID: d.TransportID, Attempt: d.Attempt, Raw: d.Body}
+	key := s.keyPrefix + del.ID()
 	track := string(env.Meta.Track)
 	// A message identified by its transport id (v1) on its first delivery to this group cannot
 	// have been handled by the group yet, so only later attempts and producer ids (which a
