@@ -88,21 +88,11 @@ func (b *Bus) Publish(ctx context.Context, stream string, envs ...*envelope.Enve
 	if len(envs) == 0 {
 		return nil
 	}
-	msgs := make([]RawMessage, len(envs))
-	for i, e := range envs {
-		body, err := b.codec.Encode(e)
-		if err != nil {
-			return fmt.Errorf("transport: publish to %s: %w", stream, err)
-		}
-		msgs[i] = RawMessage{Body: body, ID: e.ID}
-	}
-	start := time.Now()
-	_, err := b.drv.Publish(ctx, stream, msgs)
-	b.observePublish(stream, len(envs), err, time.Since(start))
+	msgs, err := b.encode(stream, envs)
 	if err != nil {
-		return fmt.Errorf("transport: publish %d message(s) to %s: %w", len(envs), stream, err)
+		return err
 	}
-	return nil
+	return b.publishEncoded(ctx, stream, msgs)
 }
 
 func (b *Bus) observePublish(stream string, n int, err error, latency time.Duration) {
