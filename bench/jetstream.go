@@ -152,7 +152,8 @@ func newPulseJetStreamTrial(ctx context.Context, env *Env, id string) (*pulseTri
 	if err != nil {
 		return nil, err
 	}
-	return &pulseTrial{bus: bus, env: env, cleanup: func(ctx context.Context) error {
+	// The same in-flight window as the raw client (rawNATSMaxInFlight messages), in batches.
+	return &pulseTrial{bus: bus, env: env, inFlight: max(1, rawNATSMaxInFlight/env.Batch), cleanup: func(ctx context.Context) error {
 		return deleteNATSStreams(ctx, env.NATSURL, strings.ToUpper(ns)+"_")
 	}}, nil
 }

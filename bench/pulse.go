@@ -96,11 +96,15 @@ func pulseAcked(ctx context.Context, bus *transport.Bus, stream string) error {
 // pulseTrial is Pulse on a broker: a fresh namespace per trial, so every stream and group is
 // new; cleanup removes what the trial created.
 type pulseTrial struct {
-	bus     *transport.Bus
-	env     *Env
-	envs    []*envelope.Envelope
-	tal     *tally
-	cleanup func(context.Context) error
+	bus *transport.Bus
+	// inFlight > 1 publishes through a transport.AsyncPublisher with that many batches
+	// awaiting the broker (to match a raw client's async window); otherwise Bus.Publish, one
+	// batch at a time (to match a raw client's synchronous pipelines).
+	inFlight int
+	env      *Env
+	envs     []*envelope.Envelope
+	tal      *tally
+	cleanup  func(context.Context) error
 }
 
 func (t *pulseTrial) Prepare(_ context.Context, n int) error {
@@ -113,7 +117,25 @@ func (t *pulseTrial) Publish(ctx context.Context, lo, hi int) error {
 	if hi > len(t.envs) {
 		return fmt.Errorf("bench: pulse trial publishes %d..%d but prepared %d envelopes", lo, hi, len(t.envs))
 	}
+	if t.inFlight > 1 {
+		return pulsePublishAsync(ctx, t.bus, t.env, pulseStream, t.envs[lo:hi], t.inFlight)
+	}
 	return pulsePublish(ctx, t.bus, t.env, pulseStream, t.envs[lo:hi])
+}
+
+// pulsePublishAsync publishes envs in batches of env.Batch with up to inFlight batches
+// awaiting the broker, and returns once every one is confirmed.
+func pulsePublishAsync(ctx context.Context, bus *transport.Bus, env *Env, stream string, envs []*envelope.Envelope, inFlight int) error {
+	p, err := bus.NewAsyncPublisher(stream, inFlight)
+	if err != nil {
+		return err
+	}
+	for i := 0; i < len(envs); i += env.Batch {
+		if err := p.Publish(ctx, envs[i:min(len(envs), i+env.Batch)]...); err != nil {
+			return errors.Join(err, p.Close(ctx))
+		}
+	}
+	return p.Close(ctx)
 }
 
 func (t *pulseTrial) Consume(ctx context.Context, n int) error {
