@@ -7,6 +7,7 @@ import (
 	"log/slog"
 	"sync"
 	"sync/atomic"
+	"time"
 
 	"github.com/pulse-bus/pulse/feedback"
 	"github.com/pulse-bus/pulse/telemetry"
@@ -49,6 +50,7 @@ type App struct {
 	bus      atomic.Pointer[transport.Bus]
 	handler  atomic.Pointer[feedback.Handler]
 	consumer atomic.Pointer[feedback.Consumer]
+	opening  atomic.Pointer[error] // why the bus could not be opened yet, while retrying
 }
 
 // New returns an App for cfg (from Load) logging to log (nil discards). Nothing starts until
@@ -126,7 +128,7 @@ func (a *App) start(ctx context.Context) error {
 	busCfg.Logger = a.log
 	busCfg.Observer = a.metrics
 	busCfg.Schemas = feedback.Schemas()
-	bus, err := a.openBus(ctx, busCfg)
+	bus, err := a.openBusRetrying(ctx, busCfg)
 	if err != nil {
 		return fmt.Errorf("app: open %s bus at %s: %w", busCfg.Backend, a.where(), err)
 	}
@@ -170,6 +172,43 @@ func (a *App) start(ctx context.Context) error {
 	a.stack.push("feedback consumer", func(context.Context) error { return c.Close() })
 	a.watch("feedback consumer", c.Done(), c.Err)
 	return nil
+}
+
+// Start-up retries of a broker that cannot be reached yet.
+const (
+	openRetryMin = 250 * time.Millisecond
+	openRetryMax = 5 * time.Second
+)
+
+// openBusRetrying opens the bus, waiting for a broker that cannot be reached yet (it may be
+// starting beside us): it retries with backoff until it answers or ctx ends, logging each
+// failure and reporting it on /readyz meanwhile. Any other error (a refused configuration,
+// bad credentials) is returned at once.
+func (a *App) openBusRetrying(ctx context.Context, cfg transport.Config) (*transport.Bus, error) {
+	wait := openRetryMin
+	for {
+		bus, err := a.openBus(ctx, cfg)
+		if err == nil {
+			a.opening.Store(nil)
+			return bus, nil
+		}
+		if ctx.Err() != nil {
+			return nil, fmt.Errorf("%w (stopped waiting: %w)", err, context.Cause(ctx))
+		}
+		if !errors.Is(err, transport.ErrUnavailable) {
+			return nil, err
+		}
+		a.opening.Store(&err)
+		a.log.Warn("bus unavailable; retrying", "backend", cfg.Backend, "bus", a.where(), "retry_in", wait, "err", err)
+		t := time.NewTimer(wait)
+		select {
+		case <-t.C:
+		case <-ctx.Done():
+			t.Stop()
+			return nil, fmt.Errorf("%w (stopped waiting: %w)", err, context.Cause(ctx))
+		}
+		wait = min(wait*2, openRetryMax)
+	}
 }
 
 // openBus opens the bus of cfg; to the embedded server it connects in-process (no TCP),
@@ -296,6 +335,9 @@ func (a *App) ready(ctx context.Context) error {
 	}
 	c := a.consumer.Load()
 	if c == nil {
+		if err := a.opening.Load(); err != nil {
+			return fmt.Errorf("starting: waiting for the %s bus at %s: %w", a.cfg.Bus.Backend, a.where(), *err)
+		}
 		return errors.New("starting: not subscribed yet")
 	}
 	if err := c.Ready(); err != nil {

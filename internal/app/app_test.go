@@ -5,6 +5,7 @@ import (
 	"encoding/json"
 	"errors"
 	"net"
+	"strconv"
 	"strings"
 	"testing"
 	"time"
@@ -12,7 +13,9 @@ import (
 	"github.com/stretchr/testify/require"
 
 	"github.com/pulse-bus/pulse/feedback"
+	"github.com/pulse-bus/pulse/internal/natstest"
 	"github.com/pulse-bus/pulse/transport"
+	"github.com/pulse-bus/pulse/transport/jetstream/embedded"
 )
 
 // backends are the backends the App tests run on (see testBackends).
@@ -275,4 +278,70 @@ func TestAppReadyzReportsTheBrokerGone(t *testing.T) {
 	defer cancel()
 	err = a.Stop(ctx)
 	require.NotErrorIs(t, err, ErrStopTimeout)
+}
+
+// TestAppWaitsForABrokerThatIsNotUpYet proves that a broker unreachable at start-up is
+// retried rather than fatal: /readyz answers 503 naming the wait meanwhile, Start returns once
+// the broker is up and the App then becomes ready; and a Start interrupted while waiting
+// returns promptly with the cause.
+func TestAppWaitsForABrokerThatIsNotUpYet(t *testing.T) {
+	ports, err := natstest.FreePorts(1)
+	require.NoError(t, err)
+	listen := "127.0.0.1:" + strconv.Itoa(ports[0])
+	env := baseEnv(t, "inmem")
+	env["EVENT_BUS_BACKEND"] = "jetstream"
+	env["NATS_URL"] = "nats://" + listen
+
+	a, err := New(loadEnv(t, env), testLogger(t))
+	require.NoError(t, err)
+	started := make(chan error, 1)
+	go func() { started <- a.Start(context.Background()) }()
+	t.Cleanup(func() {
+		ctx, cancel := context.WithTimeout(context.Background(), waitTimeout)
+		defer cancel()
+		require.NoError(t, a.Stop(ctx))
+	})
+	var body string
+	require.True(t, waitCond(waitTimeout, func() bool {
+		if a.HTTPAddr() == "" {
+			return false
+		}
+		var code int
+		code, body = get(t, "http://"+a.HTTPAddr()+"/readyz")
+		return code == 503 && strings.Contains(body, "waiting for the jetstream bus")
+	}), "readyz should report the wait; last answer %q", body)
+	select {
+	case err := <-started:
+		t.Fatalf("Start returned while the broker is down: %v", err)
+	default:
+	}
+
+	srv, err := embedded.Start(context.Background(), embedded.Options{Listen: listen, DataDir: t.TempDir()})
+	require.NoError(t, err)
+	t.Cleanup(srv.Shutdown)
+	select {
+	case err := <-started:
+		require.NoError(t, err)
+	case <-time.After(waitTimeout):
+		t.Fatal("Start did not return after the broker came up")
+	}
+	require.True(t, waitCond(waitTimeout, func() bool { code, _ := get(t, "http://"+a.HTTPAddr()+"/readyz"); return code == 200 }))
+
+	// Interrupted while waiting: Start gives up with the cause.
+	ports, err = natstest.FreePorts(1)
+	require.NoError(t, err)
+	env["NATS_URL"] = "nats://127.0.0.1:" + strconv.Itoa(ports[0])
+	env["PULSE_HTTP_ADDR"] = "127.0.0.1:0"
+	b, err := New(loadEnv(t, env), testLogger(t))
+	require.NoError(t, err)
+	ctx, cancel := context.WithCancelCause(context.Background())
+	go func() { started <- b.Start(ctx) }()
+	cancel(errors.New("operator stopped it"))
+	select {
+	case err := <-started:
+		require.ErrorContains(t, err, "operator stopped it")
+	case <-time.After(waitTimeout):
+		t.Fatal("an interrupted Start did not return")
+	}
+	require.NoError(t, b.Stop(context.Background()))
 }
