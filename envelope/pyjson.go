@@ -212,30 +212,27 @@ func compactJSON(src []byte) ([]byte, error) {
 // stripJSONSpace returns valid JSON src without the whitespace outside strings: src itself
 // when it has none, else a copy.
 func stripJSONSpace(src []byte) []byte {
-	inString := false
-	for i := 0; i < len(src); i++ {
-		switch c := src[i]; {
-		case inString:
-			switch c {
-			case '\\':
-				i++
-			case '"':
-				inString = false
-			}
-		case c == '"':
-			inString = true
-		case c == ' ' || c == '\t' || c == '\n' || c == '\r':
-			return appendCompact(make([]byte, 0, len(src)), src)
-		}
+	if spaceAt(src, 0) < 0 {
+		return src
 	}
-	return src
+	return appendCompact(make([]byte, 0, len(src)), src)
 }
 
 // appendCompact appends valid JSON src without the whitespace outside strings.
 func appendCompact(dst, src []byte) []byte {
-	inString := false
 	start := 0
-	for i := 0; i < len(src); i++ {
+	for i := spaceAt(src, 0); i >= 0; i = spaceAt(src, i+1) {
+		dst = append(dst, src[start:i]...)
+		start = i + 1
+	}
+	return append(dst, src[start:]...)
+}
+
+// spaceAt returns the index of the first whitespace byte outside strings in valid JSON src,
+// looking from from (which must not be inside a string), or -1 if there is none.
+func spaceAt(src []byte, from int) int {
+	inString := false
+	for i := from; i < len(src); i++ {
 		switch c := src[i]; {
 		case inString:
 			switch c {
@@ -247,9 +244,8 @@ func appendCompact(dst, src []byte) []byte {
 		case c == '"':
 			inString = true
 		case c == ' ' || c == '\t' || c == '\n' || c == '\r':
-			dst = append(dst, src[start:i]...)
-			start = i + 1
+			return i
 		}
 	}
-	return append(dst, src[start:]...)
+	return -1
 }
