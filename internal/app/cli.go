@@ -147,19 +147,28 @@ func newLogger(cfg Config, w io.Writer) *slog.Logger {
 	return slog.New(slog.NewTextHandler(w, opts))
 }
 
-func cmdConfig(_ context.Context, args []string, env Env) int {
-	fs := newFlagSet(env, "config", "[flags]", "Print the effective configuration (environment overridden by flags), secrets masked.\nExit status 2 if any value is invalid.")
+// configCommand parses the arguments of a command that takes the configuration flags and
+// nothing else, and loads the configuration. When ok is false the command exits with code.
+func configCommand(env Env, name, summary string, args []string) (cfg Config, code int, ok bool) {
+	fs := newFlagSet(env, name, "[flags]", summary)
 	over := overrides{}
 	over.register(fs)
 	if code, ok := parseFlags(fs, args); !ok {
-		return code
+		return Config{}, code, false
 	}
 	if fs.NArg() > 0 {
-		return usageError(fs, "unexpected argument %q", fs.Arg(0))
+		return Config{}, usageError(fs, "unexpected argument %q", fs.Arg(0)), false
 	}
-	cfg, ok := loadConfig(env, over, "config")
+	if cfg, ok = loadConfig(env, over, name); !ok {
+		return Config{}, ExitUsage, false
+	}
+	return cfg, ExitOK, true
+}
+
+func cmdConfig(_ context.Context, args []string, env Env) int {
+	cfg, code, ok := configCommand(env, "config", "Print the effective configuration (environment overridden by flags), secrets masked.\nExit status 2 if any value is invalid.", args)
 	if !ok {
-		return ExitUsage
+		return code
 	}
 	if err := cfg.Print(env.Stdout); err != nil {
 		fmt.Fprintf(env.Stderr, "pulse config: %v\n", err)

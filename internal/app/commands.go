@@ -112,22 +112,13 @@ func cmdDLQ(ctx context.Context, args []string, env Env) int {
 }
 
 func cmdRun(ctx context.Context, args []string, env Env) int {
-	fs := newFlagSet(env, "run", "[flags]",
+	cfg, code, ok := configCommand(env, "run",
 		"The pipeline side: consume feedback events, scale the provider's rate, publish each applied\n"+
 			"RateAdjustment, serve /metrics, /healthz, /readyz and /state. With the jetstream backend and\n"+
 			"no NATS_URL it hosts the embedded JetStream server. SIGINT/SIGTERM drain in-flight work,\n"+
-			"ack it and exit 0.")
-	over := overrides{}
-	over.register(fs)
-	if code, ok := parseFlags(fs, args); !ok {
-		return code
-	}
-	if fs.NArg() > 0 {
-		return usageError(fs, "unexpected argument %q", fs.Arg(0))
-	}
-	cfg, ok := loadConfig(env, over, "run")
+			"ack it and exit 0.", args)
 	if !ok {
-		return ExitUsage
+		return code
 	}
 	log := newLogger(cfg, env.Stderr)
 	a, err := New(cfg, log)
@@ -156,7 +147,7 @@ func cmdRun(ctx context.Context, args []string, env Env) int {
 		"provider", cfg.Policy.Provider,
 		"http", a.HTTPAddr(),
 	)
-	code := ExitOK
+	code = ExitOK
 	select {
 	case <-ctx.Done():
 		log.Info("pulse run: stopping", "cause", context.Cause(ctx), "deadline", cfg.ShutdownTimeout)
