@@ -325,3 +325,39 @@ func TestSchemas(t *testing.T) {
 	require.NoError(t, s.Validate("a", []byte(`{}`)))
 	require.ErrorIs(t, s.Validate("c", []byte(`{}`)), envelope.ErrUnknownSchema)
 }
+
+// TestDecodeStringsOwnTheirBytes proves that the strings Decode returns (id, key, hash, header
+// names and values, including escaped ones) are copies: overwriting the wire bytes afterwards
+// changes none of them, and a second decode does not disturb the first one's strings.
+func TestDecodeStringsOwnTheirBytes(t *testing.T) {
+	for _, track := range []envelope.Track{envelope.TrackV1, envelope.TrackV2} {
+		t.Run(string(track), func(t *testing.T) {
+			src := newFeedback()
+			src.Key = ptr("k\u00e9y-\"1\"")
+			src.Meta.Headers = map[string]string{"reason": "high_watermark", "n\u00e4me": "v\nal", "long": strings.Repeat("x", 300)}
+			c := &envelope.Codec{Track: track}
+			wire, err := c.Encode(src)
+			require.NoError(t, err)
+			want := string(wire)
+			got, err := c.Decode(wire)
+			require.NoError(t, err)
+			id, key, hash := got.ID, *got.Key, got.Meta.Hash
+			headers := map[string]string{}
+			for k, v := range got.Meta.Headers {
+				headers[strings.Clone(k)] = strings.Clone(v)
+			}
+			require.Equal(t, *src.Key, key)
+			require.Equal(t, src.Meta.Headers, headers)
+			for i := range wire {
+				wire[i] = '#'
+			}
+			again, err := c.Decode([]byte(want))
+			require.NoError(t, err)
+			require.Equal(t, *again.Key, *got.Key)
+			require.Equal(t, id, got.ID)
+			require.Equal(t, key, *got.Key)
+			require.Equal(t, hash, got.Meta.Hash)
+			require.Equal(t, headers, got.Meta.Headers)
+		})
+	}
+}

@@ -8,7 +8,30 @@ import (
 	"strconv"
 	"unicode/utf16"
 	"unicode/utf8"
+	"unsafe"
 )
+
+// strArena hands out strings copied into shared chunks, so that one decode's small strings
+// (key, hash, id, headers) cost one allocation instead of one each. Bytes once handed out are
+// never written again (a full chunk is replaced, not grown), so the strings stay immutable. A
+// chunk is at most strChunk bytes unless one string is larger, so a retained field pins only
+// its chunk, never the message it was read from.
+type strArena struct{ buf []byte }
+
+// strChunk is the size of an arena chunk: enough for a typical envelope's small strings.
+const strChunk = 192
+
+func (a *strArena) str(s []byte) string {
+	if len(s) == 0 {
+		return ""
+	}
+	if cap(a.buf)-len(a.buf) < len(s) {
+		a.buf = make([]byte, 0, max(strChunk, len(s)))
+	}
+	start := len(a.buf)
+	a.buf = append(a.buf, s...)
+	return unsafe.String(&a.buf[start], len(s))
+}
 
 // The envelope reader. It is a small hand-written JSON parser rather than encoding/json for
 // two reasons: speed (the bus decodes every message; this is several times faster and
@@ -35,6 +58,7 @@ type reader struct {
 	i       int
 	err     error  // the first syntax error
 	problem string // the first field of the wrong type (in valid JSON)
+	strs    strArena
 }
 
 func (r *reader) fail(msg string) {
@@ -368,7 +392,12 @@ func (r *reader) skip(depth int) bool {
 // decodeWire parses one envelope (no unwrapping, no schema or signature checks).
 func decodeWire(b []byte) (*Envelope, error) {
 	r := reader{b: b}
-	e := &Envelope{}
+	// The envelope and its key string in one allocation.
+	ek := &struct {
+		e   Envelope
+		key string
+	}{}
+	e := &ek.e
 	var (
 		haveTS, haveMeta bool
 		payload          []byte
@@ -398,7 +427,7 @@ func decodeWire(b []byte) (*Envelope, error) {
 		case "id":
 			var s []byte
 			if s, _, ok = r.strBytes(); ok {
-				id = string(s)
+				id = r.strs.str(s)
 			}
 		case "ts":
 			switch c := r.peek(); {
@@ -425,8 +454,8 @@ func decodeWire(b []byte) (*Envelope, error) {
 				if null {
 					e.Key = nil
 				} else {
-					k := string(s)
-					e.Key = &k
+					ek.key = r.strs.str(s)
+					e.Key = &ek.key
 				}
 			}
 		case "meta":
@@ -534,7 +563,7 @@ func (r *reader) meta(m *Meta) bool {
 		case "hash":
 			var s []byte
 			if s, _, ok = r.strBytes(); ok {
-				m.Hash = string(s)
+				m.Hash = r.strs.str(s)
 			}
 		case "headers":
 			switch r.peek() {
@@ -567,7 +596,7 @@ func (r *reader) headers(m *Meta) bool {
 		if !more {
 			return r.err == nil
 		}
-		key := string(k)
+		key := r.strs.str(k)
 		v, _, ok := r.strBytes()
 		if !ok {
 			return false
@@ -575,7 +604,7 @@ func (r *reader) headers(m *Meta) bool {
 		if m.Headers == nil {
 			m.Headers = make(map[string]string, 4)
 		}
-		m.Headers[key] = string(v)
+		m.Headers[key] = r.strs.str(v)
 	}
 }
 
