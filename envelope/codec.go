@@ -8,8 +8,7 @@ import (
 	"slices"
 	"time"
 	"unicode/utf8"
-
-	"github.com/oklog/ulid/v2"
+	"unsafe"
 )
 
 // Codec encodes envelopes in one track and decodes both. The zero value writes v1, accepts
@@ -25,9 +24,6 @@ type Codec struct {
 	// Now is the clock for envelope timestamps; nil means time.Now.
 	Now func() time.Time
 }
-
-// NewID returns a new producer id: a ULID, unique and sortable by creation time.
-func NewID() string { return ulid.Make().String() }
 
 func (c *Codec) track() Track {
 	if c.Track == "" {
@@ -87,9 +83,14 @@ func (c *Codec) Encode(e *Envelope) ([]byte, error) {
 			return nil, fmt.Errorf("envelope: encode: payload is not valid JSON: %w", err)
 		}
 		if e.ID == "" {
-			e.ID = NewID()
+			// The new id and the hash share one allocation.
+			buf := make([]byte, idLen+hexHashLen)
+			_ = newULID().MarshalTextTo(buf[:idLen]) // cannot fail: the size is right
+			e.ID = unsafe.String(&buf[0], idLen)
+			e.Meta.Hash = hashHexTo(buf[idLen:], payload)
+		} else {
+			e.Meta.Hash = hashHex(payload)
 		}
-		e.Meta.Hash = hashHex(payload)
 	default:
 		return nil, fmt.Errorf("envelope: encode: unknown track %q (accepted: v1, v2)", track)
 	}
@@ -211,11 +212,18 @@ func appendString(b []byte, s string, asciiOnly bool) []byte {
 	return append(b, '"')
 }
 
-func hashHex(b []byte) string {
+// hexHashLen is the length of a hex SHA-256.
+const hexHashLen = 2 * sha256.Size
+
+// hashHex returns the lower-case hex SHA-256 of b.
+func hashHex(b []byte) string { return hashHexTo(make([]byte, hexHashLen), b) }
+
+// hashHexTo writes the lower-case hex SHA-256 of b into dst, which must be hexHashLen bytes
+// that are never written again, and returns them as a string.
+func hashHexTo(dst, b []byte) string {
 	sum := sha256.Sum256(b)
-	var buf [2 * sha256.Size]byte
-	hex.Encode(buf[:], sum[:])
-	return string(buf[:])
+	hex.Encode(dst, sum[:])
+	return unsafe.String(&dst[0], hexHashLen)
 }
 
 // Decode parses wire bytes of either track. A double-wrapped envelope (schema_id
