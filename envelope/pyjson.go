@@ -29,6 +29,22 @@ func appendPyFloat(dst []byte, v float64) ([]byte, error) {
 		}
 		return append(dst, "0.0"...), nil
 	}
+	if a := math.Abs(v); a >= 1e-4 && a < 1e16 {
+		// Python writes these in positional form with the same shortest round-trip digits
+		// strconv's 'f' gives, plus ".0" when the value is integral (TestPyFloatFastPath).
+		start := len(dst)
+		dst = strconv.AppendFloat(dst, v, 'f', -1, 64)
+		if bytes.IndexByte(dst[start:], '.') < 0 {
+			dst = append(dst, ".0"...)
+		}
+		return dst, nil
+	}
+	return appendPyFloatGeneral(dst, v), nil
+}
+
+// appendPyFloatGeneral appends Python's repr of v, which is finite and non-zero, from its
+// shortest digits and exponent; appendPyFloat uses it outside the positional fast path.
+func appendPyFloatGeneral(dst []byte, v float64) []byte {
 	// Shortest round-trip digits and exponent, e.g. "-1.2345e+09".
 	var buf, dbuf [32]byte
 	e := strconv.AppendFloat(buf[:0], v, 'e', -1, 64)
@@ -89,7 +105,7 @@ func appendPyFloat(dst []byte, v float64) ([]byte, error) {
 		dst = append(dst, '.')
 		dst = append(dst, digits[decpt:]...)
 	}
-	return dst, nil
+	return dst
 }
 
 // unescapeChar returns the character a one-letter JSON escape stands for.
