@@ -68,14 +68,24 @@ func (r *reader) fail(msg string) {
 }
 
 func (r *reader) ws() {
-	for r.i < len(r.b) {
-		switch r.b[r.i] {
+	b, i := r.b, r.i
+	for i < len(b) {
+		switch b[i] {
 		case ' ', '\t', '\n', '\r':
-			r.i++
-		default:
-			return
+			i++
+			continue
 		}
+		break
 	}
+	r.i = i
+}
+
+// plainEnd returns the index of the first byte at or after i that is not a plainByte.
+func plainEnd(b []byte, i int) int {
+	for i < len(b) && plainByte[b[i]] {
+		i++
+	}
+	return i
 }
 
 // atEnd reports whether only whitespace is left.
@@ -143,8 +153,8 @@ func (r *reader) typeErr(what string) {
 // input when it holds no escapes and valid UTF-8, else built in buf. Invalid UTF-8 and lone
 // surrogates become U+FFFD, as encoding/json does.
 func (r *reader) stringBytes(buf []byte) ([]byte, bool) {
-	r.i++ // opening quote
-	start := r.i
+	start := r.i + 1 // after the opening quote
+	r.i = plainEnd(r.b, start)
 	for r.i < len(r.b) {
 		c := r.b[r.i]
 		switch {
@@ -339,7 +349,7 @@ func (r *reader) skip(depth int) bool {
 			}
 		}
 	case '"':
-		r.i++
+		r.i = plainEnd(r.b, r.i+1)
 		for r.i < len(r.b) {
 			switch c := r.b[r.i]; {
 			case c == '"':
