@@ -6,6 +6,7 @@ import (
 	"errors"
 	"fmt"
 	"slices"
+	"strings"
 	"time"
 	"unicode/utf8"
 	"unsafe"
@@ -105,21 +106,32 @@ func (c *Codec) Encode(e *Envelope) ([]byte, error) {
 		}
 		e.Meta.Headers = headers
 	}
-	return appendEnvelope(make([]byte, 0, encodedSizeHint(e, payload)), e, payload, track == TrackV1)
+	// The headers sorted by name, read from the map once.
+	var headerBuf [8]header
+	headers := headerBuf[:0]
+	for k, v := range e.Meta.Headers {
+		headers = append(headers, header{k, v})
+	}
+	slices.SortFunc(headers, func(a, b header) int { return strings.Compare(a.k, b.k) })
+	return appendEnvelope(make([]byte, 0, encodedSizeHint(e, payload, headers)), e, headers, payload, track == TrackV1)
 }
 
+// header is one header pair.
+type header struct{ k, v string }
+
 // encodedSizeHint is the encoded size of e when its strings need no escapes.
-func encodedSizeHint(e *Envelope, payload []byte) int {
+func encodedSizeHint(e *Envelope, payload []byte, headers []header) int {
 	const fixed = 128 // field names, separators, quotes, ts
 	n := fixed + len(payload) + len(e.ID) + len(e.KeyOf()) + len(e.Meta.SchemaID) + len(e.Meta.Hash)
-	for k, v := range e.Meta.Headers {
-		n += len(k) + len(v) + 8
+	for _, h := range headers {
+		n += len(h.k) + len(h.v) + 8
 	}
 	return n
 }
 
-// appendEnvelope writes the envelope; py selects Python's spacing and ASCII-only strings.
-func appendEnvelope(b []byte, e *Envelope, payload []byte, py bool) ([]byte, error) {
+// appendEnvelope writes the envelope with headers, e's headers sorted by name; py selects
+// Python's spacing and ASCII-only strings.
+func appendEnvelope(b []byte, e *Envelope, headers []header, payload []byte, py bool) ([]byte, error) {
 	sep, colon := ",", ":"
 	if py {
 		sep, colon = ", ", ": "
@@ -159,19 +171,13 @@ func appendEnvelope(b []byte, e *Envelope, payload []byte, py bool) ([]byte, err
 	b = appendString(b, string(e.Meta.Track), py)
 	field("headers", false)
 	b = append(b, '{')
-	var keyBuf [8]string
-	keys := keyBuf[:0]
-	for k := range e.Meta.Headers {
-		keys = append(keys, k)
-	}
-	slices.Sort(keys)
-	for i, k := range keys {
+	for i, h := range headers {
 		if i > 0 {
 			b = append(b, sep...)
 		}
-		b = appendString(b, k, py)
+		b = appendString(b, h.k, py)
 		b = append(b, colon...)
-		b = appendString(b, e.Meta.Headers[k], py)
+		b = appendString(b, h.v, py)
 	}
 	b = append(b, '}')
 	field("hash", false)

@@ -5,6 +5,7 @@ import (
 	"encoding/hex"
 	"encoding/json"
 	"errors"
+	"slices"
 	"strings"
 	"testing"
 	"time"
@@ -358,6 +359,39 @@ func TestDecodeStringsOwnTheirBytes(t *testing.T) {
 			require.Equal(t, key, *got.Key)
 			require.Equal(t, hash, got.Meta.Hash)
 			require.Equal(t, headers, got.Meta.Headers)
+		})
+	}
+}
+
+// TestEncodeHeadersSorted proves that Encode writes headers sorted by name in both tracks'
+// spacing, with more headers than fit the encoder's stack buffer, and escapes their text.
+func TestEncodeHeadersSorted(t *testing.T) {
+	names := []string{"m", "b", "z", "a", "k", "c", "y", "d", "x", "e", "w", "f"}
+	for _, track := range []envelope.Track{envelope.TrackV1, envelope.TrackV2} {
+		t.Run(string(track), func(t *testing.T) {
+			e := newFeedback()
+			e.Meta.Headers = map[string]string{}
+			for i, n := range names {
+				e.Meta.Headers[n] = strings.Repeat("v", i) + "\""
+			}
+			wire, err := (&envelope.Codec{Track: track}).Encode(e)
+			require.NoError(t, err)
+			sorted := append([]string(nil), names...)
+			slices.Sort(sorted)
+			sep, colon := ",", ":"
+			if track == envelope.TrackV1 {
+				sep, colon = ", ", ": "
+			}
+			var want strings.Builder
+			want.WriteString(`"headers"` + colon + "{")
+			for i, n := range sorted {
+				if i > 0 {
+					want.WriteString(sep)
+				}
+				want.WriteString(`"` + n + `"` + colon + `"` + strings.ReplaceAll(e.Meta.Headers[n], `"`, `\"`) + `"`)
+			}
+			want.WriteString("}" + sep + `"hash"`)
+			require.Contains(t, string(wire), want.String())
 		})
 	}
 }
