@@ -425,10 +425,12 @@ func (s *Subscription) deadLetter(d *RawDelivery, reason string, cause error, tr
 		s.nak(d, s.bus.backoff(d.Attempt))
 		return
 	}
-	if err := s.ds.Term(ctx, d); err != nil {
-		s.log.Warn("terminating a dead-lettered message failed; it may be dead-lettered twice", "transport_id", d.TransportID, "err", err)
-	}
+	// Counted once the copy is stored, before the original is terminated, so that whoever sees
+	// the original settled also sees it counted.
 	s.log.Warn("dead-lettered", "transport_id", d.TransportID, "reason", reason, "attempts", d.Attempt, "err", cause)
 	s.bus.cfg.Observer.DeadLettered(s.stream, reason)
 	s.bus.cfg.Observer.Consumed(s.stream, track, outcome)
+	if err := s.ds.Term(ctx, d); err != nil {
+		s.log.Warn("terminating a dead-lettered message failed; it may be dead-lettered twice", "transport_id", d.TransportID, "err", err)
+	}
 }
