@@ -629,14 +629,26 @@ func TestRunDrainsAndResumes(t *testing.T) {
 			group := "pipeline-pipeline_w1"
 			admin := b.Driver().(transport.StreamAdmin)
 			s2 := startRun(t, env)
+			// The child's log reaches s2.logs through a pipe, a little after the child wrote it:
+			// wait for every event to show, then for the group to settle, and count only once
+			// the process has exited (its output is then complete).
+			eventually(t, "every event to be applied", func() bool {
+				second := appliedCoordinators(s2.logs.String())
+				for i := range burst {
+					if id := "c" + strconv.Itoa(i); first[id]+second[id] == 0 {
+						return false
+					}
+				}
+				return true
+			})
 			var info transport.StreamInfo
 			eventually(t, "the restarted consumer to settle the rest", func() bool {
 				info, err = admin.Info(context.Background(), feedback.StreamFeedback, group)
 				return err == nil && info.Unread <= 0 && info.Pending == 0
 			})
 			require.Equal(t, int64(burst), info.Length)
-			second := appliedCoordinators(s2.logs.String())
 			stoppedClean(t, s2, syscall.SIGTERM)
+			second := appliedCoordinators(s2.logs.String())
 
 			for i := range burst {
 				id := "c" + strconv.Itoa(i)
