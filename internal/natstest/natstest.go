@@ -27,6 +27,7 @@ import (
 
 	"go.uber.org/goleak"
 
+	"github.com/pulse-bus/pulse/internal/testutil"
 	"github.com/pulse-bus/pulse/transport/jetstream/embedded"
 )
 
@@ -221,24 +222,10 @@ func (sh *Shared) Stop() error {
 	return nil
 }
 
-// Runner is what goleak.VerifyTestMain runs (*testing.M satisfies it).
-type Runner interface{ Run() int }
-
 // Main wraps m so that the shared server is stopped right after the tests ran, before a leak
 // check looks at what is left: goleak.VerifyTestMain(shared.Main(m)).
-func (sh *Shared) Main(m Runner) Runner { return mainRunner{m: m, sh: sh} }
-
-type mainRunner struct {
-	m  Runner
-	sh *Shared
-}
-
-func (r mainRunner) Run() int {
-	code := r.m.Run()
-	if err := r.sh.Stop(); err != nil {
-		fmt.Fprintln(os.Stderr, "natstest: stopping the shared server:", err)
-	}
-	return code
+func (sh *Shared) Main(m testutil.Runner) testutil.Runner {
+	return testutil.AfterRun(m, "natstest: stopping the shared server", sh.Stop)
 }
 
 // LeakOptions ignore the goroutines an embedded server keeps for every stream and consumer

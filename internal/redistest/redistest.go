@@ -319,22 +319,8 @@ func (sh *Shared) Stop() error {
 	return sh.srv.Close()
 }
 
-// Runner is what goleak.VerifyTestMain runs (*testing.M satisfies it).
-type Runner interface{ Run() int }
-
-// Main wraps m so that the shared server is stopped right after the tests ran, before a
-// leak check looks at what is left: goleak.VerifyTestMain(shared.Main(m)).
-func (sh *Shared) Main(m Runner) Runner { return mainRunner{m: m, sh: sh} }
-
-type mainRunner struct {
-	m  Runner
-	sh *Shared
-}
-
-func (r mainRunner) Run() int {
-	code := r.m.Run()
-	if err := r.sh.Stop(); err != nil {
-		fmt.Fprintln(os.Stderr, "redistest: stopping the shared redis-server:", err)
-	}
-	return code
+// Main wraps m so that the shared server is stopped right after the tests ran, before a leak
+// check looks at what is left: goleak.VerifyTestMain(shared.Main(m)).
+func (sh *Shared) Main(m testutil.Runner) testutil.Runner {
+	return testutil.AfterRun(m, "redistest: stopping the shared redis-server", sh.Stop)
 }

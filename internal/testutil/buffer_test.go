@@ -29,3 +29,19 @@ func TestLockedBufferBoundedAndConcurrent(t *testing.T) {
 	require.Equal(t, 200, n)
 	require.Len(t, b.String(), 100)
 }
+
+type fakeRunner struct{ ran *bool }
+
+func (f fakeRunner) Run() int { *f.ran = true; return 3 }
+
+// TestAfterRunStopsAfterTheTests proves stop runs after the tests, whose exit code is kept
+// even when stop fails.
+func TestAfterRunStopsAfterTheTests(t *testing.T) {
+	var ran, stoppedAfter bool
+	r := AfterRun(fakeRunner{ran: &ran}, "test", func() error {
+		stoppedAfter = ran
+		return fmt.Errorf("stop failed")
+	})
+	require.Equal(t, 3, r.Run())
+	require.True(t, stoppedAfter)
+}
