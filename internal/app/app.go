@@ -311,14 +311,14 @@ func (a *App) where() string {
 	case b.Backend == "inmem":
 		return "in-process"
 	case b.Backend == "redis":
-		return maskURLs(b.RedisURL)
+		return transport.RedactURLs(b.RedisURL)
 	case a.cfg.EmbeddedNATS():
 		if u := a.NATSURL(); u != "" {
 			return "embedded " + u + " (store " + b.DataDir + ")"
 		}
 		return "embedded on " + b.NATSListen + " (store " + b.DataDir + ")"
 	default:
-		return maskURLs(b.NATSURL)
+		return transport.RedactURLs(b.NATSURL)
 	}
 }
 

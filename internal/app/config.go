@@ -17,7 +17,6 @@ import (
 	"github.com/pulse-bus/pulse/feedback"
 	"github.com/pulse-bus/pulse/internal/envconf"
 	"github.com/pulse-bus/pulse/transport"
-	"github.com/pulse-bus/pulse/transport/jetstream"
 	"github.com/pulse-bus/pulse/transport/redis"
 )
 
@@ -96,11 +95,11 @@ type setting struct {
 var settings = []setting{
 	{env: "PULSE_ENABLED", flag: "enabled", isBool: true, usage: "run the feedback consumer", show: func(c *Config) string { return strconv.FormatBool(c.Enabled) }},
 	{env: "EVENT_BUS_BACKEND", flag: "backend", usage: "bus backend: inmem, redis or jetstream", show: func(c *Config) string { return c.Bus.Backend }},
-	{env: "NATS_URL", flag: "nats-url", usage: "NATS server URL(s), comma-separated; unset: the embedded server", show: func(c *Config) string { return maskURLs(c.Bus.NATSURL) }},
+	{env: "NATS_URL", flag: "nats-url", usage: "NATS server URL(s), comma-separated; unset: the embedded server", show: func(c *Config) string { return transport.RedactURLs(c.Bus.NATSURL) }},
 	{env: "PULSE_NATS_LISTEN", flag: "nats-listen", usage: "embedded JetStream server address (host:port)", show: func(c *Config) string { return c.Bus.NATSListen }},
 	{env: "PULSE_NATS_CREDS", flag: "nats-creds", usage: "NATS credentials file", show: func(c *Config) string { return c.Bus.NATSCredsFile }},
 	{env: "PULSE_DATA_DIR", flag: "data-dir", usage: "embedded JetStream server's store directory", show: func(c *Config) string { return c.Bus.DataDir }},
-	{env: "REDIS_URL", flag: "redis-url", usage: "redis:// or rediss:// URL", show: func(c *Config) string { return maskURLs(c.Bus.RedisURL) }},
+	{env: "REDIS_URL", flag: "redis-url", usage: "redis:// or rediss:// URL", show: func(c *Config) string { return transport.RedactURLs(c.Bus.RedisURL) }},
 	{env: "MD_NAMESPACE", flag: "namespace", usage: "bus namespace ([a-z0-9_-]+)", show: func(c *Config) string { return c.Bus.Namespace }},
 	{env: "SCHEMA_TRACK", flag: "track", usage: "schema track producers write: v1 or v2", show: func(c *Config) string { return string(c.Bus.Track) }},
 	{env: "PUBLISHER_TOKEN", usage: "", show: func(c *Config) string { return maskToken(c.Bus.PublisherToken) }},
@@ -245,7 +244,7 @@ func (c *Config) validate() error {
 	}
 	if b.NATSURL != "" {
 		if err := checkURLs(b.NATSURL, "nats", "tls", "ws", "wss"); err != nil {
-			return &envconf.Error{Var: "NATS_URL", Value: maskURLs(b.NATSURL), Accepted: "unset (embedded server) or comma-separated nats://, tls://, ws:// or wss:// URLs (" + err.Error() + ")"}
+			return &envconf.Error{Var: "NATS_URL", Value: transport.RedactURLs(b.NATSURL), Accepted: "unset (embedded server) or comma-separated nats://, tls://, ws:// or wss:// URLs (" + err.Error() + ")"}
 		}
 	}
 	if err := checkHostPort(b.NATSListen); err != nil {
@@ -297,9 +296,6 @@ func maskToken(tok string) string {
 	}
 	return masked
 }
-
-// maskURLs hides the passwords (and bare tokens in the user part) of comma-separated URLs.
-func maskURLs(list string) string { return jetstream.RedactURL(list) }
 
 // Print writes the effective configuration, one VAR=value per line with where the value
 // came from (default, env or flag); secrets are masked.

@@ -43,7 +43,7 @@ func TestURLCredentials(t *testing.T) {
 		fmt.Sprintf("nats://s3cret-token@%s", tokenAddr),
 	} {
 		d, err := jetstream.Open(ctx, config(url, "auth"))
-		require.NoError(t, err, jetstream.RedactURL(url))
+		require.NoError(t, err, transport.RedactURLs(url))
 		require.NoError(t, d.Ping(ctx))
 		require.NoError(t, d.Close())
 	}

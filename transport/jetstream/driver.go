@@ -131,7 +131,7 @@ func OpenWith(ctx context.Context, cfg transport.Config, o Options) (*Driver, er
 		}),
 		nats.ReconnectHandler(func(nc *nats.Conn) {
 			d.conn.set(true)
-			d.log.Info("reconnected to NATS", "server", RedactURL(nc.ConnectedUrl()))
+			d.log.Info("reconnected to NATS", "server", transport.RedactURLs(nc.ConnectedUrl()))
 		}),
 		nats.ClosedHandler(func(*nats.Conn) { d.conn.set(false) }),
 		nats.ErrorHandler(func(_ *nats.Conn, sub *nats.Subscription, err error) {
@@ -219,7 +219,7 @@ func serverURLs(cfg transport.Config) ([]string, error) {
 		if err != nil || u.Host == "" || !slices.Contains(acceptedSchemes, u.Scheme) {
 			return nil, &transport.ConfigError{
 				Var:      "NATS_URL",
-				Value:    RedactURL(cfg.NATSURL),
+				Value:    transport.RedactURLs(cfg.NATSURL),
 				Accepted: "one or more comma-separated URLs nats://[user:password@|token@]host:port or tls://… (also ws://, wss://)",
 			}
 		}
@@ -228,32 +228,7 @@ func serverURLs(cfg transport.Config) ([]string, error) {
 	return out, nil
 }
 
-// RedactURL masks the credentials in one or several comma-separated NATS URLs (user:password
-// becomes user:xxxxx, a token becomes xxxxx), for logs and `pulse config`.
-func RedactURL(s string) string {
-	parts := strings.Split(s, ",")
-	for i, p := range parts {
-		p = strings.TrimSpace(p)
-		u, err := url.Parse(p)
-		if err != nil {
-			if strings.Contains(p, "@") {
-				parts[i] = "xxxxx"
-			}
-			continue
-		}
-		if u.User != nil {
-			if _, hasPass := u.User.Password(); hasPass {
-				u.User = url.UserPassword(u.User.Username(), "xxxxx")
-			} else {
-				u.User = url.User("xxxxx")
-			}
-		}
-		parts[i] = u.String()
-	}
-	return strings.Join(parts, ",")
-}
-
-func redactList(urls []string) string { return RedactURL(strings.Join(urls, ",")) }
+func redactList(urls []string) string { return transport.RedactURLs(strings.Join(urls, ",")) }
 
 // Conn is the driver's NATS connection (tests, benchmarks, diagnostics). Do not close it.
 func (d *Driver) Conn() *nats.Conn { return d.nc }

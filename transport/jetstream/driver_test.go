@@ -48,18 +48,6 @@ func TestBadURL(t *testing.T) {
 	}
 }
 
-// TestRedactURL proves that passwords and tokens never reach logs or `pulse config`.
-func TestRedactURL(t *testing.T) {
-	tests := map[string]string{
-		"nats://u:pw@h:4222":                  "nats://u:xxxxx@h:4222",
-		"nats://tok@h:4222,tls://a:b@h2:4222": "nats://xxxxx@h:4222,tls://a:xxxxx@h2:4222",
-		"nats://h:4222":                       "nats://h:4222",
-	}
-	for in, want := range tests {
-		require.Equal(t, want, jetstream.RedactURL(in))
-	}
-}
-
 // TestOpenUnreachable proves that opening against an address where nothing listens fails at
 // once with ErrUnavailable and, for the embedded default, says where it looked.
 func TestOpenUnreachable(t *testing.T) {

@@ -94,7 +94,7 @@ func Open(ctx context.Context, cfg transport.Config) (*Driver, error) {
 	}
 	if err := d.Ping(ctx); err != nil {
 		d.client.Close()
-		return nil, fmt.Errorf("redis: connect to %s: %w", redactURL(cfg.RedisURL), err)
+		return nil, fmt.Errorf("redis: connect to %s: %w", transport.RedactURLs(cfg.RedisURL), err)
 	}
 	return d, nil
 }
@@ -107,7 +107,7 @@ func ParseURL(raw string) (*goredis.Options, error) {
 		raw = transport.DefaultRedisURL
 	}
 	bad := func() error {
-		return &transport.ConfigError{Var: "REDIS_URL", Value: redactURL(raw),
+		return &transport.ConfigError{Var: "REDIS_URL", Value: transport.RedactURLs(raw),
 			Accepted: "redis://[user[:password]@]host[:port][/db] or rediss://… (TLS), db a number ≥ 0"}
 	}
 	u, err := url.Parse(raw)
@@ -119,18 +119,6 @@ func ParseURL(raw string) (*goredis.Options, error) {
 		return nil, bad()
 	}
 	return opts, nil
-}
-
-// redactURL masks the password of a URL for messages and logs.
-func redactURL(raw string) string {
-	u, err := url.Parse(raw)
-	if err != nil || u.User == nil {
-		if i := strings.LastIndex(raw, "@"); i >= 0 { // unparsable: drop everything before '@'
-			return "…" + raw[i:]
-		}
-		return raw
-	}
-	return u.Redacted()
 }
 
 // key is the Redis key of a logical stream: `{ns}:{stream}` (CONTRACT.md §1).
