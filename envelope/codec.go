@@ -45,22 +45,27 @@ func (c *Codec) now() time.Time {
 // that publishing the same *Envelope again (a retry) sends the same id. Meta.Track and
 // Meta.Hash are set from the codec; the signature header, if any, is added to a copy of
 // Meta.Headers. e.Payload must be valid JSON.
-func (c *Codec) Encode(e *Envelope) ([]byte, error) {
+func (c *Codec) Encode(e *Envelope) ([]byte, error) { return c.AppendEncode(nil, e) }
+
+// AppendEncode is Encode writing the wire bytes after dst: it returns the extended slice, or
+// dst unchanged and the error. Encoding a batch into one buffer this way costs one allocation
+// per batch instead of one per message (the Bus reuses such buffers).
+func (c *Codec) AppendEncode(dst []byte, e *Envelope) ([]byte, error) {
 	if e.Meta.SchemaID == "" {
-		return nil, errors.New("envelope: encode: empty schema_id")
+		return dst, errors.New("envelope: encode: empty schema_id")
 	}
 	if len(e.Payload) == 0 {
-		return nil, errors.New("envelope: encode: empty payload")
+		return dst, errors.New("envelope: encode: empty payload")
 	}
 	if err := c.Schemas.Validate(e.Meta.SchemaID, e.Payload); err != nil {
-		return nil, fmt.Errorf("envelope: encode: %w", err)
+		return dst, fmt.Errorf("envelope: encode: %w", err)
 	}
 	track := c.track()
 	if e.TS == 0 {
 		e.TS = float64(c.now().UnixNano()) / 1e9
 	}
 	if !isJSONObject(e.Payload) {
-		return nil, errors.New("envelope: encode: payload must be a JSON object")
+		return dst, errors.New("envelope: encode: payload must be a JSON object")
 	}
 	var payload []byte
 	var err error
@@ -75,13 +80,13 @@ func (c *Codec) Encode(e *Envelope) ([]byte, error) {
 		var ok bool
 		bufs.dumps, bufs.compact, ok = appendPyForms(bufs.dumps[:0], bufs.compact[:0], e.Payload)
 		if !ok {
-			return nil, fmt.Errorf("envelope: encode: payload is not valid JSON: %w", invalidJSON(e.Payload))
+			return dst, fmt.Errorf("envelope: encode: payload is not valid JSON: %w", invalidJSON(e.Payload))
 		}
 		payload = bufs.dumps
 		e.Meta.Hash = hashHex(bufs.compact)
 	case TrackV2:
 		if payload, err = compactJSON(e.Payload); err != nil {
-			return nil, fmt.Errorf("envelope: encode: payload is not valid JSON: %w", err)
+			return dst, fmt.Errorf("envelope: encode: payload is not valid JSON: %w", err)
 		}
 		if e.ID == "" {
 			// The new id and the hash share one allocation.
@@ -93,7 +98,7 @@ func (c *Codec) Encode(e *Envelope) ([]byte, error) {
 			e.Meta.Hash = hashHex(payload)
 		}
 	default:
-		return nil, fmt.Errorf("envelope: encode: unknown track %q (accepted: v1, v2)", track)
+		return dst, fmt.Errorf("envelope: encode: unknown track %q (accepted: v1, v2)", track)
 	}
 	e.Meta.Track = track
 	if c.Signer != nil {
@@ -102,7 +107,7 @@ func (c *Codec) Encode(e *Envelope) ([]byte, error) {
 			headers[k] = v
 		}
 		if headers[SignatureHeader], err = c.Signer.sign(e, payload); err != nil {
-			return nil, err
+			return dst, err
 		}
 		e.Meta.Headers = headers
 	}
@@ -113,7 +118,11 @@ func (c *Codec) Encode(e *Envelope) ([]byte, error) {
 		headers = append(headers, header{k, v})
 	}
 	slices.SortFunc(headers, func(a, b header) int { return strings.Compare(a.k, b.k) })
-	return appendEnvelope(make([]byte, 0, encodedSizeHint(e, payload, headers)), e, headers, payload, track == TrackV1)
+	out, err := appendEnvelope(slices.Grow(dst, encodedSizeHint(e, payload, headers)), e, headers, payload, track == TrackV1)
+	if err != nil {
+		return dst, err
+	}
+	return out, nil
 }
 
 // header is one header pair.

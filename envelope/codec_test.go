@@ -289,6 +289,31 @@ func TestEncodeErrors(t *testing.T) {
 			if tc.is != nil {
 				require.ErrorIs(t, err, tc.is)
 			}
+			// AppendEncode fails the same way and leaves what was there untouched.
+			prefix := []byte("earlier message")
+			out, err := tc.codec.AppendEncode(prefix, e)
+			require.ErrorContains(t, err, tc.want)
+			require.Equal(t, "earlier message", string(out))
+		})
+	}
+}
+
+// TestAppendEncode proves AppendEncode writes exactly Encode's bytes after dst, on both
+// tracks, so the Bus can encode a batch into one buffer.
+func TestAppendEncode(t *testing.T) {
+	for _, track := range []envelope.Track{envelope.TrackV1, envelope.TrackV2} {
+		t.Run(string(track), func(t *testing.T) {
+			c := envelope.Codec{Track: track, Now: fixedClock(1729263600.5)}
+			e := newFeedback()
+			want, err := c.Encode(e) // fills in the v2 id, so the second encoding matches
+			require.NoError(t, err)
+			buf := []byte("previous bytes|")
+			buf, err = c.AppendEncode(buf, e)
+			require.NoError(t, err)
+			require.Equal(t, "previous bytes|"+string(want), string(buf))
+			got, err := c.Decode(buf[len("previous bytes|"):])
+			require.NoError(t, err)
+			require.JSONEq(t, feedbackPayload, string(got.Payload))
 		})
 	}
 }
