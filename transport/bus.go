@@ -88,11 +88,11 @@ func (b *Bus) Publish(ctx context.Context, stream string, envs ...*envelope.Enve
 	if len(envs) == 0 {
 		return nil
 	}
-	msgs, err := b.encode(stream, envs)
+	batch, err := b.encode(stream, envs)
 	if err != nil {
 		return err
 	}
-	return b.publishEncoded(ctx, stream, msgs)
+	return b.publishEncoded(ctx, stream, batch)
 }
 
 func (b *Bus) observePublish(stream string, n int, err error, latency time.Duration) {

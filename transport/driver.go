@@ -15,6 +15,8 @@ type Driver interface {
 	// Publish stores msgs on stream, in order, and returns once the broker has every one of
 	// them (PubAck, XADD reply), with the transport id each was stored under. On error none,
 	// some or all may have been stored; publishing again is safe for messages with an ID.
+	// Once Publish has returned without error the driver holds no reference to msgs or their
+	// bodies (the Bus reuses that memory): a driver that keeps messages copies them.
 	Publish(ctx context.Context, stream string, msgs []RawMessage) ([]string, error)
 	// Subscribe joins group on stream as member consumer, creating the group (from the start
 	// of the retained stream) if it does not exist.

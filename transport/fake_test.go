@@ -55,7 +55,12 @@ func (d *fakeDriver) Publish(_ context.Context, stream string, msgs []transport.
 	for i := range ids {
 		ids[i] = fmt.Sprintf("p%d", i)
 	}
-	d.calls <- call{kind: "publish", stream: stream, msgs: slices.Clone(msgs)}
+	// Keep copies, as a driver that keeps messages must: the Bus reuses the bodies' memory.
+	kept := slices.Clone(msgs)
+	for i := range kept {
+		kept[i].Body = slices.Clone(kept[i].Body)
+	}
+	d.calls <- call{kind: "publish", stream: stream, msgs: kept}
 	return ids, nil
 }
 

@@ -4,6 +4,7 @@ import (
 	"context"
 	"errors"
 	"fmt"
+	"slices"
 	"sync"
 	"time"
 
@@ -79,13 +80,14 @@ func (p *AsyncPublisher) Publish(ctx context.Context, envs ...*envelope.Envelope
 	if closed || p.bus.isClosed() {
 		return ErrClosed
 	}
-	msgs, err := p.bus.encode(p.stream, envs)
+	batch, err := p.bus.encode(p.stream, envs)
 	if err != nil {
 		return err
 	}
 	select {
 	case p.slots <- struct{}{}:
 	case <-ctx.Done():
+		batch.release()
 		return ctx.Err()
 	}
 	p.wg.Add(1)
@@ -95,7 +97,7 @@ func (p *AsyncPublisher) Publish(ctx context.Context, envs ...*envelope.Envelope
 	go func() {
 		defer p.wg.Done()
 		defer func() { <-p.slots }()
-		if err := p.bus.publishEncoded(bctx, p.stream, msgs); err != nil {
+		if err := p.bus.publishEncoded(bctx, p.stream, batch); err != nil {
 			p.mu.Lock()
 			p.failed = append(p.failed, envs...)
 			p.errs = append(p.errs, err)
@@ -134,26 +136,65 @@ func (p *AsyncPublisher) Close(ctx context.Context) error {
 	return p.Flush(ctx)
 }
 
-// encode encodes envs for stream (see Publish for what Encode fills in).
-func (b *Bus) encode(stream string, envs []*envelope.Envelope) ([]RawMessage, error) {
-	msgs := make([]RawMessage, len(envs))
-	for i, e := range envs {
-		body, err := b.codec.Encode(e)
-		if err != nil {
-			return nil, fmt.Errorf("transport: publish to %s: %w", stream, err)
-		}
-		msgs[i] = RawMessage{Body: body, ID: e.ID}
-	}
-	return msgs, nil
+// encodedBatch holds a batch's wire bytes in one buffer. Batches are pooled: a publish that
+// the driver confirmed returns its batch for reuse (drivers keep no reference to the bodies
+// once Publish has returned without error), so steady publishing allocates no wire buffers.
+type encodedBatch struct {
+	buf  []byte
+	ends []int // ends[i] is where message i's bytes end in buf
+	msgs []RawMessage
 }
 
-// publishEncoded hands encoded messages to the driver and records the outcome.
-func (b *Bus) publishEncoded(ctx context.Context, stream string, msgs []RawMessage) error {
-	start := time.Now()
-	_, err := b.drv.Publish(ctx, stream, msgs)
-	b.observePublish(stream, len(msgs), err, time.Since(start))
-	if err != nil {
-		return fmt.Errorf("transport: publish %d message(s) to %s: %w", len(msgs), stream, err)
+// maxPooledBatchBytes bounds the buffers kept for reuse: one unusually large batch must not
+// pin its memory for the life of the process.
+const maxPooledBatchBytes = 4 << 20
+
+var encodedBatches = sync.Pool{New: func() any { return new(encodedBatch) }}
+
+// release returns the batch for reuse; the caller must not touch it afterwards.
+func (eb *encodedBatch) release() {
+	if cap(eb.buf) > maxPooledBatchBytes {
+		return
 	}
+	clear(eb.msgs) // drop the ids and bodies so the pool pins nothing else
+	eb.buf, eb.ends, eb.msgs = eb.buf[:0], eb.ends[:0], eb.msgs[:0]
+	encodedBatches.Put(eb)
+}
+
+// encode encodes envs for stream (see Publish for what Encode fills in) into a pooled batch.
+func (b *Bus) encode(stream string, envs []*envelope.Envelope) (*encodedBatch, error) {
+	eb := encodedBatches.Get().(*encodedBatch)
+	eb.msgs = slices.Grow(eb.msgs[:0], len(envs))
+	// Offsets first: the buffer may move while it grows, so bodies are sliced at the end.
+	eb.ends = slices.Grow(eb.ends[:0], len(envs))
+	for _, e := range envs {
+		var err error
+		if eb.buf, err = b.codec.AppendEncode(eb.buf, e); err != nil {
+			eb.release()
+			return nil, fmt.Errorf("transport: publish to %s: %w", stream, err)
+		}
+		eb.ends = append(eb.ends, len(eb.buf))
+	}
+	start := 0
+	for i, e := range envs {
+		end := eb.ends[i]
+		// A full slice expression: a driver appending to one body cannot overwrite the next.
+		eb.msgs = append(eb.msgs, RawMessage{Body: eb.buf[start:end:end], ID: e.ID})
+		start = end
+	}
+	return eb, nil
+}
+
+// publishEncoded hands an encoded batch to the driver and records the outcome. The batch is
+// reused once the driver has confirmed it; after an error the driver may still hold its bodies
+// (an asynchronous client retrying), so it is left to the garbage collector.
+func (b *Bus) publishEncoded(ctx context.Context, stream string, eb *encodedBatch) error {
+	start := time.Now()
+	_, err := b.drv.Publish(ctx, stream, eb.msgs)
+	b.observePublish(stream, len(eb.msgs), err, time.Since(start))
+	if err != nil {
+		return fmt.Errorf("transport: publish %d message(s) to %s: %w", len(eb.msgs), stream, err)
+	}
+	eb.release()
 	return nil
 }

@@ -5,6 +5,7 @@ import (
 	"encoding/json"
 	"errors"
 	"fmt"
+	"sync"
 	"testing"
 	"time"
 
@@ -30,6 +31,56 @@ func (d *gatedDriver) Publish(ctx context.Context, stream string, msgs []transpo
 		return nil, ctx.Err()
 	}
 	return d.fakeDriver.Publish(ctx, stream, msgs)
+}
+
+// retainingDriver keeps the message slices of every Publish it fails, without copying, as an
+// asynchronous client may while it still resends them.
+type retainingDriver struct {
+	*fakeDriver
+	mu     sync.Mutex
+	failed [][]transport.RawMessage
+}
+
+func (d *retainingDriver) Publish(ctx context.Context, stream string, msgs []transport.RawMessage) ([]string, error) {
+	ids, err := d.fakeDriver.Publish(ctx, stream, msgs)
+	if err != nil {
+		d.mu.Lock()
+		d.failed = append(d.failed, msgs)
+		d.mu.Unlock()
+	}
+	return ids, err
+}
+
+// TestPublishNeverReusesBodiesOfAFailedBatch proves the Bus's reuse of encoding buffers is
+// safe: bodies a driver still holds after a failed publish stay intact however many batches
+// are published after it, through Publish and an AsyncPublisher.
+func TestPublishNeverReusesBodiesOfAFailedBatch(t *testing.T) {
+	drv := &retainingDriver{fakeDriver: newFakeDriver()}
+	bus, err := transport.New(drv, transport.Config{Track: envelope.TrackV2})
+	require.NoError(t, err)
+	t.Cleanup(func() { _ = bus.Close() })
+
+	drv.setPublishErr(transport.ErrUnavailable)
+	require.ErrorIs(t, bus.Publish(t.Context(), stream, envs(5)...), transport.ErrUnavailable)
+	drv.setPublishErr(nil)
+	for range 20 {
+		require.NoError(t, bus.Publish(t.Context(), stream, envs(5)...))
+		drv.next(t)
+	}
+	p, err := bus.NewAsyncPublisher(stream, 4)
+	require.NoError(t, err)
+	for range 20 {
+		require.NoError(t, p.Publish(t.Context(), envs(5)...))
+	}
+	require.NoError(t, p.Close(t.Context()))
+
+	require.Len(t, drv.failed, 1)
+	codec := envelope.Codec{}
+	for i, m := range drv.failed[0] {
+		e, err := codec.Decode(m.Body)
+		require.NoError(t, err, "body %d of the failed batch was overwritten", i)
+		require.JSONEq(t, fmt.Sprintf(`{"n":%d}`, i), string(e.Payload))
+	}
 }
 
 func envs(n int) []*envelope.Envelope {
