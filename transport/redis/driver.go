@@ -158,8 +158,15 @@ func (d *Driver) Publish(ctx context.Context, stream string, msgs []transport.Ra
 	minID, maxLen := d.retention.limits(stream, time.Now())
 	pipe := d.client.Pipeline()
 	cmds := make([]*goredis.StringCmd, len(msgs))
+	// The batch's arguments share one array; XAdd would allocate an argument list and an
+	// XAddArgs per entry (measured: a third of the client's allocations when publishing).
+	args := make([]any, 0, xaddArgs*len(msgs))
+	keyArg := any(key) // boxed once, not once per entry
 	for i := range msgs {
-		cmds[i] = pipe.XAdd(ctx, &goredis.XAddArgs{Stream: key, Values: entryValues(&msgs[i])})
+		from := len(args)
+		args = appendXAdd(args, keyArg, &msgs[i])
+		cmds[i] = goredis.NewStringCmd(ctx, args[from:len(args):len(args)]...)
+		_ = pipe.Process(ctx, cmds[i]) // queues the command; its error is read below
 	}
 	// Trimming once per batch, after its entries, costs one command instead of arguments on
 	// every XADD (measured: MINID on each XADD of a batch of 200 cost ~20% of the throughput).
@@ -183,10 +190,15 @@ func (d *Driver) Publish(ctx context.Context, stream string, msgs []transport.Ra
 	return ids, nil
 }
 
-// entryValues lays out one entry: `data` first, then the headers sorted by name.
-func entryValues(m *transport.RawMessage) []any {
+// xaddArgs is the length of an XADD of an entry without headers: XADD key * data body.
+const xaddArgs = 5
+
+// appendXAdd appends the arguments of an XADD of m to key: `data` first, then the headers
+// sorted by name.
+func appendXAdd(args []any, key any, m *transport.RawMessage) []any {
+	args = append(args, "xadd", key, "*", DataField, m.Body)
 	if len(m.Headers) == 0 {
-		return []any{DataField, m.Body}
+		return args
 	}
 	names := make([]string, 0, len(m.Headers))
 	for k := range m.Headers {
@@ -195,12 +207,10 @@ func entryValues(m *transport.RawMessage) []any {
 		}
 	}
 	slices.Sort(names)
-	v := make([]any, 0, 2+2*len(names))
-	v = append(v, DataField, m.Body)
 	for _, k := range names {
-		v = append(v, k, m.Headers[k])
+		args = append(args, k, m.Headers[k])
 	}
-	return v
+	return args
 }
 
 // Subscribe joins group on stream as opts.Consumer. The group is created if it does not exist
