@@ -29,30 +29,42 @@ func TestBackoffGrowsAndCaps(t *testing.T) {
 	require.Zero(t, zero.backoff(5), "no backoff configured: retry at once")
 }
 
-// TestMemoryIdempotencyBounded proves the record is a true LRU: at most size keys, the least
-// recently used (read or written) evicted first.
+// TestMemoryIdempotencyBounded proves the record keeps at least the last size keys and at
+// most 2×size, forgetting whole older generations, and that recording a key again renews it.
 func TestMemoryIdempotencyBounded(t *testing.T) {
 	ctx := context.Background()
 	m := NewMemoryIdempotency(2, time.Hour)
-	require.NoError(t, m.Done(ctx, "a"))
-	require.NoError(t, m.Done(ctx, "b"))
-	seen, _ := m.Seen(ctx, "a") // a is now the most recently used
-	require.True(t, seen)
-	require.NoError(t, m.Done(ctx, "c")) // evicts b
-	require.Equal(t, 2, m.Len())
-	for key, want := range map[string]bool{"a": true, "b": false, "c": true} {
+	for _, k := range []string{"a", "b", "c"} { // c starts a new generation: a and b are kept
+		require.NoError(t, m.Done(ctx, k))
+	}
+	for key, want := range map[string]bool{"a": true, "b": true, "c": true, "x": false} {
 		seen, err := m.Seen(ctx, key)
 		require.NoError(t, err)
 		require.Equal(t, want, seen, key)
 	}
+	require.NoError(t, m.Done(ctx, "a")) // renewed into the current generation {c, a}
+	require.NoError(t, m.Done(ctx, "d")) // {c, a} becomes the previous one: b is forgotten
+	for key, want := range map[string]bool{"a": true, "b": false, "c": true, "d": true} {
+		seen, _ := m.Seen(ctx, key)
+		require.Equal(t, want, seen, key)
+	}
 	for i := range 100 {
 		require.NoError(t, m.Done(ctx, fmt.Sprint(i)))
+		require.LessOrEqual(t, m.Len(), 4, "at most 2×size records")
+		for back := range min(i+1, 2) { // the last size keys are always there
+			seen, _ := m.Seen(ctx, fmt.Sprint(i-back))
+			require.True(t, seen, "key %d after recording %d", i-back, i)
+		}
 	}
-	require.Equal(t, 2, m.Len())
+	for i, want := range map[int]bool{95: false, 50: false, 0: false, 99: true} {
+		seen, _ := m.Seen(ctx, fmt.Sprint(i))
+		require.Equal(t, want, seen, i)
+	}
 	one := NewMemoryIdempotency(0, time.Hour)
-	require.NoError(t, one.Done(ctx, "x"))
-	require.NoError(t, one.Done(ctx, "y"))
-	require.Equal(t, 1, one.Len(), "size < 1 holds one key")
+	for _, k := range []string{"x", "y", "z"} {
+		require.NoError(t, one.Done(ctx, k))
+	}
+	require.Equal(t, 2, one.Len(), "size < 1 keeps one key per generation")
 }
 
 // TestMemoryIdempotencyTTL proves entries expire after the TTL by the record's clock, and
