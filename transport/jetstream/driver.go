@@ -33,9 +33,6 @@ const (
 	// DefaultPublishMaxPending bounds asynchronous publishes awaiting their PubAck, across
 	// every Publish call of one driver.
 	DefaultPublishMaxPending = 4096
-	// DefaultPublishStallWait is how long one async publish waits for a free in-flight slot
-	// before Publish checks its context and tries again.
-	DefaultPublishStallWait = 250 * time.Millisecond
 	// DefaultPubAckTimeout is how long one message waits for its PubAck before it counts as
 	// failed (and is sent again, see Publish).
 	DefaultPubAckTimeout = 2 * time.Second

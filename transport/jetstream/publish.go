@@ -159,17 +159,19 @@ func (d *Driver) settlePub(m *nats.Msg, ack *jetstream.PubAck, err error) {
 func (d *Driver) publishOnce(ctx context.Context, msgs []*nats.Msg, idx []int, ids []string) ([]int, error) {
 	b := &pubBatch{seqs: make([]uint64, len(idx)), done: make(chan struct{})}
 	b.left.Store(int64(len(idx)))
-	stall := jetstream.WithStallWait(DefaultPublishStallWait)
+	// No publish options: with any option nats.go allocates option state and an empty header
+	// map for every message. A message waits for a free in-flight slot for nats.go's default
+	// stall wait (200 ms) before Publish checks its context and tries again.
 	sent := 0
 	var sendErr error
 	for k, i := range idx {
 		m := msgs[i]
 		d.inflight.Store(m, pubRef{b: b, k: k})
-		_, err := d.js.PublishMsgAsync(m, stall)
+		_, err := d.js.PublishMsgAsync(m)
 		for errors.Is(err, jetstream.ErrTooManyStalledMsgs) && ctx.Err() == nil && !d.closed.Load() {
 			// The in-flight window is full and no PubAck came within the stall wait: wait
 			// again rather than drop the message.
-			_, err = d.js.PublishMsgAsync(m, stall)
+			_, err = d.js.PublishMsgAsync(m)
 		}
 		if err != nil {
 			d.inflight.Delete(m) // not registered: no handler will settle it
