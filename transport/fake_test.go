@@ -120,6 +120,9 @@ type fakeSub struct {
 	recvErr   chan error
 	done      chan struct{}
 	closeOnce sync.Once
+	// ackGate, when set before the first delivery, holds every Ack (once recorded) until a
+	// token arrives.
+	ackGate chan struct{}
 }
 
 func (s *fakeSub) Receive(ctx context.Context, _ int) ([]*transport.RawDelivery, error) {
@@ -145,6 +148,9 @@ func tidsOf(ds []*transport.RawDelivery) []string {
 
 func (s *fakeSub) Ack(_ context.Context, ds []*transport.RawDelivery) error {
 	s.d.calls <- call{kind: "ack", stream: s.stream, tids: tidsOf(ds)}
+	if s.ackGate != nil {
+		<-s.ackGate
+	}
 	return nil
 }
 

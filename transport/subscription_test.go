@@ -71,6 +71,46 @@ func TestSuccessesAckedPerBatch(t *testing.T) {
 	require.Equal(t, 3, rec.Outcome(stream, transport.OutcomeSuccess))
 }
 
+// TestAckOverlapsNextBatchAndDrains proves that a batch's ack does not hold up the next
+// batch (it is handled while the broker has not answered the ack), that acks are not sent
+// concurrently, and that Close returns only once the last ack is done.
+func TestAckOverlapsNextBatchAndDrains(t *testing.T) {
+	bus, drv, _ := newBus(t)
+	handled := make(chan string, 10)
+	sub, fs := subscribe(t, bus, drv, func(_ context.Context, d *transport.Delivery) error {
+		handled <- d.TransportID
+		return nil
+	})
+	fs.ackGate = make(chan struct{})
+	fs.deliver(raw("1", 1, body(t, bus, 1)), raw("2", 1, body(t, bus, 2)))
+	require.Equal(t, "1", <-handled)
+	require.Equal(t, "2", <-handled)
+	c := drv.next(t)
+	require.Equal(t, []string{"1", "2"}, c.tids, "the first batch's ack is out and unanswered")
+
+	fs.deliver(raw("3", 1, body(t, bus, 3)))
+	select {
+	case id := <-handled:
+		require.Equal(t, "3", id)
+	case <-time.After(5 * time.Second):
+		t.Fatal("the next batch waited for the first batch's ack")
+	}
+
+	closed := make(chan error, 1)
+	go func() { closed <- sub.Close() }()
+	fs.ackGate <- struct{}{} // answer the first ack: the second goes out
+	c = drv.next(t)
+	require.Equal(t, "ack", c.kind)
+	require.Equal(t, []string{"3"}, c.tids)
+	select {
+	case <-closed:
+		t.Fatal("Close returned with an ack outstanding")
+	default:
+	}
+	fs.ackGate <- struct{}{}
+	require.NoError(t, <-closed)
+}
+
 // TestFailureBacksOffThenDeadLetters proves the retry policy on the Bus side: a failing
 // handler's delivery is Nak'ed with RetryBackoffMin, then doubled and capped at
 // RetryBackoffMax, and on attempt MaxDeliveries it is published to the DLQ with the original
