@@ -166,14 +166,10 @@ func (b *Bus) encode(stream string, envs []*envelope.Envelope) (*encodedBatch, e
 	eb := encodedBatches.Get().(*encodedBatch)
 	eb.msgs = slices.Grow(eb.msgs[:0], len(envs))
 	// Offsets first: the buffer may move while it grows, so bodies are sliced at the end.
-	eb.ends = slices.Grow(eb.ends[:0], len(envs))
-	for _, e := range envs {
-		var err error
-		if eb.buf, err = b.codec.AppendEncode(eb.buf, e); err != nil {
-			eb.release()
-			return nil, fmt.Errorf("transport: publish to %s: %w", stream, err)
-		}
-		eb.ends = append(eb.ends, len(eb.buf))
+	var err error
+	if eb.buf, eb.ends, err = b.codec.AppendEncodeBatch(eb.buf[:0], eb.ends[:0], envs); err != nil {
+		eb.release()
+		return nil, fmt.Errorf("transport: publish to %s: %w", stream, err)
 	}
 	start := 0
 	for i, e := range envs {
