@@ -32,7 +32,7 @@ func (d *Driver) Range(ctx context.Context, stream string, limit int, fn func(tr
 			return d.wrap("range "+key, err)
 		}
 		for _, m := range msgs {
-			if err := fn(transport.StoredMessage{RawMessage: toRawMessage(m.Values), TransportID: m.ID}); err != nil {
+			if err := fn(transport.StoredMessage{RawMessage: fromValues(m.Values), TransportID: m.ID}); err != nil {
 				return err
 			}
 		}

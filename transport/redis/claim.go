@@ -39,7 +39,7 @@ func (s *subscription) claimIdle(ctx context.Context, now time.Time, count int) 
 		s.log.Debug("claimed idle entries", "count", len(msgs))
 		ids := make([]string, len(msgs))
 		for i, m := range msgs {
-			ids[i] = m.ID
+			ids[i] = m.id
 		}
 		s.forgetDelayed(ids) // a delayed entry of ours that went idle too long is delivered now
 	}
@@ -66,7 +66,7 @@ func (s *subscription) redeliverDue(ctx context.Context, now time.Time, count in
 	if isNoGroup(err) {
 		return nil, nil // Redis restarted empty: the entries went with it; the next read recreates the group
 	}
-	var msgs []goredis.XMessage
+	var msgs []entry
 	var attempts []int
 	var deleted []string
 	if err == nil {
@@ -132,7 +132,7 @@ func (s *subscription) setIdle(ctx context.Context, ids []string, idle time.Dura
 }
 
 // parseAutoClaim reads autoClaimScript's reply: {cursor, {{id, count, {field, value…}}…}, {deleted id…}}.
-func parseAutoClaim(res []any) (cursor string, msgs []goredis.XMessage, attempts []int, deleted []string, err error) {
+func parseAutoClaim(res []any) (cursor string, msgs []entry, attempts []int, deleted []string, err error) {
 	if len(res) != 3 {
 		return "", nil, nil, nil, fmt.Errorf("unexpected reply of %d elements", len(res))
 	}
@@ -149,7 +149,7 @@ func parseAutoClaim(res []any) (cursor string, msgs []goredis.XMessage, attempts
 }
 
 // parseClaimOwn reads claimOwnScript's reply: {{{id, count, {field, value…}}…}, {deleted id…}}.
-func parseClaimOwn(res []any) (msgs []goredis.XMessage, attempts []int, deleted []string, err error) {
+func parseClaimOwn(res []any) (msgs []entry, attempts []int, deleted []string, err error) {
 	if len(res) != 2 {
 		return nil, nil, nil, fmt.Errorf("unexpected reply of %d elements", len(res))
 	}
@@ -160,12 +160,12 @@ func parseClaimOwn(res []any) (msgs []goredis.XMessage, attempts []int, deleted 
 	return msgs, attempts, deleted, err
 }
 
-func parseEntries(v any) ([]goredis.XMessage, []int, error) {
+func parseEntries(v any) ([]entry, []int, error) {
 	list, ok := v.([]any)
 	if !ok {
 		return nil, nil, fmt.Errorf("unexpected entry list %T", v)
 	}
-	msgs := make([]goredis.XMessage, 0, len(list))
+	msgs := make([]entry, 0, len(list))
 	attempts := make([]int, 0, len(list))
 	for _, e := range list {
 		t, ok := e.([]any)
@@ -178,12 +178,7 @@ func parseEntries(v any) ([]goredis.XMessage, []int, error) {
 		if id == "" || n < 1 || !ok || len(kv)%2 != 0 {
 			return nil, nil, fmt.Errorf("unexpected entry %v", e)
 		}
-		values := make(map[string]any, len(kv)/2)
-		for i := 0; i < len(kv); i += 2 {
-			k, _ := kv[i].(string)
-			values[k] = kv[i+1]
-		}
-		msgs = append(msgs, goredis.XMessage{ID: id, Values: values})
+		msgs = append(msgs, entry{id: id, msg: fromFields(kv)})
 		attempts = append(attempts, int(n))
 	}
 	return msgs, attempts, nil

@@ -3,6 +3,7 @@ package redis
 import (
 	"context"
 	"errors"
+	"fmt"
 	"sync"
 	"time"
 
@@ -38,7 +39,7 @@ type fetcher struct {
 // fetchResult is one read: the entries, or the error, and when the read returned (the entries'
 // idle time in Redis counts from about then).
 type fetchResult struct {
-	msgs []goredis.XMessage
+	msgs []entry
 	err  error
 	at   time.Time
 }
@@ -90,23 +91,21 @@ func (f *fetcher) loop() {
 
 // read blocks until entries arrive, Redis fails, or stop. An empty BLOCK timeout (maxBlock,
 // never 0: that would wait forever) is retried here.
-func (f *fetcher) read(n int) ([]goredis.XMessage, error) {
+func (f *fetcher) read(n int) ([]entry, error) {
 	for {
 		c := f.connection()
 		if c == nil {
 			return nil, errFetcherStopped
 		}
-		res, err := c.XReadGroup(context.Background(), &goredis.XReadGroupArgs{
-			Group:    f.group,
-			Consumer: f.consumer,
-			Streams:  []string{f.key, ">"},
-			Count:    int64(n),
-			Block:    maxBlock,
-		}).Result()
+		// XREADGROUP by hand rather than go-redis's XReadGroup, which builds a map per entry
+		// (measured: a third of the driver's CPU per consumed message).
+		res, err := c.Do(context.Background(), "xreadgroup", "group", f.group, f.consumer,
+			"count", n, "block", maxBlock.Milliseconds(), "streams", f.key, ">").Result()
 		switch {
 		case err == nil:
-			if len(res) == 1 {
-				return res[0].Messages, nil
+			msgs, err := parseRead(res, f.key)
+			if err != nil || len(msgs) > 0 {
+				return msgs, err
 			}
 		case errors.Is(err, goredis.Nil): // nothing arrived while blocked
 		case f.isStopped():
@@ -152,7 +151,7 @@ func (f *fetcher) isStopped() bool {
 // stop ends the goroutine, interrupting a blocked read by closing its connection, and returns
 // the entries of a read that completed but was never taken (the caller hands them back). It
 // is idempotent.
-func (f *fetcher) stop() []goredis.XMessage {
+func (f *fetcher) stop() []entry {
 	f.mu.Lock()
 	if f.stopped {
 		f.mu.Unlock()
@@ -178,4 +177,44 @@ func (f *fetcher) stop() []goredis.XMessage {
 // readerName is the CLIENT SETNAME of a subscription's reading connection.
 func readerName(key, group, consumer string) string {
 	return "pulse-reader:" + key + ":" + group + ":" + consumer
+}
+
+// parseRead reads an XREADGROUP reply for key: under RESP2 a list of [stream, entries] pairs,
+// under RESP3 a map from stream to entries; each entry is [id, [field, value, …]].
+func parseRead(res any, key string) ([]entry, error) {
+	var list any
+	switch r := res.(type) {
+	case []any:
+		for _, sv := range r {
+			pair, ok := sv.([]any)
+			if !ok || len(pair) != 2 {
+				return nil, fmt.Errorf("redis: unexpected XREADGROUP stream %v", sv)
+			}
+			if name, _ := pair[0].(string); name == key {
+				list = pair[1]
+			}
+		}
+	case map[any]any:
+		list = r[key]
+	default:
+		return nil, fmt.Errorf("redis: unexpected XREADGROUP reply %T", res)
+	}
+	entries, ok := list.([]any)
+	if !ok {
+		return nil, nil // no entries for key
+	}
+	out := make([]entry, 0, len(entries))
+	for _, ev := range entries {
+		e, ok := ev.([]any)
+		if !ok || len(e) != 2 {
+			return nil, fmt.Errorf("redis: unexpected XREADGROUP entry %v", ev)
+		}
+		id, _ := e[0].(string)
+		kv, _ := e[1].([]any) // nil for an entry deleted since: it reads as malformed
+		if id == "" {
+			return nil, fmt.Errorf("redis: unexpected XREADGROUP entry %v", ev)
+		}
+		out = append(out, entry{id: id, msg: fromFields(kv)})
+	}
+	return out, nil
 }

@@ -9,8 +9,6 @@ import (
 	"time"
 	"unsafe"
 
-	goredis "github.com/redis/go-redis/v9"
-
 	"github.com/pulse-bus/pulse/transport"
 )
 
@@ -248,7 +246,7 @@ func (s *subscription) handOut(ctx context.Context, r fetchResult) []*transport.
 	if now := time.Now(); now.Sub(at) >= s.ackWait/touchFraction {
 		ids := make([]string, len(msgs))
 		for i, m := range msgs {
-			ids[i] = m.ID
+			ids[i] = m.id
 		}
 		lost, err := s.setIdle(ctx, ids, 0)
 		if err != nil {
@@ -262,7 +260,7 @@ func (s *subscription) handOut(ctx context.Context, r fetchResult) []*transport.
 				}
 				kept := msgs[:0:0]
 				for _, m := range msgs {
-					if !gone[m.ID] {
+					if !gone[m.id] {
 						kept = append(kept, m)
 					}
 				}
@@ -275,7 +273,7 @@ func (s *subscription) handOut(ctx context.Context, r fetchResult) []*transport.
 
 // deliveries turns entries into deliveries sharing one Handle. attempts gives each entry's
 // delivery count (nil: first deliveries, 1); at is when their idle time was last reset.
-func (s *subscription) deliveries(msgs []goredis.XMessage, attempts []int, at time.Time) []*transport.RawDelivery {
+func (s *subscription) deliveries(msgs []entry, attempts []int, at time.Time) []*transport.RawDelivery {
 	if len(msgs) == 0 {
 		return nil
 	}
@@ -287,27 +285,46 @@ func (s *subscription) deliveries(msgs []goredis.XMessage, attempts []int, at ti
 		if attempts != nil {
 			attempt = attempts[i]
 		}
-		slab[i] = transport.RawDelivery{RawMessage: toRawMessage(m.Values), TransportID: m.ID, Attempt: attempt, Handle: info}
+		slab[i] = transport.RawDelivery{RawMessage: m.msg, TransportID: m.id, Attempt: attempt, Handle: info}
 		out[i] = &slab[i]
 	}
 	return out
 }
 
-// toRawMessage reads an entry's fields: `data` is the body, every other field a header (dead
-// letters carry their metadata so). An entry without `data` (not written by Pulse or the
-// Python core) gets an empty body, which the Bus dead-letters as malformed.
-func toRawMessage(values map[string]any) transport.RawMessage {
-	data, _ := values[DataField].(string)
-	m := transport.RawMessage{Body: aliasBytes(data)}
-	if len(values) > 1 {
-		m.Headers = make(map[string]string, len(values)-1)
-		for k, v := range values {
-			if k != DataField {
-				m.Headers[k] = fmt.Sprint(v)
-			}
+// entry is one stream entry as read from a reply.
+type entry struct {
+	id  string
+	msg transport.RawMessage
+}
+
+// fromFields reads an entry's field-value list: `data` is the body, every other field a
+// header (dead letters carry their metadata so). An entry without `data` (not written by
+// Pulse or the Python core) gets an empty body, which the Bus dead-letters as malformed.
+func fromFields(kv []any) transport.RawMessage {
+	var m transport.RawMessage
+	haveData := false
+	for i := 0; i+1 < len(kv); i += 2 {
+		k, _ := kv[i].(string)
+		if k == DataField && !haveData {
+			data, _ := kv[i+1].(string)
+			m.Body, haveData = aliasBytes(data), true
+			continue
 		}
+		if m.Headers == nil {
+			m.Headers = make(map[string]string, len(kv)/2-1)
+		}
+		m.Headers[k] = fmt.Sprint(kv[i+1])
 	}
 	return m
+}
+
+// fromValues is fromFields for go-redis's parsed entries (XRANGE).
+func fromValues(values map[string]any) transport.RawMessage {
+	kv := make([]any, 0, 2*len(values))
+	for k, v := range values {
+		kv = append(kv, k, v)
+	}
+	return fromFields(kv)
 }
 
 // Ack acknowledges ds with one XACK. Ids that are no longer pending (acked already, or the
@@ -396,7 +413,7 @@ func (s *subscription) Close() error {
 		s.delayed = newDelayQueue(s.ackWait / touchFraction)
 		s.delayMu.Unlock()
 		for _, m := range unread {
-			ids = append(ids, m.ID)
+			ids = append(ids, m.id)
 		}
 		if len(ids) == 0 || s.d.gone.Load() {
 			return
