@@ -72,7 +72,7 @@ type Driver struct {
 	subs   map[*subscription]struct{}
 
 	// inflight maps each asynchronously published *nats.Msg to its batch (see settlePub).
-	inflight sync.Map
+	inflight pubTable
 
 	closed    atomic.Bool
 	done      chan struct{} // closed by Close

@@ -129,15 +129,44 @@ type pubRef struct {
 	k int
 }
 
+// pubTable maps each asynchronously published *nats.Msg to its place in its batch. (A mutex
+// and a map: sync.Map allocated a node per message and cost ~0.35 µs per publish.)
+type pubTable struct {
+	mu sync.Mutex
+	m  map[*nats.Msg]pubRef
+}
+
+// putAll registers msgs[idx[k]] as message k of b, for every k, under one lock.
+func (t *pubTable) putAll(msgs []*nats.Msg, idx []int, b *pubBatch) {
+	t.mu.Lock()
+	defer t.mu.Unlock()
+	if t.m == nil {
+		t.m = make(map[*nats.Msg]pubRef, len(idx))
+	}
+	for k, i := range idx {
+		t.m[msgs[i]] = pubRef{b: b, k: k}
+	}
+}
+
+// take removes m and returns its place, if it is registered.
+func (t *pubTable) take(m *nats.Msg) (pubRef, bool) {
+	t.mu.Lock()
+	defer t.mu.Unlock()
+	ref, ok := t.m[m]
+	if ok {
+		delete(t.m, m)
+	}
+	return ref, ok
+}
+
 // settlePub is the JetStream context's async ack and error handler: it settles message m of
 // its batch with its PubAck or its error. Every asynchronous publish ends in exactly one call
 // (PubAck, API error, ack timeout, reset by a reconnect, or publisher cleanup at Close).
 func (d *Driver) settlePub(m *nats.Msg, ack *jetstream.PubAck, err error) {
-	v, ok := d.inflight.LoadAndDelete(m)
+	ref, ok := d.inflight.take(m)
 	if !ok {
 		return
 	}
-	ref := v.(pubRef)
 	if err == nil && ack != nil {
 		ref.b.seqs[ref.k] = ack.Sequence
 	} else {
@@ -164,9 +193,9 @@ func (d *Driver) publishOnce(ctx context.Context, msgs []*nats.Msg, idx []int, i
 	// stall wait (200 ms) before Publish checks its context and tries again.
 	sent := 0
 	var sendErr error
-	for k, i := range idx {
+	d.inflight.putAll(msgs, idx, b) // before sending: a PubAck can come back at once
+	for _, i := range idx {
 		m := msgs[i]
-		d.inflight.Store(m, pubRef{b: b, k: k})
 		_, err := d.js.PublishMsgAsync(m)
 		for errors.Is(err, jetstream.ErrTooManyStalledMsgs) && ctx.Err() == nil && !d.closed.Load() {
 			// The in-flight window is full and no PubAck came within the stall wait: wait
@@ -174,11 +203,13 @@ func (d *Driver) publishOnce(ctx context.Context, msgs []*nats.Msg, idx []int, i
 			_, err = d.js.PublishMsgAsync(m)
 		}
 		if err != nil {
-			d.inflight.Delete(m) // not registered: no handler will settle it
 			sendErr = err
 			break
 		}
 		sent++
+	}
+	for _, i := range idx[sent:] {
+		d.inflight.take(msgs[i]) // not sent: no handler will settle them
 	}
 	if unsent := int64(len(idx) - sent); unsent > 0 && b.left.Add(-unsent) == 0 {
 		close(b.done)
