@@ -15,6 +15,7 @@ import (
 	"github.com/nats-io/nats.go/jetstream"
 
 	"github.com/pulse-bus/pulse/transport"
+	pulsejs "github.com/pulse-bus/pulse/transport/jetstream"
 )
 
 // Contender names of the JetStream section.
@@ -32,9 +33,6 @@ const (
 	rawNATSMaxInFlight   = 4096
 	rawNATSPullMax       = 500
 	rawNATSMaxAckPending = 1000
-	// natsStallWait is how long PublishAsync may wait for room under the in-flight cap before
-	// failing (the default, 200 ms, fails now and then on a loaded machine).
-	natsStallWait = 5 * time.Second
 )
 
 func jetstreamSection() (*Section, []*Contender) {
@@ -190,7 +188,13 @@ func newRawNATSTrial(ctx context.Context, env *Env, id string) (*rawNATSTrial, e
 		nc.Close()
 		return nil, fmt.Errorf("bench: jetstream: %w", err)
 	}
-	t.stream, err = t.js.CreateStream(ctx, jetstream.StreamConfig{Name: t.name, Subjects: []string{t.subject}, Storage: jetstream.FileStorage})
+	// The same limits as the stream Pulse creates (its defaults: messages kept for
+	// transport.DefaultStreamMaxAge, a 2-minute duplicate window), so that both contenders ask
+	// the same work of the server and the comparison measures the clients.
+	t.stream, err = t.js.CreateStream(ctx, jetstream.StreamConfig{
+		Name: t.name, Subjects: []string{t.subject}, Storage: jetstream.FileStorage,
+		MaxAge: transport.DefaultStreamMaxAge, Duplicates: pulsejs.DefaultDuplicateWindow, AllowDirect: true,
+	})
 	if err != nil {
 		nc.Close()
 		return nil, fmt.Errorf("bench: create stream %s: %w", t.name, err)
@@ -205,13 +209,25 @@ func (t *rawNATSTrial) publishErr() error {
 	return nil
 }
 
+// publishAsync publishes body without per-message options (any option makes nats.go allocate
+// option state and a header map per message), trying again while the in-flight window stays
+// full for longer than the default stall wait (200 ms), as Pulse's driver does.
+func (t *rawNATSTrial) publishAsync(ctx context.Context, body []byte) error {
+	for {
+		_, err := t.js.PublishAsync(t.subject, body)
+		if !errors.Is(err, jetstream.ErrTooManyStalledMsgs) || ctx.Err() != nil {
+			return err
+		}
+	}
+}
+
 func (t *rawNATSTrial) Publish(ctx context.Context, lo, hi int) error {
 	bodies, err := t.env.Bodies(hi)
 	if err != nil {
 		return err
 	}
 	for i := lo; i < hi; i++ {
-		if _, err := t.js.PublishAsync(t.subject, bodies[i], jetstream.WithStallWait(natsStallWait)); err != nil {
+		if err := t.publishAsync(ctx, bodies[i]); err != nil {
 			return fmt.Errorf("bench: publish async: %w", err)
 		}
 	}
@@ -268,8 +284,7 @@ func (t *rawNATSTrial) Latency(ctx context.Context, warm, n int, rate float64) (
 		return cc.Stop, nil
 	}, func(seq int, sent func()) error {
 		sent()
-		_, err := t.js.PublishAsync(t.subject, bodies[seq], jetstream.WithStallWait(natsStallWait))
-		return err
+		return t.publishAsync(ctx, bodies[seq])
 	})
 	if err != nil {
 		return nil, err
