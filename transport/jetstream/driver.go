@@ -33,8 +33,8 @@ const (
 	// DefaultPublishMaxPending bounds asynchronous publishes awaiting their PubAck, across
 	// every Publish call of one driver.
 	DefaultPublishMaxPending = 4096
-	// DefaultPubAckTimeout is how long one message waits for its PubAck before it counts as
-	// failed (and is sent again, see Publish).
+	// DefaultPubAckTimeout is how long a batch waits for its PubAcks once its last message
+	// is sent; messages still without one count as failed (and are sent again, see Publish).
 	DefaultPubAckTimeout = 2 * time.Second
 	// DefaultPublishRetryFor bounds how long Publish keeps re-sending messages the broker did
 	// not acknowledge (disconnection, leader election) before it gives up.
@@ -73,6 +73,8 @@ type Driver struct {
 
 	// inflight maps each asynchronously published *nats.Msg to its batch (see settlePub).
 	inflight pubTable
+	// pubAckTimeout is DefaultPubAckTimeout (shorter in tests).
+	pubAckTimeout time.Duration
 
 	closed    atomic.Bool
 	done      chan struct{} // closed by Close
@@ -113,6 +115,8 @@ func OpenWith(ctx context.Context, cfg transport.Config, o Options) (*Driver, er
 		streams: map[string]jetstream.Stream{},
 		subs:    map[*subscription]struct{}{},
 		done:    make(chan struct{}),
+
+		pubAckTimeout: DefaultPubAckTimeout,
 	}
 	d.conn.init()
 	opts := []nats.Option{
@@ -167,7 +171,8 @@ func OpenWith(ctx context.Context, cfg transport.Config, o Options) (*Driver, er
 		jetstream.WithPublishAsyncAckHandler(func(_ jetstream.JetStream, m *nats.Msg, ack *jetstream.PubAck) { d.settlePub(m, ack, nil) }),
 		jetstream.WithPublishAsyncErrHandler(func(_ jetstream.JetStream, m *nats.Msg, err error) { d.settlePub(m, nil, err) }),
 		jetstream.WithPublishAsyncMaxPending(DefaultPublishMaxPending),
-		jetstream.WithPublishAsyncTimeout(DefaultPubAckTimeout),
+		// No WithPublishAsyncTimeout: it arms a timer per message (measured: ~6% of the CPU of
+		// publishing); publishOnce times out a whole batch instead.
 		jetstream.WithDefaultTimeout(DefaultAPITimeout),
 	)
 	if err != nil {

@@ -148,6 +148,13 @@ func (t *pubTable) putAll(msgs []*nats.Msg, idx []int, b *pubBatch) {
 	}
 }
 
+// len is the number of messages awaiting a PubAck.
+func (t *pubTable) len() int {
+	t.mu.Lock()
+	defer t.mu.Unlock()
+	return len(t.m)
+}
+
 // take removes m and returns its place, if it is registered.
 func (t *pubTable) take(m *nats.Msg) (pubRef, bool) {
 	t.mu.Lock()
@@ -160,12 +167,16 @@ func (t *pubTable) take(m *nats.Msg) (pubRef, bool) {
 }
 
 // settlePub is the JetStream context's async ack and error handler: it settles message m of
-// its batch with its PubAck or its error. Every asynchronous publish ends in exactly one call
-// (PubAck, API error, ack timeout, reset by a reconnect, or publisher cleanup at Close).
+// its batch with its PubAck or its error. A message is settled once: by its PubAck, an API
+// error, a reset by a reconnect, a publisher cleanup (reclaimPending, Close), or its batch
+// giving up on it (giveUp); later calls for it find nothing to settle.
 func (d *Driver) settlePub(m *nats.Msg, ack *jetstream.PubAck, err error) {
 	ref, ok := d.inflight.take(m)
 	if !ok {
 		return
+	}
+	if errors.Is(err, jetstream.ErrJetStreamPublisherClosed) && !d.closed.Load() {
+		err = jetstream.ErrAsyncPublishTimeout // reclaimPending: sent again, not given up
 	}
 	if err == nil && ack != nil {
 		ref.b.seqs[ref.k] = ack.Sequence
@@ -214,8 +225,13 @@ func (d *Driver) publishOnce(ctx context.Context, msgs []*nats.Msg, idx []int, i
 	if unsent := int64(len(idx) - sent); unsent > 0 && b.left.Add(-unsent) == 0 {
 		close(b.done)
 	}
+	wait := time.NewTimer(d.pubAckTimeout)
+	defer wait.Stop()
 	select {
 	case <-b.done:
+	case <-wait.C:
+		d.giveUp(msgs, idx[:sent], b)
+		<-b.done // closes at once: the rest were settled or are being settled now
 	case <-ctx.Done():
 		return idx, ctx.Err()
 	case <-d.done:
@@ -239,6 +255,42 @@ func (d *Driver) publishOnce(ctx context.Context, msgs []*nats.Msg, idx []int, i
 		b.mu.Unlock()
 	}
 	return failed, d.wrap(ctx, fmt.Sprintf("publish %d of %d message(s) to %s", len(failed), len(idx), msgs[0].Subject), lastErr)
+}
+
+// giveUp settles the messages of batch b (msgs[sent...]) still awaiting a PubAck as failed
+// with ErrAsyncPublishTimeout, so that Publish sends them again; a PubAck that comes for one
+// of them later is ignored. nats.go keeps no timer per message, so it still counts them as
+// pending until their PubAck comes, a reconnect resets them, or reclaimPending does.
+func (d *Driver) giveUp(msgs []*nats.Msg, sent []int, b *pubBatch) {
+	n := int64(0)
+	for _, i := range sent {
+		if _, ok := d.inflight.take(msgs[i]); ok {
+			n++
+		}
+	}
+	if n == 0 {
+		return
+	}
+	b.mu.Lock()
+	b.lastErr = jetstream.ErrAsyncPublishTimeout
+	b.mu.Unlock()
+	if b.left.Add(-n) == 0 {
+		close(b.done)
+	}
+	d.reclaimPending()
+}
+
+// reclaimPending resets nats.go's asynchronous publisher once publishes given up on take a
+// quarter of its in-flight window (their PubAcks were lost, e.g. with a stream leader), so
+// that they cannot fill it and stall every publish. The reset fails every publish still in
+// flight, which settlePub turns into a retry.
+func (d *Driver) reclaimPending() {
+	abandoned := d.js.PublishAsyncPending() - d.inflight.len()
+	if abandoned < DefaultPublishMaxPending/4 {
+		return
+	}
+	d.log.Warn("resetting the asynchronous publisher: PubAcks were lost", "abandoned", abandoned)
+	d.js.CleanupPublisher()
 }
 
 // toNATS builds the NATS message of m. Headers are set directly (NATS header names are case

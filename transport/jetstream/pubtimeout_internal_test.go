@@ -1,0 +1,91 @@
+package jetstream
+
+import (
+	"context"
+	"errors"
+	"fmt"
+	"testing"
+	"time"
+
+	"github.com/nats-io/nats.go"
+	"github.com/nats-io/nats.go/jetstream"
+	"github.com/stretchr/testify/require"
+
+	"github.com/pulse-bus/pulse/internal/natstest"
+	"github.com/pulse-bus/pulse/transport"
+)
+
+// blackHole subscribes to subject on url with a plain NATS subscriber that never answers: a
+// publish to it has interest (no "no responders") but never gets its PubAck, as when a stream
+// leader dies with the request. It returns the subscription, to answer late by hand.
+func blackHole(t *testing.T, url, subject string) *nats.Subscription {
+	t.Helper()
+	nc, err := nats.Connect(url)
+	require.NoError(t, err)
+	t.Cleanup(nc.Close)
+	sub, err := nc.SubscribeSync(subject)
+	require.NoError(t, err)
+	require.NoError(t, nc.Flush())
+	return sub
+}
+
+func lostAckDriver(t *testing.T) (*Driver, string) {
+	t.Helper()
+	srv := natstest.Start(t, nil)
+	d, err := Open(context.Background(), transport.Config{Backend: Name, NATSURL: srv.ClientURL(), Namespace: "lost"})
+	require.NoError(t, err)
+	t.Cleanup(func() { d.Close() })
+	d.pubAckTimeout = 100 * time.Millisecond
+	return d, srv.ClientURL()
+}
+
+func natsMsgs(subject string, n int) ([]*nats.Msg, []int) {
+	msgs := make([]*nats.Msg, n)
+	idx := make([]int, n)
+	for i := range msgs {
+		msgs[i] = &nats.Msg{Subject: subject, Data: []byte(fmt.Sprintf(`{"n":%d}`, i))}
+		idx[i] = i
+	}
+	return msgs, idx
+}
+
+// TestLostPubAcksGivenUp proves that a batch whose PubAcks never come gives its messages up
+// after the PubAck timeout as failed and retryable (ErrUnavailable), with nothing left in the
+// driver's table, and that a PubAck arriving after that is ignored.
+func TestLostPubAcksGivenUp(t *testing.T) {
+	d, url := lostAckDriver(t)
+	hole := blackHole(t, url, "lost.nowhere")
+	msgs, idx := natsMsgs("lost.nowhere", 3)
+	ids := make([]string, len(msgs))
+
+	failed, err := d.publishOnce(context.Background(), msgs, idx, ids)
+	require.ErrorIs(t, err, transport.ErrUnavailable)
+	require.ErrorIs(t, err, jetstream.ErrAsyncPublishTimeout)
+	require.Equal(t, idx, failed)
+	require.Zero(t, d.inflight.len())
+	require.Equal(t, 3, d.js.PublishAsyncPending(), "nats.go still waits for them")
+
+	// The first PubAck comes late: nats.go resolves it, the driver ignores it.
+	late, err := hole.NextMsg(5 * time.Second)
+	require.NoError(t, err)
+	require.NoError(t, late.Respond([]byte(`{"stream":"X","seq":1}`)))
+	require.Eventually(t, func() bool { return d.js.PublishAsyncPending() == 2 }, 5*time.Second, 5*time.Millisecond)
+	require.Zero(t, d.inflight.len())
+}
+
+// TestLostPubAcksReclaimed proves that once given-up publishes take a quarter of the in-flight
+// window, the driver resets nats.go's publisher so they cannot fill it, and that publishing
+// to a real stream works afterwards.
+func TestLostPubAcksReclaimed(t *testing.T) {
+	d, url := lostAckDriver(t)
+	blackHole(t, url, "lost.nowhere")
+	msgs, idx := natsMsgs("lost.nowhere", DefaultPublishMaxPending/4)
+
+	_, err := d.publishOnce(context.Background(), msgs, idx, make([]string, len(msgs)))
+	require.True(t, errors.Is(err, jetstream.ErrAsyncPublishTimeout), "%v", err)
+	require.Zero(t, d.js.PublishAsyncPending(), "the lost publishes were reclaimed")
+
+	ids, err := d.Publish(context.Background(), "after", []transport.RawMessage{{Body: []byte(`{"ok":1}`)}})
+	require.NoError(t, err)
+	require.Equal(t, []string{"1"}, ids)
+}
