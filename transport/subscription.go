@@ -88,8 +88,8 @@ type Subscription struct {
 	stopWatch    func() bool
 	done         chan struct{}
 
-	acking chan struct{}  // holds a token while a batch's ack is outstanding
-	acked  sync.WaitGroup // the outstanding ack; Add and Wait only in run's goroutine
+	acks      chan []*RawDelivery // a batch's successes, to the acker; sent and closed by run
+	ackerDone chan struct{}
 
 	errMu   sync.Mutex
 	lastErr error
@@ -129,14 +129,15 @@ func (b *Bus) Subscribe(ctx context.Context, stream string, h Handler, opts Subs
 		return nil, fmt.Errorf("transport: subscribe to %s as %s/%s: %w", stream, opts.Group, opts.Consumer, err)
 	}
 	s := &Subscription{
-		bus:    b,
-		stream: stream,
-		opts:   opts,
-		h:      h,
-		ds:     ds,
-		log:    b.cfg.Logger.With("stream", stream, "group", opts.Group, "consumer", opts.Consumer),
-		done:   make(chan struct{}),
-		acking: make(chan struct{}, 1),
+		bus:       b,
+		stream:    stream,
+		opts:      opts,
+		h:         h,
+		ds:        ds,
+		log:       b.cfg.Logger.With("stream", stream, "group", opts.Group, "consumer", opts.Consumer),
+		done:      make(chan struct{}),
+		acks:      make(chan []*RawDelivery),
+		ackerDone: make(chan struct{}),
 
 		keyPrefix: stream + "/" + opts.Group + "/",
 	}
@@ -245,7 +246,11 @@ func (s *Subscription) Close() error {
 
 func (s *Subscription) run() {
 	defer close(s.done)
-	defer s.acked.Wait() // drained means acked too
+	go s.acker()
+	defer func() { // drained means acked too
+		close(s.acks)
+		<-s.ackerDone
+	}()
 	retry := receiveRetryMin
 	for {
 		batch, err := s.ds.Receive(s.fetchCtx, s.opts.BatchSize)
@@ -314,27 +319,26 @@ func (s *Subscription) process(batch []*RawDelivery) {
 		g.Wait()
 	}
 	if len(acks) > 0 {
-		s.ack(acks)
+		s.acks <- acks // waits while the acker still settles the previous batch
 	}
 }
 
-// ack settles a batch's successes with one driver call made in the background, so that the
+// acker settles each batch's successes with one driver call, in the background, so that the
 // next batch is handled during the broker's round trip (measured on Redis: ~10% more
-// consume+ack throughput). At most one call is outstanding: ack waits for the previous one.
-// run waits for the last before the subscription counts as drained. Called by run only.
-func (s *Subscription) ack(acks []*RawDelivery) {
-	s.acking <- struct{}{}
-	s.acked.Add(1)
-	go func() {
-		defer s.acked.Done()
-		defer func() { <-s.acking }()
+// consume+ack throughput). One call is outstanding at most. It is one goroutine for the life
+// of run rather than one per batch, whose stack the driver's ack path grew every time. run
+// waits for it before the subscription counts as drained.
+func (s *Subscription) acker() {
+	defer close(s.ackerDone)
+	for acks := range s.acks {
 		ctx, cancel := s.settleCtx()
-		defer cancel()
-		if err := s.ds.Ack(ctx, acks); err != nil {
+		err := s.ds.Ack(ctx, acks)
+		cancel()
+		if err != nil {
 			// Handled ids are recorded, so the redeliveries this causes are absorbed as duplicates.
 			s.log.Warn("ack failed; the messages will be redelivered and de-duplicated", "count", len(acks), "err", err)
 		}
-	}()
+	}
 }
 
 func (s *Subscription) settleCtx() (context.Context, context.CancelFunc) {
