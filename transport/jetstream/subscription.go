@@ -6,6 +6,7 @@ import (
 	"fmt"
 	"log/slog"
 	"strconv"
+	"strings"
 	"sync"
 	"time"
 
@@ -253,24 +254,60 @@ func (s *subscription) Receive(ctx context.Context, limit int) ([]*transport.Raw
 }
 
 func (s *subscription) appendDelivery(out []*transport.RawDelivery, q queued) []*transport.RawDelivery {
-	meta, err := q.msg.Metadata()
-	if err != nil {
-		s.log.Error("dropping a message without JetStream metadata", "subject", q.msg.Subject(), "err", err)
-		return out
+	delivered, streamSeq, ok := ackFields(q.msg.Reply())
+	if !ok { // a form of ack subject this reader does not know: ask nats.go
+		meta, err := q.msg.Metadata()
+		if err != nil {
+			s.log.Error("dropping a message without JetStream metadata", "subject", q.msg.Subject(), "err", err)
+			return out
+		}
+		delivered, streamSeq = meta.NumDelivered, meta.Sequence.Stream
 	}
 	if time.Since(q.at) > s.opts.AckWait/2 {
 		_ = q.msg.InProgress() // buffered long: give its handler a whole AckWait
 	}
 	rd := &transport.RawDelivery{
 		RawMessage:  transport.RawMessage{Body: q.msg.Data()},
-		TransportID: strconv.FormatUint(meta.Sequence.Stream, 10),
-		Attempt:     int(meta.NumDelivered),
+		TransportID: strconv.FormatUint(streamSeq, 10),
+		Attempt:     int(delivered),
 		Handle:      q.msg,
 	}
 	if h := q.msg.Headers(); len(h) > 0 {
 		rd.ID, rd.Headers = fromHeader(h)
 	}
 	return append(out, rd)
+}
+
+// ackFields reads a delivery's count and stream sequence from its ack subject, without
+// allocating (nats.go's Metadata builds a struct and parses every field, ~0.3 µs per message
+// here): $JS.ACK.<stream>.<consumer>.<delivered>.<stream seq>.<consumer seq>.<time>.<pending>,
+// or the same with <domain>.<account hash> after $JS.ACK. and a token more at the end. ok is
+// false for anything else.
+func ackFields(reply string) (delivered, streamSeq uint64, ok bool) {
+	rest, found := strings.CutPrefix(reply, "$JS.ACK.")
+	if !found {
+		return 0, 0, false
+	}
+	var skip int // tokens before <delivered>
+	switch strings.Count(rest, ".") + 1 {
+	case 7:
+		skip = 2
+	case 9, 10:
+		skip = 4
+	default:
+		return 0, 0, false
+	}
+	for range skip {
+		_, rest, _ = strings.Cut(rest, ".")
+	}
+	d, rest, _ := strings.Cut(rest, ".")
+	sseq, _, _ := strings.Cut(rest, ".")
+	delivered, err1 := strconv.ParseUint(d, 10, 64)
+	streamSeq, err2 := strconv.ParseUint(sseq, 10, 64)
+	if err1 != nil || err2 != nil || delivered == 0 || streamSeq == 0 {
+		return 0, 0, false
+	}
+	return delivered, streamSeq, true
 }
 
 func handle(d *transport.RawDelivery) (jetstream.Msg, error) {

@@ -89,3 +89,64 @@ func TestLostPubAcksReclaimed(t *testing.T) {
 	require.NoError(t, err)
 	require.Equal(t, []string{"1"}, ids)
 }
+
+// TestAckFields proves the ack-subject reader on both forms the server sends, and that it
+// declines anything else (the driver then asks nats.go).
+func TestAckFields(t *testing.T) {
+	for _, tc := range []struct {
+		reply           string
+		delivered, sseq uint64
+		ok              bool
+	}{
+		{"$JS.ACK.MDP_TELEMETRY_FEEDBACK.pipeline.2.41.40.1764201600000000000.7", 2, 41, true},
+		{"$JS.ACK._.ACCHASH.MDP_TELEMETRY_FEEDBACK.pipeline.1.9.9.1764201600000000000.0.rnd", 1, 9, true},
+		{"$JS.ACK.hub.ACCHASH.S.c.3.12.10.1764201600000000000.5", 3, 12, true},
+		{"$JS.ACK.S.c.x.12.10.1764201600000000000.5", 0, 0, false},
+		{"$JS.ACK.S.c.0.12.10.1764201600000000000.5", 0, 0, false},
+		{"$JS.ACK.S.c.1.12", 0, 0, false},
+		{"_INBOX.abc", 0, 0, false},
+		{"", 0, 0, false},
+	} {
+		d, s, ok := ackFields(tc.reply)
+		require.Equal(t, tc.ok, ok, tc.reply)
+		require.Equal(t, tc.delivered, d, tc.reply)
+		require.Equal(t, tc.sseq, s, tc.reply)
+	}
+}
+
+// TestAckFieldsMatchMetadata proves the reader agrees with nats.go's Metadata on what a real
+// server sends, first and redelivered.
+func TestAckFieldsMatchMetadata(t *testing.T) {
+	srv := natstest.Start(t, nil)
+	nc, err := nats.Connect(srv.ClientURL())
+	require.NoError(t, err)
+	defer nc.Close()
+	js, err := jetstream.New(nc)
+	require.NoError(t, err)
+	ctx := context.Background()
+	_, err = js.CreateStream(ctx, jetstream.StreamConfig{Name: "META", Subjects: []string{"meta.>"}})
+	require.NoError(t, err)
+	for i := range 3 {
+		_, err := js.Publish(ctx, "meta.x", []byte{byte('a' + i)})
+		require.NoError(t, err)
+	}
+	cons, err := js.CreateConsumer(ctx, "META", jetstream.ConsumerConfig{Durable: "c", AckPolicy: jetstream.AckExplicitPolicy})
+	require.NoError(t, err)
+	for round := range 2 { // the second round is a redelivery (Nak)
+		batch, err := cons.Fetch(3, jetstream.FetchMaxWait(5*time.Second))
+		require.NoError(t, err)
+		n := 0
+		for m := range batch.Messages() {
+			meta, err := m.Metadata()
+			require.NoError(t, err)
+			d, s, ok := ackFields(m.Reply())
+			require.True(t, ok, m.Reply())
+			require.Equal(t, meta.NumDelivered, d)
+			require.Equal(t, meta.Sequence.Stream, s)
+			require.EqualValues(t, round+1, d)
+			require.NoError(t, m.Nak())
+			n++
+		}
+		require.Equal(t, 3, n)
+	}
+}
