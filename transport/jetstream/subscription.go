@@ -242,8 +242,10 @@ func (s *subscription) Receive(ctx context.Context, limit int) ([]*transport.Raw
 			}
 		}
 		out := make([]*transport.RawDelivery, 0, len(taken))
-		for _, q := range taken {
-			out = s.appendDelivery(out, q)
+		slab := make([]transport.RawDelivery, len(taken)) // one allocation for the batch
+		now := time.Now()
+		for i, q := range taken {
+			out = s.appendDelivery(out, &slab[i], q, now)
 		}
 		clear(taken)
 		s.scratch = taken[:0]
@@ -253,7 +255,9 @@ func (s *subscription) Receive(ctx context.Context, limit int) ([]*transport.Raw
 	}
 }
 
-func (s *subscription) appendDelivery(out []*transport.RawDelivery, q queued) []*transport.RawDelivery {
+// appendDelivery fills rd from q and appends it to out, unless q has no JetStream metadata.
+// now is when the batch is handed out.
+func (s *subscription) appendDelivery(out []*transport.RawDelivery, rd *transport.RawDelivery, q queued, now time.Time) []*transport.RawDelivery {
 	delivered, streamSeq, ok := ackFields(q.msg.Reply())
 	if !ok { // a form of ack subject this reader does not know: ask nats.go
 		meta, err := q.msg.Metadata()
@@ -263,10 +267,10 @@ func (s *subscription) appendDelivery(out []*transport.RawDelivery, q queued) []
 		}
 		delivered, streamSeq = meta.NumDelivered, meta.Sequence.Stream
 	}
-	if time.Since(q.at) > s.opts.AckWait/2 {
+	if now.Sub(q.at) > s.opts.AckWait/2 {
 		_ = q.msg.InProgress() // buffered long: give its handler a whole AckWait
 	}
-	rd := &transport.RawDelivery{
+	*rd = transport.RawDelivery{
 		RawMessage:  transport.RawMessage{Body: q.msg.Data()},
 		TransportID: strconv.FormatUint(streamSeq, 10),
 		Attempt:     int(delivered),
