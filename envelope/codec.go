@@ -61,12 +61,13 @@ func (c *Codec) AppendEncodeBatch(dst []byte, ends []int, envs []*Envelope) ([]b
 		}
 	}
 	out, n := dst, len(ends)
+	var memo tsMemo // a batch mostly shares one TS: format it once
 	for i, e := range envs {
 		if e.TS == 0 {
 			e.TS = ts
 		}
 		var err error
-		if out, err = c.AppendEncode(out, e); err != nil {
+		if out, err = c.appendEncode(out, e, &memo); err != nil {
 			return dst, ends[:n], fmt.Errorf("%w (message %d of %d)", err, i, len(envs))
 		}
 		ends = append(ends, len(out))
@@ -78,6 +79,32 @@ func (c *Codec) AppendEncodeBatch(dst []byte, ends []int, envs []*Envelope) ([]b
 // dst unchanged and the error. Encoding a batch into one buffer this way costs one allocation
 // per batch instead of one per message (the Bus reuses such buffers).
 func (c *Codec) AppendEncode(dst []byte, e *Envelope) ([]byte, error) {
+	return c.appendEncode(dst, e, nil)
+}
+
+// tsMemo remembers the last TS formatted, and how, for the envelopes of one batch.
+type tsMemo struct {
+	ts   float64
+	text []byte // nil until a TS is formatted
+	buf  [32]byte
+}
+
+// appendTS appends e's TS as Python's repr writes it, through memo when there is one.
+func appendTS(b []byte, ts float64, memo *tsMemo) ([]byte, error) {
+	if memo == nil {
+		return appendPyFloat(b, ts)
+	}
+	if memo.text == nil || memo.ts != ts {
+		text, err := appendPyFloat(memo.buf[:0], ts)
+		if err != nil {
+			return b, err
+		}
+		memo.ts, memo.text = ts, text
+	}
+	return append(b, memo.text...), nil
+}
+
+func (c *Codec) appendEncode(dst []byte, e *Envelope, memo *tsMemo) ([]byte, error) {
 	if e.Meta.SchemaID == "" {
 		return dst, errors.New("envelope: encode: empty schema_id")
 	}
@@ -145,7 +172,7 @@ func (c *Codec) AppendEncode(dst []byte, e *Envelope) ([]byte, error) {
 		headers = append(headers, header{k, v})
 	}
 	slices.SortFunc(headers, func(a, b header) int { return strings.Compare(a.k, b.k) })
-	out, err := appendEnvelope(slices.Grow(dst, encodedSizeHint(e, payload, headers)), e, headers, payload, track == TrackV1)
+	out, err := appendEnvelope(slices.Grow(dst, encodedSizeHint(e, payload, headers)), e, headers, payload, track == TrackV1, memo)
 	if err != nil {
 		return dst, err
 	}
@@ -167,7 +194,7 @@ func encodedSizeHint(e *Envelope, payload []byte, headers []header) int {
 
 // appendEnvelope writes the envelope with headers, e's headers sorted by name; py selects
 // Python's spacing and ASCII-only strings.
-func appendEnvelope(b []byte, e *Envelope, headers []header, payload []byte, py bool) ([]byte, error) {
+func appendEnvelope(b []byte, e *Envelope, headers []header, payload []byte, py bool, memo *tsMemo) ([]byte, error) {
 	sep, colon := ",", ":"
 	if py {
 		sep, colon = ", ", ": "
@@ -190,7 +217,7 @@ func appendEnvelope(b []byte, e *Envelope, headers []header, payload []byte, py 
 		first = false
 	}
 	field("ts", first)
-	if b, err = appendPyFloat(b, e.TS); err != nil {
+	if b, err = appendTS(b, e.TS, memo); err != nil {
 		return nil, err
 	}
 	field("key", false)
@@ -217,7 +244,9 @@ func appendEnvelope(b []byte, e *Envelope, headers []header, payload []byte, py 
 	}
 	b = append(b, '}')
 	field("hash", false)
-	b = appendString(b, e.Meta.Hash, py)
+	b = append(b, '"') // lower-case hex, set by the codec: nothing to escape
+	b = append(b, e.Meta.Hash...)
+	b = append(b, '"')
 	b = append(b, '}')
 	field("payload", false)
 	b = append(b, payload...)

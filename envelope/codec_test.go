@@ -317,6 +317,9 @@ func TestAppendEncodeBatch(t *testing.T) {
 		got, err := c.Decode(buf[ends[i]:ends[i+1]])
 		require.NoError(t, err, "message %d", i)
 		require.Equal(t, e.TS, got.TS)
+		alone, err := c.Encode(e) // TS now set: the same bytes as in the batch
+		require.NoError(t, err)
+		require.Equal(t, string(alone), string(buf[ends[i]:ends[i+1]]), "message %d", i)
 	}
 	require.Equal(t, 1729263600.5, envs[0].TS)
 	require.Equal(t, 1700000000.25, envs[1].TS, "a TS given is kept")
