@@ -56,6 +56,17 @@ type DriverSubscription interface {
 	Close() error
 }
 
+// LocalAcker is implemented by a DriverSubscription whose Ack never waits for the broker: it
+// settles in memory, or queues the acks on its connection and returns. The Bus calls such an
+// Ack inline after each batch; any other Ack goes to a background goroutine so that the next
+// batch is handled during the round trip. (JetStream hands the Bus ~10 messages per batch, so
+// a hand-off per batch cost more than its fire-and-forget acks.)
+type LocalAcker interface {
+	DriverSubscription
+	// AcksAreLocal reports whether Ack returns without waiting for the broker.
+	AcksAreLocal() bool
+}
+
 // RawMessage is one message as a driver stores it.
 type RawMessage struct {
 	// Body is the envelope's wire bytes (for dead letters: the original bytes, unchanged).

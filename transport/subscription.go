@@ -88,6 +88,7 @@ type Subscription struct {
 	stopWatch    func() bool
 	done         chan struct{}
 
+	localAcks bool                // the driver's Ack does not wait for the broker: ack inline
 	acks      chan []*RawDelivery // a batch's successes, to the acker; sent and closed by run
 	ackerDone chan struct{}
 
@@ -140,6 +141,9 @@ func (b *Bus) Subscribe(ctx context.Context, stream string, h Handler, opts Subs
 		ackerDone: make(chan struct{}),
 
 		keyPrefix: stream + "/" + opts.Group + "/",
+	}
+	if la, ok := ds.(LocalAcker); ok {
+		s.localAcks = la.AcksAreLocal()
 	}
 	s.fetchCtx, s.cancelFetch = context.WithCancel(ctx)
 	s.handleCtx, s.cancelHandle = context.WithCancel(context.WithoutCancel(ctx))
@@ -246,11 +250,13 @@ func (s *Subscription) Close() error {
 
 func (s *Subscription) run() {
 	defer close(s.done)
-	go s.acker()
-	defer func() { // drained means acked too
-		close(s.acks)
-		<-s.ackerDone
-	}()
+	if !s.localAcks {
+		go s.acker()
+		defer func() { // drained means acked too
+			close(s.acks)
+			<-s.ackerDone
+		}()
+	}
 	retry := receiveRetryMin
 	for {
 		batch, err := s.ds.Receive(s.fetchCtx, s.opts.BatchSize)
@@ -318,7 +324,11 @@ func (s *Subscription) process(batch []*RawDelivery) {
 		}
 		g.Wait()
 	}
-	if len(acks) > 0 {
+	switch {
+	case len(acks) == 0:
+	case s.localAcks:
+		s.ack(acks)
+	default:
 		s.acks <- acks // waits while the acker still settles the previous batch
 	}
 }
@@ -331,13 +341,24 @@ func (s *Subscription) process(batch []*RawDelivery) {
 func (s *Subscription) acker() {
 	defer close(s.ackerDone)
 	for acks := range s.acks {
+		s.ack(acks)
+	}
+}
+
+// ack settles a batch's successes with one driver call (an Ack that does not wait for the
+// broker needs no deadline).
+func (s *Subscription) ack(acks []*RawDelivery) {
+	var err error
+	if s.localAcks {
+		err = s.ds.Ack(context.WithoutCancel(s.handleCtx), acks)
+	} else {
 		ctx, cancel := s.settleCtx()
-		err := s.ds.Ack(ctx, acks)
+		err = s.ds.Ack(ctx, acks)
 		cancel()
-		if err != nil {
-			// Handled ids are recorded, so the redeliveries this causes are absorbed as duplicates.
-			s.log.Warn("ack failed; the messages will be redelivered and de-duplicated", "count", len(acks), "err", err)
-		}
+	}
+	if err != nil {
+		// Handled ids are recorded, so the redeliveries this causes are absorbed as duplicates.
+		s.log.Warn("ack failed; the messages will be redelivered and de-duplicated", "count", len(acks), "err", err)
 	}
 }
 

@@ -111,6 +111,53 @@ func TestAckOverlapsNextBatchAndDrains(t *testing.T) {
 	require.NoError(t, <-closed)
 }
 
+// localSub is a fake driver subscription whose acks do not wait for the broker.
+type localSub struct{ *fakeSub }
+
+func (localSub) AcksAreLocal() bool { return true }
+
+// TestLocalAcksInline proves that a driver whose Ack does not wait for the broker is acked
+// inline: the next batch is handled only once the previous batch's Ack has returned.
+func TestLocalAcksInline(t *testing.T) {
+	drv := newFakeDriver()
+	bus, err := transport.New(localDriver{drv}, transport.Config{Track: envelope.TrackV2, DrainTimeout: 2 * time.Second})
+	require.NoError(t, err)
+	t.Cleanup(func() { _ = bus.Close() })
+	handled := make(chan string, 10)
+	sub, err := bus.Subscribe(context.Background(), stream, func(_ context.Context, d *transport.Delivery) error {
+		handled <- d.TransportID
+		return nil
+	}, transport.SubscribeOptions{})
+	require.NoError(t, err)
+	fs := drv.nextSub(t)
+	fs.ackGate = make(chan struct{})
+	fs.deliver(raw("1", 1, body(t, bus, 1)))
+	require.Equal(t, "1", <-handled)
+	require.Equal(t, []string{"1"}, drv.next(t).tids)
+	fs.deliver(raw("2", 1, body(t, bus, 2)))
+	select {
+	case id := <-handled:
+		t.Fatalf("batch 2 (%s) handled while batch 1's Ack had not returned", id)
+	case <-time.After(100 * time.Millisecond): // proving a wait: bounded window
+	}
+	fs.ackGate <- struct{}{}
+	require.Equal(t, "2", <-handled)
+	require.Equal(t, []string{"2"}, drv.next(t).tids)
+	fs.ackGate <- struct{}{}
+	require.NoError(t, sub.Close())
+}
+
+// localDriver hands out localSubs.
+type localDriver struct{ *fakeDriver }
+
+func (d localDriver) Subscribe(ctx context.Context, stream string, opts transport.DriverSubscribeOptions) (transport.DriverSubscription, error) {
+	ds, err := d.fakeDriver.Subscribe(ctx, stream, opts)
+	if err != nil {
+		return nil, err
+	}
+	return localSub{ds.(*fakeSub)}, nil
+}
+
 // TestFailureBacksOffThenDeadLetters proves the retry policy on the Bus side: a failing
 // handler's delivery is Nak'ed with RetryBackoffMin, then doubled and capped at
 // RetryBackoffMax, and on attempt MaxDeliveries it is published to the DLQ with the original

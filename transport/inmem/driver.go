@@ -463,6 +463,9 @@ func (s *subscription) pendingOf(d *transport.RawDelivery) (*delivery, error) {
 	return h, nil
 }
 
+// AcksAreLocal implements transport.LocalAcker: acks settle in memory.
+func (s *subscription) AcksAreLocal() bool { return true }
+
 // Ack implements transport.DriverSubscription. Acking a delivery that was since redelivered
 // still settles the message (its work is done); acking one already settled does nothing.
 func (s *subscription) Ack(_ context.Context, ds []*transport.RawDelivery) error {

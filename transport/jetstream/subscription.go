@@ -322,6 +322,9 @@ func handle(d *transport.RawDelivery) (jetstream.Msg, error) {
 	return m, nil
 }
 
+// AcksAreLocal implements transport.LocalAcker: Ack only queues +ACKs on the connection.
+func (s *subscription) AcksAreLocal() bool { return true }
+
 // Ack implements transport.DriverSubscription with one fire-and-forget +ACK per delivery
 // (they share the connection's write buffer); Close flushes them.
 func (s *subscription) Ack(ctx context.Context, ds []*transport.RawDelivery) error {
