@@ -61,13 +61,14 @@ func (c *Codec) AppendEncodeBatch(dst []byte, ends []int, envs []*Envelope) ([]b
 		}
 	}
 	out, n := dst, len(ends)
-	var memo tsMemo // a batch mostly shares one TS: format it once
+	var batch batchState
 	for i, e := range envs {
 		if e.TS == 0 {
 			e.TS = ts
 		}
+		batch.left = len(envs) - i
 		var err error
-		if out, err = c.appendEncode(out, e, &memo); err != nil {
+		if out, err = c.appendEncode(out, e, &batch); err != nil {
 			return dst, ends[:n], fmt.Errorf("%w (message %d of %d)", err, i, len(envs))
 		}
 		ends = append(ends, len(out))
@@ -82,15 +83,34 @@ func (c *Codec) AppendEncode(dst []byte, e *Envelope) ([]byte, error) {
 	return c.appendEncode(dst, e, nil)
 }
 
-// tsMemo remembers the last TS formatted, and how, for the envelopes of one batch.
-type tsMemo struct {
+// batchState is what the envelopes of one AppendEncodeBatch share: the last TS formatted (a
+// batch mostly has one), and blocks for their hash (and new v2 id) strings instead of an
+// allocation for each.
+type batchState struct {
 	ts   float64
 	text []byte // nil until a TS is formatted
 	buf  [32]byte
+
+	strs []byte // the unused rest of the current block; bytes handed out are never written again
+	left int    // envelopes still to encode, counting the current one: sizes the next block
+}
+
+// bytes returns n fresh bytes for a string of the envelope being encoded: from the batch's
+// block, or a new allocation without a batch.
+func (b *batchState) bytes(n int) []byte {
+	if b == nil {
+		return make([]byte, n)
+	}
+	if len(b.strs) < n {
+		b.strs = make([]byte, n*max(b.left, 1))
+	}
+	out := b.strs[:n:n]
+	b.strs = b.strs[n:]
+	return out
 }
 
 // appendTS appends e's TS as Python's repr writes it, through memo when there is one.
-func appendTS(b []byte, ts float64, memo *tsMemo) ([]byte, error) {
+func appendTS(b []byte, ts float64, memo *batchState) ([]byte, error) {
 	if memo == nil {
 		return appendPyFloat(b, ts)
 	}
@@ -104,7 +124,7 @@ func appendTS(b []byte, ts float64, memo *tsMemo) ([]byte, error) {
 	return append(b, memo.text...), nil
 }
 
-func (c *Codec) appendEncode(dst []byte, e *Envelope, memo *tsMemo) ([]byte, error) {
+func (c *Codec) appendEncode(dst []byte, e *Envelope, batch *batchState) ([]byte, error) {
 	if e.Meta.SchemaID == "" {
 		return dst, errors.New("envelope: encode: empty schema_id")
 	}
@@ -137,19 +157,19 @@ func (c *Codec) appendEncode(dst []byte, e *Envelope, memo *tsMemo) ([]byte, err
 			return dst, fmt.Errorf("envelope: encode: payload is not valid JSON: %w", invalidJSON(e.Payload))
 		}
 		payload = bufs.dumps
-		e.Meta.Hash = hashHex(bufs.compact)
+		e.Meta.Hash = hashHexTo(batch.bytes(hexHashLen), bufs.compact)
 	case TrackV2:
 		if payload, err = compactJSON(e.Payload); err != nil {
 			return dst, fmt.Errorf("envelope: encode: payload is not valid JSON: %w", err)
 		}
 		if e.ID == "" {
-			// The new id and the hash share one allocation.
-			buf := make([]byte, idLen+hexHashLen)
+			// The new id and the hash share one allocation (or the batch's block).
+			buf := batch.bytes(idLen + hexHashLen)
 			_ = newULID().MarshalTextTo(buf[:idLen]) // cannot fail: the size is right
 			e.ID = unsafe.String(&buf[0], idLen)
 			e.Meta.Hash = hashHexTo(buf[idLen:], payload)
 		} else {
-			e.Meta.Hash = hashHex(payload)
+			e.Meta.Hash = hashHexTo(batch.bytes(hexHashLen), payload)
 		}
 	default:
 		return dst, fmt.Errorf("envelope: encode: unknown track %q (accepted: v1, v2)", track)
@@ -172,7 +192,7 @@ func (c *Codec) appendEncode(dst []byte, e *Envelope, memo *tsMemo) ([]byte, err
 		headers = append(headers, header{k, v})
 	}
 	slices.SortFunc(headers, func(a, b header) int { return strings.Compare(a.k, b.k) })
-	out, err := appendEnvelope(slices.Grow(dst, encodedSizeHint(e, payload, headers)), e, headers, payload, track == TrackV1, memo)
+	out, err := appendEnvelope(slices.Grow(dst, encodedSizeHint(e, payload, headers)), e, headers, payload, track == TrackV1, batch)
 	if err != nil {
 		return dst, err
 	}
@@ -194,7 +214,7 @@ func encodedSizeHint(e *Envelope, payload []byte, headers []header) int {
 
 // appendEnvelope writes the envelope with headers, e's headers sorted by name; py selects
 // Python's spacing and ASCII-only strings.
-func appendEnvelope(b []byte, e *Envelope, headers []header, payload []byte, py bool, memo *tsMemo) ([]byte, error) {
+func appendEnvelope(b []byte, e *Envelope, headers []header, payload []byte, py bool, memo *batchState) ([]byte, error) {
 	sep, colon := ",", ":"
 	if py {
 		sep, colon = ", ", ": "

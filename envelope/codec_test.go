@@ -302,33 +302,44 @@ func TestEncodeErrors(t *testing.T) {
 // recorded, that the clock is read once for the envelopes without a TS (and a TS given is
 // kept), and that an error names the message and leaves dst and ends as they were.
 func TestAppendEncodeBatch(t *testing.T) {
-	readings := 0
-	c := envelope.Codec{Track: envelope.TrackV1, Now: func() time.Time {
-		readings++
-		return time.Unix(1729263600, 500_000_000)
-	}}
-	envs := []*envelope.Envelope{newFeedback(), newFeedback(), newFeedback()}
-	envs[1].TS = 1700000000.25
-	buf, ends, err := c.AppendEncodeBatch([]byte("x"), []int{1}, envs)
-	require.NoError(t, err)
-	require.Equal(t, 1, readings, "one clock reading for the batch")
-	require.Len(t, ends, 4)
-	for i, e := range envs {
-		got, err := c.Decode(buf[ends[i]:ends[i+1]])
-		require.NoError(t, err, "message %d", i)
-		require.Equal(t, e.TS, got.TS)
-		alone, err := c.Encode(e) // TS now set: the same bytes as in the batch
-		require.NoError(t, err)
-		require.Equal(t, string(alone), string(buf[ends[i]:ends[i+1]]), "message %d", i)
-	}
-	require.Equal(t, 1729263600.5, envs[0].TS)
-	require.Equal(t, 1700000000.25, envs[1].TS, "a TS given is kept")
+	for _, track := range []envelope.Track{envelope.TrackV1, envelope.TrackV2} {
+		t.Run(string(track), func(t *testing.T) {
+			readings := 0
+			c := envelope.Codec{Track: track, Now: func() time.Time {
+				readings++
+				return time.Unix(1729263600, 500_000_000)
+			}}
+			envs := []*envelope.Envelope{newFeedback(), newFeedback(), newFeedback()}
+			envs[1].TS = 1700000000.25
+			envs[2].Payload = json.RawMessage(`{"coordinator_id":"coord-2"}`)
+			buf, ends, err := c.AppendEncodeBatch([]byte("x"), []int{1}, envs)
+			require.NoError(t, err)
+			require.Equal(t, 1, readings, "one clock reading for the batch")
+			require.Len(t, ends, 4)
+			for i, e := range envs {
+				got, err := c.Decode(buf[ends[i]:ends[i+1]])
+				require.NoError(t, err, "message %d", i)
+				require.Equal(t, e.TS, got.TS)
+				require.Equal(t, e.ID, got.ID)
+				alone, err := c.Encode(e) // TS (and v2 id) now set: the same bytes as in the batch
+				require.NoError(t, err)
+				require.Equal(t, string(alone), string(buf[ends[i]:ends[i+1]]), "message %d", i)
+				sum := sha256.Sum256([]byte(`{"coordinator_id":"coord-1","queue_size":82,"capacity":100,"level":"hard","source":"store","ts":1729263600.1}`))
+				if i < 2 {
+					require.Equal(t, hex.EncodeToString(sum[:]), e.Meta.Hash, "message %d keeps its own hash", i)
+				}
+			}
+			require.NotEqual(t, envs[0].Meta.Hash, envs[2].Meta.Hash)
+			require.Equal(t, 1729263600.5, envs[0].TS)
+			require.Equal(t, 1700000000.25, envs[1].TS, "a TS given is kept")
 
-	bad := []*envelope.Envelope{newFeedback(), {Meta: envelope.Meta{SchemaID: "s"}}}
-	out, ends2, err := c.AppendEncodeBatch(buf, ends, bad)
-	require.ErrorContains(t, err, "empty payload (message 1 of 2)")
-	require.Equal(t, buf, out)
-	require.Equal(t, ends, ends2)
+			bad := []*envelope.Envelope{newFeedback(), {Meta: envelope.Meta{SchemaID: "s"}}}
+			out, ends2, err := c.AppendEncodeBatch(buf, ends, bad)
+			require.ErrorContains(t, err, "empty payload (message 1 of 2)")
+			require.Equal(t, buf, out)
+			require.Equal(t, ends, ends2)
+		})
+	}
 }
 
 // TestAppendEncode proves AppendEncode writes exactly Encode's bytes after dst, on both
