@@ -57,6 +57,33 @@ func (s *pyScanner) punct(p byte, spaced bool) {
 	s.c = append(s.c, p)
 }
 
+// empty consumes closer if the object or array just opened ends at once.
+func (s *pyScanner) empty(closer byte) bool {
+	s.ws()
+	if s.i < len(s.src) && s.src[s.i] == closer {
+		s.punct(closer, false)
+		return true
+	}
+	return false
+}
+
+// next consumes what follows a member or an element: ',' (more to come) or closer (the end).
+// ok is false for anything else.
+func (s *pyScanner) next(closer byte) (more, ok bool) {
+	s.ws()
+	if s.i < len(s.src) {
+		switch s.src[s.i] {
+		case ',':
+			s.punct(',', true)
+			return true, true
+		case closer:
+			s.punct(closer, false)
+			return false, true
+		}
+	}
+	return false, false
+}
+
 func (s *pyScanner) value(depth int) bool {
 	if depth > maxDepth {
 		return false
@@ -68,9 +95,7 @@ func (s *pyScanner) value(depth int) bool {
 	switch s.src[s.i] {
 	case '{':
 		s.punct('{', false)
-		s.ws()
-		if s.i < len(s.src) && s.src[s.i] == '}' {
-			s.punct('}', false)
+		if s.empty('}') {
 			return true
 		}
 		for {
@@ -86,43 +111,21 @@ func (s *pyScanner) value(depth int) bool {
 			if !s.value(depth + 1) {
 				return false
 			}
-			s.ws()
-			if s.i >= len(s.src) {
-				return false
-			}
-			switch s.src[s.i] {
-			case ',':
-				s.punct(',', true)
-			case '}':
-				s.punct('}', false)
-				return true
-			default:
-				return false
+			if more, ok := s.next('}'); !more {
+				return ok
 			}
 		}
 	case '[':
 		s.punct('[', false)
-		s.ws()
-		if s.i < len(s.src) && s.src[s.i] == ']' {
-			s.punct(']', false)
+		if s.empty(']') {
 			return true
 		}
 		for {
 			if !s.value(depth + 1) {
 				return false
 			}
-			s.ws()
-			if s.i >= len(s.src) {
-				return false
-			}
-			switch s.src[s.i] {
-			case ',':
-				s.punct(',', true)
-			case ']':
-				s.punct(']', false)
-				return true
-			default:
-				return false
+			if more, ok := s.next(']'); !more {
+				return ok
 			}
 		}
 	case '"':
@@ -324,6 +327,27 @@ func (v *validator) ws() {
 	}
 }
 
+// empty consumes closer if the object or array just opened ends at once.
+func (v *validator) empty(closer byte) bool {
+	v.ws()
+	if v.i < len(v.b) && v.b[v.i] == closer {
+		v.i++
+		return true
+	}
+	return false
+}
+
+// next consumes what follows a member or an element: ',' (more to come) or closer (the end).
+// ok is false for anything else.
+func (v *validator) next(closer byte) (more, ok bool) {
+	v.ws()
+	if v.i < len(v.b) && (v.b[v.i] == ',' || v.b[v.i] == closer) {
+		v.i++
+		return v.b[v.i-1] == ',', true
+	}
+	return false, false
+}
+
 // value validates the value at v.i (after whitespace) at the given nesting depth.
 func (v *validator) value(depth int) bool {
 	if depth > maxDepth {
@@ -336,9 +360,7 @@ func (v *validator) value(depth int) bool {
 	switch v.b[v.i] {
 	case '{':
 		v.i++
-		v.ws()
-		if v.i < len(v.b) && v.b[v.i] == '}' {
-			v.i++
+		if v.empty('}') {
 			return true
 		}
 		for {
@@ -354,43 +376,21 @@ func (v *validator) value(depth int) bool {
 			if !v.value(depth + 1) {
 				return false
 			}
-			v.ws()
-			if v.i >= len(v.b) {
-				return false
-			}
-			switch v.b[v.i] {
-			case ',':
-				v.i++
-			case '}':
-				v.i++
-				return true
-			default:
-				return false
+			if more, ok := v.next('}'); !more {
+				return ok
 			}
 		}
 	case '[':
 		v.i++
-		v.ws()
-		if v.i < len(v.b) && v.b[v.i] == ']' {
-			v.i++
+		if v.empty(']') {
 			return true
 		}
 		for {
 			if !v.value(depth + 1) {
 				return false
 			}
-			v.ws()
-			if v.i >= len(v.b) {
-				return false
-			}
-			switch v.b[v.i] {
-			case ',':
-				v.i++
-			case ']':
-				v.i++
-				return true
-			default:
-				return false
+			if more, ok := v.next(']'); !more {
+				return ok
 			}
 		}
 	case '"':
