@@ -109,19 +109,20 @@ func (b *batchState) bytes(n int) []byte {
 	return out
 }
 
-// appendTS appends e's TS as Python's repr writes it, through memo when there is one.
-func appendTS(b []byte, ts float64, memo *batchState) ([]byte, error) {
-	if memo == nil {
+// appendTS appends ts as Python's repr writes it, formatting it once per batch when there is
+// one.
+func appendTS(b []byte, ts float64, batch *batchState) ([]byte, error) {
+	if batch == nil {
 		return appendPyFloat(b, ts)
 	}
-	if memo.text == nil || memo.ts != ts {
-		text, err := appendPyFloat(memo.buf[:0], ts)
+	if batch.text == nil || batch.ts != ts {
+		text, err := appendPyFloat(batch.buf[:0], ts)
 		if err != nil {
 			return b, err
 		}
-		memo.ts, memo.text = ts, text
+		batch.ts, batch.text = ts, text
 	}
-	return append(b, memo.text...), nil
+	return append(b, batch.text...), nil
 }
 
 func (c *Codec) appendEncode(dst []byte, e *Envelope, batch *batchState) ([]byte, error) {
@@ -214,7 +215,7 @@ func encodedSizeHint(e *Envelope, payload []byte, headers []header) int {
 
 // appendEnvelope writes the envelope with headers, e's headers sorted by name; py selects
 // Python's spacing and ASCII-only strings.
-func appendEnvelope(b []byte, e *Envelope, headers []header, payload []byte, py bool, memo *batchState) ([]byte, error) {
+func appendEnvelope(b []byte, e *Envelope, headers []header, payload []byte, py bool, batch *batchState) ([]byte, error) {
 	sep, colon := ",", ":"
 	if py {
 		sep, colon = ", ", ": "
@@ -237,7 +238,7 @@ func appendEnvelope(b []byte, e *Envelope, headers []header, payload []byte, py 
 		first = false
 	}
 	field("ts", first)
-	if b, err = appendTS(b, e.TS, memo); err != nil {
+	if b, err = appendTS(b, e.TS, batch); err != nil {
 		return nil, err
 	}
 	field("key", false)
