@@ -207,7 +207,8 @@ func TestConsumerExpiresWithoutEvents(t *testing.T) {
 
 	require.NoError(t, bus.Publish(context.Background(), feedback.StreamFeedback, encodeEvent(t, event("bars_1", feedback.LevelHard, 1))))
 	require.Eventually(t, func() bool { return h.Rates().Scale("ibkr") == 0 }, waitFor, time.Millisecond)
-	require.Len(t, adjustmentsOn(t, bus), 1)
+	// The rate changes before its RateAdjustment is published: wait for that too.
+	require.Eventually(t, func() bool { return len(adjustmentsOn(t, bus)) == 1 }, waitFor, time.Millisecond)
 
 	clock.Advance(testTTL + time.Second)
 	require.Eventually(t, func() bool { return h.Rates().Scale("ibkr") == 1 }, waitFor, time.Millisecond)
