@@ -283,7 +283,9 @@ func (d *Driver) Close() error {
 				errs = append(errs, fmt.Errorf("jetstream: flush at close: %w", err))
 			}
 		}
-		d.js.CleanupPublisher()
+		// No CleanupPublisher: publishes in flight end with d.done, and closing the connection
+		// stops nats.go's publisher goroutine (it hears CLOSED). Cleaning up can race with
+		// that goroutine's start, which then waits for ever on a nil channel (seen by goleak).
 		d.nc.Close()
 		d.closeErr = errors.Join(errs...)
 	})

@@ -168,7 +168,7 @@ func (t *pubTable) take(m *nats.Msg) (pubRef, bool) {
 
 // settlePub is the JetStream context's async ack and error handler: it settles message m of
 // its batch with its PubAck or its error. A message is settled once: by its PubAck, an API
-// error, a reset by a reconnect, a publisher cleanup (reclaimPending, Close), or its batch
+// error, a reset by a reconnect, a publisher reset (reclaimPending), or its batch
 // giving up on it (giveUp); later calls for it find nothing to settle.
 func (d *Driver) settlePub(m *nats.Msg, ack *jetstream.PubAck, err error) {
 	ref, ok := d.inflight.take(m)
