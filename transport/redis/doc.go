@@ -118,9 +118,15 @@
 // # Connections and failures
 //
 // The driver has one go-redis client (a connection pool) for publishing, acks, claims,
-// admin and the idempotency record. Each subscription's fetcher reads with a client of its own
-// holding one connection, so a blocked XREADGROUP never holds a connection a publisher needs;
-// closing the subscription closes that connection, which ends a blocked read at once.
+// admin and the idempotency record. Each subscription's fetcher reads on a connection of its
+// own, so a blocked XREADGROUP never holds a connection a publisher needs; closing the
+// subscription closes that connection, which ends a blocked read at once. That connection is
+// dialed with go-redis's dialer and options (TLS, timeouts) but speaks RESP2 itself: it
+// authenticates, selects the database, names itself (CLIENT SETNAME
+// pulse-reader:{key}:{group}:{consumer}) and reads each XREADGROUP reply straight into the
+// entries handed out, a batch's ids and bodies in shared buffers, where go-redis's generic
+// reply parsing cost about nine allocations per message. After a read that fails other than
+// with an error reply (NOGROUP), the connection is dropped and the next read dials afresh.
 //
 // When Redis goes away, Ping fails (the pulse service's /readyz answers 503), Publish fails with
 // an error wrapping transport.ErrUnavailable, and Receive returns such errors, on which the Bus

@@ -3,23 +3,22 @@ package redis
 import (
 	"context"
 	"errors"
-	"fmt"
 	"sync"
 	"time"
 
 	goredis "github.com/redis/go-redis/v9"
 )
 
-// fetcher reads new entries (XREADGROUP … >) for one subscription, on a client of its own
-// holding one connection, so that a blocked read never holds a connection a publisher needs.
-// It reads one batch ahead: Receive asks for the next batch as soon as it hands one out, so
-// Redis and the network work while the Bus handles the current batch.
+// fetcher reads new entries (XREADGROUP … >) for one subscription, on a connection of its own
+// (a readConn), so that a blocked read never holds a connection a publisher needs. It reads
+// one batch ahead: Receive asks for the next batch as soon as it hands one out, so Redis and
+// the network work while the Bus handles the current batch.
 //
 // At most one request is outstanding and its result is buffered until Receive takes it, so
 // the fetcher holds at most one batch that was delivered to this consumer but not yet handed
 // out. The goroutine is owned by the subscription: stop ends it.
 type fetcher struct {
-	opts     goredis.Options // the driver's, for one connection
+	opts     *goredis.Options // the driver's: how to dial
 	group    string
 	consumer string
 	key      string
@@ -29,8 +28,11 @@ type fetcher struct {
 	quit chan struct{}
 	done chan struct{}
 
+	dialCtx    context.Context // cancelled by stop, to abandon a dial in progress
+	cancelDial context.CancelFunc
+
 	mu      sync.Mutex
-	client  *goredis.Client // nil until the first read and after a failed one
+	conn    *readConn // nil until the first read and after a broken one
 	stopped bool
 
 	asked bool // a request is out and its result not yet taken; Receive goroutine only
@@ -46,7 +48,7 @@ type fetchResult struct {
 
 func newFetcher(opts *goredis.Options, key, group, consumer string) *fetcher {
 	f := &fetcher{
-		opts:     *opts,
+		opts:     opts,
 		key:      key,
 		group:    group,
 		consumer: consumer,
@@ -55,12 +57,7 @@ func newFetcher(opts *goredis.Options, key, group, consumer string) *fetcher {
 		quit:     make(chan struct{}),
 		done:     make(chan struct{}),
 	}
-	f.opts.PoolSize = 1
-	f.opts.MinIdleConns = 0
-	f.opts.MaxIdleConns = 1
-	f.opts.MaxRetries = -1 // a failed read goes back to Receive and the Bus, which backs off
-	// CLIENT LIST shows which member a blocked reader belongs to.
-	f.opts.ClientName = readerName(key, group, consumer)
+	f.dialCtx, f.cancelDial = context.WithCancel(context.Background())
 	go f.loop()
 	return f
 }
@@ -90,30 +87,28 @@ func (f *fetcher) loop() {
 }
 
 // read blocks until entries arrive, Redis fails, or stop. An empty BLOCK timeout (maxBlock,
-// never 0: that would wait forever) is retried here.
+// never 0: that would wait forever) is retried here. A failed read goes back to Receive and the
+// Bus, which backs off; an error reply (NOGROUP) keeps the connection, any other failure drops
+// it so that the next read dials afresh.
 func (f *fetcher) read(n int) ([]entry, error) {
 	for {
-		c := f.connection()
-		if c == nil {
-			return nil, errFetcherStopped
+		c, err := f.connection()
+		if err != nil {
+			return nil, err
 		}
-		// XREADGROUP by hand rather than go-redis's XReadGroup, which builds a map per entry
-		// (measured: a third of the driver's CPU per consumed message).
-		res, err := c.Do(context.Background(), "xreadgroup", "group", f.group, f.consumer,
-			"count", n, "block", maxBlock.Milliseconds(), "streams", f.key, ">").Result()
+		msgs, err := c.readGroup(f.key, f.group, f.consumer, n, maxBlock)
+		var reply respError
 		switch {
 		case err == nil:
-			msgs, err := parseRead(res, f.key)
-			if err != nil || len(msgs) > 0 {
-				return msgs, err
+			if len(msgs) > 0 {
+				return msgs, nil
 			}
-		case errors.Is(err, goredis.Nil): // nothing arrived while blocked
 		case f.isStopped():
 			return nil, errFetcherStopped
+		case errors.As(err, &reply):
+			return nil, err
 		default:
-			if !isNoGroup(err) {
-				f.drop(c) // its connection may be broken: the next read dials afresh
-			}
+			f.drop(c)
 			return nil, err
 		}
 	}
@@ -121,22 +116,38 @@ func (f *fetcher) read(n int) ([]entry, error) {
 
 var errFetcherStopped = errors.New("redis: fetcher stopped")
 
-func (f *fetcher) connection() *goredis.Client {
+// connection returns the reading connection, dialing it if there is none.
+func (f *fetcher) connection() (*readConn, error) {
+	f.mu.Lock()
+	c, stopped := f.conn, f.stopped
+	f.mu.Unlock()
+	switch {
+	case stopped:
+		return nil, errFetcherStopped
+	case c != nil:
+		return c, nil
+	}
+	c, err := dialReadConn(f.dialCtx, f.opts, readerName(f.key, f.group, f.consumer))
+	if err != nil {
+		if f.isStopped() {
+			return nil, errFetcherStopped
+		}
+		return nil, err
+	}
 	f.mu.Lock()
 	defer f.mu.Unlock()
 	if f.stopped {
-		return nil
+		c.Close()
+		return nil, errFetcherStopped
 	}
-	if f.client == nil {
-		f.client = goredis.NewClient(&f.opts)
-	}
-	return f.client
+	f.conn = c
+	return c, nil
 }
 
-func (f *fetcher) drop(c *goredis.Client) {
+func (f *fetcher) drop(c *readConn) {
 	f.mu.Lock()
-	if f.client == c {
-		f.client = nil
+	if f.conn == c {
+		f.conn = nil
 	}
 	f.mu.Unlock()
 	c.Close()
@@ -148,9 +159,9 @@ func (f *fetcher) isStopped() bool {
 	return f.stopped
 }
 
-// stop ends the goroutine, interrupting a blocked read by closing its connection, and returns
-// the entries of a read that completed but was never taken (the caller hands them back). It
-// is idempotent.
+// stop ends the goroutine, interrupting a blocked read by closing its connection (or a dial by
+// cancelling it), and returns the entries of a read that completed but was never taken (the
+// caller hands them back). It is idempotent.
 func (f *fetcher) stop() []entry {
 	f.mu.Lock()
 	if f.stopped {
@@ -158,9 +169,10 @@ func (f *fetcher) stop() []entry {
 		return nil
 	}
 	f.stopped = true
-	c := f.client
-	f.client = nil
+	c := f.conn
+	f.conn = nil
 	f.mu.Unlock()
+	f.cancelDial()
 	close(f.quit)
 	if c != nil {
 		c.Close()
@@ -177,44 +189,4 @@ func (f *fetcher) stop() []entry {
 // readerName is the CLIENT SETNAME of a subscription's reading connection.
 func readerName(key, group, consumer string) string {
 	return "pulse-reader:" + key + ":" + group + ":" + consumer
-}
-
-// parseRead reads an XREADGROUP reply for key: under RESP2 a list of [stream, entries] pairs,
-// under RESP3 a map from stream to entries; each entry is [id, [field, value, …]].
-func parseRead(res any, key string) ([]entry, error) {
-	var list any
-	switch r := res.(type) {
-	case []any:
-		for _, sv := range r {
-			pair, ok := sv.([]any)
-			if !ok || len(pair) != 2 {
-				return nil, fmt.Errorf("redis: unexpected XREADGROUP stream %v", sv)
-			}
-			if name, _ := pair[0].(string); name == key {
-				list = pair[1]
-			}
-		}
-	case map[any]any:
-		list = r[key]
-	default:
-		return nil, fmt.Errorf("redis: unexpected XREADGROUP reply %T", res)
-	}
-	entries, ok := list.([]any)
-	if !ok {
-		return nil, nil // no entries for key
-	}
-	out := make([]entry, 0, len(entries))
-	for _, ev := range entries {
-		e, ok := ev.([]any)
-		if !ok || len(e) != 2 {
-			return nil, fmt.Errorf("redis: unexpected XREADGROUP entry %v", ev)
-		}
-		id, _ := e[0].(string)
-		kv, _ := e[1].([]any) // nil for an entry deleted since: it reads as malformed
-		if id == "" {
-			return nil, fmt.Errorf("redis: unexpected XREADGROUP entry %v", ev)
-		}
-		out = append(out, entry{id: id, msg: fromFields(kv)})
-	}
-	return out, nil
 }

@@ -1,0 +1,401 @@
+package redis
+
+import (
+	"bufio"
+	"bytes"
+	"context"
+	"errors"
+	"fmt"
+	"io"
+	"net"
+	"strconv"
+	"time"
+	"unsafe"
+
+	goredis "github.com/redis/go-redis/v9"
+
+	"github.com/pulse-bus/pulse/transport"
+)
+
+// readConn is a subscription's reading connection: it speaks just enough RESP2 for the
+// connection handshake (AUTH, SELECT, CLIENT SETNAME) and XREADGROUP, and reads each reply
+// straight into the entries the driver hands out.
+//
+// Why not go-redis here, as everywhere else in the driver: go-redis parses any reply into
+// interface values — for an XREADGROUP entry a slice, a boxed string and its bytes for the id,
+// another slice, and a boxed string for each field and value, about nine allocations per
+// consumed message (go-redis's own XReadGroup adds a map), which was a third of the driver's
+// CPU time per message and most of its garbage. Here an entry costs no allocation of its own:
+// a read's ids share one buffer and its bodies another. Dialing (TLS, timeouts) is still
+// go-redis's, from the driver's options.
+//
+// A readConn is used by one goroutine at a time; Close may be called from any, and
+// interrupts a blocked read.
+type readConn struct {
+	conn     net.Conn
+	br       *bufio.Reader
+	cmd      []byte // the command being written, reused
+	readTO   time.Duration
+	meanBody int // the mean body size of the last read
+}
+
+// Buffer sizes of a reading connection.
+const (
+	readBufSize = 32 << 10
+	// maxChunk bounds one buffer of a read's ids or bodies (a larger body gets its own).
+	maxChunk = 64 << 10
+	// idBytes is room for a typical stream id (`1764211200000-0`; at most 41 bytes).
+	idBytes = 20
+	// maxBulk is Redis's largest bulk string (proto-max-bulk-len): a longer one is a corrupt
+	// reply, not something to allocate for.
+	maxBulk = 512 << 20
+	// minMeanBody is the least body size assumed when sizing a read's body buffer.
+	minMeanBody = 64
+	// readSlack is how long a read may take beyond the BLOCK it asked for before the
+	// connection counts as broken, when the options set no read timeout.
+	readSlack = 5 * time.Second
+)
+
+// respError is an error reply from Redis (`-NOGROUP …`); the connection stays usable. Like
+// go-redis's replies it is a goredis.Error, so the driver classifies it the same way.
+type respError string
+
+func (e respError) Error() string { return string(e) }
+
+// RedisError marks e as a reply from Redis (goredis.Error).
+func (e respError) RedisError() {}
+
+// errProtocol marks a reply the reader could not make sense of; the connection is dropped.
+var errProtocol = errors.New("redis: protocol error on the reading connection")
+
+// dialReadConn connects with opts (its Dialer, address, credentials and database, which
+// go-redis's NewClient has filled in) and names the connection name (CLIENT SETNAME), so that
+// CLIENT LIST shows which member a blocked reader belongs to.
+func dialReadConn(ctx context.Context, opts *goredis.Options, name string) (*readConn, error) {
+	dialer := opts.Dialer
+	if dialer == nil {
+		dialer = goredis.NewDialer(opts)
+	}
+	conn, err := dialer(ctx, opts.Network, opts.Addr)
+	if err != nil {
+		return nil, err
+	}
+	rc := &readConn{conn: conn, br: bufio.NewReaderSize(conn, readBufSize), readTO: opts.ReadTimeout}
+	if rc.readTO <= 0 {
+		rc.readTO = readSlack
+	}
+	if err := rc.handshake(opts, name); err != nil {
+		conn.Close()
+		return nil, err
+	}
+	return rc, nil
+}
+
+// handshake authenticates, selects the database and names the connection, in one round trip.
+func (rc *readConn) handshake(opts *goredis.Options, name string) error {
+	var steps []string
+	switch {
+	case opts.Password != "" && opts.Username != "":
+		rc.appendCommand("auth", opts.Username, opts.Password)
+		steps = append(steps, "AUTH")
+	case opts.Password != "":
+		rc.appendCommand("auth", opts.Password)
+		steps = append(steps, "AUTH")
+	}
+	if opts.DB != 0 {
+		rc.appendCommand("select", strconv.Itoa(opts.DB))
+		steps = append(steps, "SELECT "+strconv.Itoa(opts.DB))
+	}
+	rc.appendCommand("client", "setname", name)
+	steps = append(steps, "CLIENT SETNAME")
+	if err := rc.flush(rc.readTO); err != nil {
+		return err
+	}
+	rc.conn.SetReadDeadline(time.Now().Add(rc.readTO))
+	for _, step := range steps {
+		line, err := rc.line()
+		if err != nil {
+			return fmt.Errorf("redis: %s: %w", step, err)
+		}
+		switch line[0] {
+		case '+':
+		case '-':
+			return fmt.Errorf("redis: %s: %w", step, respError(line[1:]))
+		default:
+			return fmt.Errorf("redis: %s: %w: unexpected reply %q", step, errProtocol, line)
+		}
+	}
+	return nil
+}
+
+// Close closes the connection; a read blocked on it returns an error.
+func (rc *readConn) Close() error { return rc.conn.Close() }
+
+// appendCommand adds one command, as a RESP array of bulk strings, to the write buffer.
+func (rc *readConn) appendCommand(args ...string) {
+	rc.cmd = append(rc.cmd, '*')
+	rc.cmd = strconv.AppendInt(rc.cmd, int64(len(args)), 10)
+	rc.cmd = append(rc.cmd, '\r', '\n')
+	for _, a := range args {
+		rc.cmd = append(rc.cmd, '$')
+		rc.cmd = strconv.AppendInt(rc.cmd, int64(len(a)), 10)
+		rc.cmd = append(rc.cmd, '\r', '\n')
+		rc.cmd = append(rc.cmd, a...)
+		rc.cmd = append(rc.cmd, '\r', '\n')
+	}
+}
+
+// flush writes the buffered commands.
+func (rc *readConn) flush(timeout time.Duration) error {
+	rc.conn.SetWriteDeadline(time.Now().Add(timeout))
+	_, err := rc.conn.Write(rc.cmd)
+	rc.cmd = rc.cmd[:0]
+	return err
+}
+
+// readGroup runs XREADGROUP GROUP group consumer COUNT count BLOCK block STREAMS key > and
+// returns the entries of key: none when BLOCK passed without any. An error reply (NOGROUP) is a
+// respError and leaves the connection usable; any other error means it is not.
+func (rc *readConn) readGroup(key, group, consumer string, count int, block time.Duration) ([]entry, error) {
+	rc.appendCommand("xreadgroup", "group", group, consumer, "count", strconv.Itoa(count),
+		"block", strconv.FormatInt(block.Milliseconds(), 10), "streams", key, ">")
+	if err := rc.flush(rc.readTO); err != nil {
+		return nil, err
+	}
+	rc.conn.SetReadDeadline(time.Now().Add(block + rc.readTO))
+	return rc.readStreams(key)
+}
+
+// readStreams reads an XREADGROUP reply: null (nothing arrived), or an array of
+// [stream name, [entry…]] pairs. The entries of key are returned.
+func (rc *readConn) readStreams(key string) ([]entry, error) {
+	n, err := rc.arrayLen()
+	if err != nil || n <= 0 {
+		return nil, err
+	}
+	var out []entry
+	for range n {
+		if m, err := rc.arrayLen(); err != nil {
+			return nil, err
+		} else if m != 2 {
+			return nil, fmt.Errorf("%w: a stream reply of %d elements", errProtocol, m)
+		}
+		name, err := rc.bulkInto(nil)
+		if err != nil {
+			return nil, err
+		}
+		mine := string(name) == key // before the next read reuses name's bytes
+		entries, err := rc.readEntries()
+		if err != nil {
+			return nil, err
+		}
+		if mine {
+			out = entries
+		}
+	}
+	return out, nil
+}
+
+// readEntries reads an array of entries, [id, [field, value, …]] each. The ids share one
+// buffer and the `data` values another, so a read of a batch allocates a few buffers rather
+// than several objects per entry. An entry without fields (deleted since it was delivered)
+// gets an empty body, which the Bus dead-letters as malformed.
+func (rc *readConn) readEntries() ([]entry, error) {
+	n, err := rc.arrayLen()
+	if err != nil || n <= 0 {
+		return nil, err
+	}
+	out := make([]entry, n)
+	// Buffers sized for the read, from the mean body size of the last one, so that a read of a
+	// single entry does not allocate a batch's worth.
+	ids := arena{chunk: min(idBytes*n, maxChunk)}
+	bodies := arena{chunk: min(max(rc.meanBody, minMeanBody)*n*9/8, maxChunk)}
+	total := 0
+	for i := range out {
+		if m, err := rc.arrayLen(); err != nil {
+			return nil, err
+		} else if m != 2 {
+			return nil, fmt.Errorf("%w: an entry of %d elements", errProtocol, m)
+		}
+		id, err := rc.bulkInto(&ids)
+		if err != nil {
+			return nil, err
+		}
+		if len(id) == 0 {
+			return nil, fmt.Errorf("%w: an entry without id", errProtocol)
+		}
+		out[i].id = unsafe.String(&id[0], len(id))
+		if out[i].msg, err = rc.readFields(&bodies); err != nil {
+			return nil, err
+		}
+		total += len(out[i].msg.Body)
+	}
+	rc.meanBody = total / n
+	return out, nil
+}
+
+// readFields reads an entry's field-value array as fromFields does: `data` is the body (its
+// first occurrence), every other field a header.
+func (rc *readConn) readFields(bodies *arena) (msg transport.RawMessage, err error) {
+	n, err := rc.arrayLen()
+	if err != nil || n <= 0 {
+		return msg, err
+	}
+	if n%2 != 0 {
+		return msg, fmt.Errorf("%w: an odd field list of %d elements", errProtocol, n)
+	}
+	haveData := false
+	for range n / 2 {
+		field, err := rc.bulkInto(nil)
+		if err != nil {
+			return msg, err
+		}
+		if string(field) == DataField && !haveData {
+			if msg.Body, err = rc.bulkInto(bodies); err != nil {
+				return msg, err
+			}
+			haveData = true
+			continue
+		}
+		name := string(field)
+		value, err := rc.bulkInto(nil)
+		if err != nil {
+			return msg, err
+		}
+		if msg.Headers == nil {
+			msg.Headers = make(map[string]string, n/2-1)
+		}
+		msg.Headers[name] = string(value)
+	}
+	return msg, nil
+}
+
+// line reads one reply line, without its CRLF. The bytes are valid until the next read.
+func (rc *readConn) line() ([]byte, error) {
+	line, err := rc.br.ReadSlice('\n')
+	if err != nil {
+		if errors.Is(err, bufio.ErrBufferFull) {
+			return nil, fmt.Errorf("%w: a reply line longer than %d bytes", errProtocol, readBufSize)
+		}
+		return nil, err
+	}
+	if len(line) < 3 || line[len(line)-2] != '\r' {
+		return nil, fmt.Errorf("%w: malformed reply line %q", errProtocol, line)
+	}
+	return line[:len(line)-2], nil
+}
+
+// arrayLen reads an array header: its length, -1 for a null array (or RESP3 null). An error
+// reply is returned as a respError.
+func (rc *readConn) arrayLen() (int, error) {
+	line, err := rc.line()
+	if err != nil {
+		return 0, err
+	}
+	switch line[0] {
+	case '*':
+		return rc.length(line)
+	case '_':
+		return -1, nil
+	case '-':
+		return 0, respError(line[1:])
+	}
+	return 0, fmt.Errorf("%w: expected an array, got %q", errProtocol, line)
+}
+
+// length parses the length of an array or bulk header line.
+func (rc *readConn) length(line []byte) (int, error) {
+	if len(line) < 2 {
+		return 0, fmt.Errorf("%w: no length in %q", errProtocol, line)
+	}
+	n, err := strconv.Atoi(unsafe.String(&line[1], len(line)-1))
+	if err != nil || n < -1 {
+		return 0, fmt.Errorf("%w: bad length in %q", errProtocol, line)
+	}
+	return n, nil
+}
+
+// bulkInto reads a bulk string. With an arena its bytes are copied there and stay valid; with
+// none they are valid only until the next read (in the read buffer when they fit, else a
+// fresh slice). A null bulk string reads as empty.
+func (rc *readConn) bulkInto(a *arena) ([]byte, error) {
+	line, err := rc.line()
+	if err != nil {
+		return nil, err
+	}
+	if line[0] != '$' {
+		if line[0] == '-' {
+			return nil, respError(line[1:])
+		}
+		return nil, fmt.Errorf("%w: expected a bulk string, got %q", errProtocol, line)
+	}
+	n, err := rc.length(line)
+	switch {
+	case err != nil:
+		return nil, err
+	case n < 0:
+		return nil, nil // a null bulk string reads as empty
+	case n > maxBulk:
+		return nil, fmt.Errorf("%w: a bulk string of %d bytes (Redis allows at most %d)", errProtocol, n, maxBulk)
+	}
+	var b []byte
+	switch {
+	case a != nil:
+		b = a.take(n)
+		if _, err := io.ReadFull(rc.br, b); err != nil {
+			return nil, err
+		}
+	case n+2 <= readBufSize:
+		// Peeked together with its CRLF: a later Peek could refill the buffer and move them.
+		p, err := rc.br.Peek(n + 2)
+		if err != nil {
+			return nil, err
+		}
+		rc.br.Discard(n + 2)
+		if p[n] != '\r' || p[n+1] != '\n' {
+			return nil, fmt.Errorf("%w: a bulk string of %d bytes not followed by CRLF", errProtocol, n)
+		}
+		return p[:n], nil
+	default:
+		b = make([]byte, n)
+		if _, err := io.ReadFull(rc.br, b); err != nil {
+			return nil, err
+		}
+	}
+	ok, err := rc.crlf()
+	if err != nil {
+		return nil, err
+	}
+	if !ok {
+		return nil, fmt.Errorf("%w: a bulk string of %d bytes not followed by CRLF", errProtocol, n)
+	}
+	return b, nil
+}
+
+// crlf consumes the CRLF that ends a bulk string.
+func (rc *readConn) crlf() (bool, error) {
+	end, err := rc.br.Peek(2)
+	if err != nil {
+		return false, err
+	}
+	ok := bytes.Equal(end, []byte("\r\n"))
+	rc.br.Discard(2)
+	return ok, nil
+}
+
+// arena hands out byte slices carved from shared chunks. A chunk is never written again once
+// a slice of it is handed out (a full one is replaced, not grown), and each slice's capacity
+// ends where it does, so appending to one cannot reach another.
+type arena struct {
+	buf   []byte
+	chunk int
+}
+
+func (a *arena) take(n int) []byte {
+	if cap(a.buf)-len(a.buf) < n {
+		a.buf = make([]byte, 0, max(a.chunk, n))
+	}
+	start := len(a.buf)
+	a.buf = a.buf[:start+n]
+	return a.buf[start : start+n : start+n]
+}

@@ -1,0 +1,221 @@
+package redis
+
+import (
+	"bufio"
+	"context"
+	"errors"
+	"io"
+	"net"
+	"strconv"
+	"strings"
+	"testing"
+	"time"
+
+	goredis "github.com/redis/go-redis/v9"
+	"github.com/stretchr/testify/require"
+
+	"github.com/pulse-bus/pulse/internal/redistest"
+	"github.com/pulse-bus/pulse/transport"
+)
+
+// bulk is a RESP bulk string.
+func bulk(s string) string { return "$" + strconv.Itoa(len(s)) + "\r\n" + s + "\r\n" }
+
+// array is a RESP array of already-encoded elements.
+func array(elems ...string) string {
+	return "*" + strconv.Itoa(len(elems)) + "\r\n" + strings.Join(elems, "")
+}
+
+// replyEntry is one stream entry of an XREADGROUP reply.
+func replyEntry(id string, kv ...string) string {
+	fields := make([]string, len(kv))
+	for i, s := range kv {
+		fields[i] = bulk(s)
+	}
+	return array(bulk(id), array(fields...))
+}
+
+// readerOf is a readConn reading reply, for the parser alone.
+func readerOf(reply string) *readConn {
+	return &readConn{br: bufio.NewReaderSize(strings.NewReader(reply), readBufSize)}
+}
+
+// TestReadStreams reads XREADGROUP replies, well-formed and not, as Redis 7 writes them under
+// RESP2. Every malformed reply is an error, never a panic, and never a silently shortened batch.
+func TestReadStreams(t *testing.T) {
+	big := strings.Repeat("x", readBufSize+10) // larger than the read buffer
+	tests := []struct {
+		name    string
+		reply   string
+		want    []entry
+		wantErr error  // matched with errors.Is
+		errText string // or contained in the error
+	}{
+		{name: "timeout", reply: "*-1\r\n"},
+		{name: "RESP3 null", reply: "_\r\n"},
+		{name: "no entries for the key", reply: array(array(bulk("k"), "*0\r\n"))},
+		{
+			name:  "entries",
+			reply: array(array(bulk("k"), array(replyEntry("1-0", "data", "{}"), replyEntry("1-1", "data", `{"a":1}`)))),
+			want:  []entry{{id: "1-0", msg: transport.RawMessage{Body: []byte("{}")}}, {id: "1-1", msg: transport.RawMessage{Body: []byte(`{"a":1}`)}}},
+		},
+		{
+			name:  "headers beside data, the first data wins",
+			reply: array(array(bulk("k"), array(replyEntry("2-0", "reason", "poison", "data", "d1", "data", "d2")))),
+			want:  []entry{{id: "2-0", msg: transport.RawMessage{Body: []byte("d1"), Headers: map[string]string{"reason": "poison", "data": "d2"}}}},
+		},
+		{
+			name:  "an entry deleted since (no fields) reads as an empty body",
+			reply: array(array(bulk("k"), array(array(bulk("3-0"), "*-1\r\n")))),
+			want:  []entry{{id: "3-0"}},
+		},
+		{
+			name:  "an empty data field",
+			reply: array(array(bulk("k"), array(replyEntry("3-1", "data", "")))),
+			want:  []entry{{id: "3-1"}},
+		},
+		{
+			name:  "bodies and headers larger than the read buffer",
+			reply: array(array(bulk("k"), array(replyEntry("4-0", "h", big, "data", big)))),
+			want:  []entry{{id: "4-0", msg: transport.RawMessage{Body: []byte(big), Headers: map[string]string{"h": big}}}},
+		},
+		{
+			name:  "other streams are skipped",
+			reply: array(array(bulk("other"), array(replyEntry("5-0", "data", "x"))), array(bulk("k"), array(replyEntry("5-1", "data", "y")))),
+			want:  []entry{{id: "5-1", msg: transport.RawMessage{Body: []byte("y")}}},
+		},
+		{name: "error reply", reply: "-NOGROUP No such key 'k' or consumer group 'g'\r\n", errText: "NOGROUP No such key"},
+		{name: "not an array", reply: "+OK\r\n", wantErr: errProtocol},
+		{name: "line without CR", reply: "*1\n", wantErr: errProtocol},
+		{name: "no length", reply: "*\r\n", wantErr: errProtocol},
+		{name: "bad length", reply: "*x\r\n", wantErr: errProtocol},
+		{name: "bulk string too long", reply: array(array("$999999999999\r\n", "*0\r\n")), wantErr: errProtocol},
+		{name: "negative length", reply: "*-2\r\n", wantErr: errProtocol},
+		{name: "stream pair of three", reply: array(array(bulk("k"), "*0\r\n", bulk("x"))), wantErr: errProtocol},
+		{name: "entry of one element", reply: array(array(bulk("k"), array(array(bulk("7-0"))))), wantErr: errProtocol},
+		{name: "entry without id", reply: array(array(bulk("k"), array(array(bulk(""), "*0\r\n")))), wantErr: errProtocol},
+		{name: "odd field list", reply: array(array(bulk("k"), array(replyEntry("8-0", "data")))), wantErr: errProtocol},
+		{name: "integer where a bulk string belongs", reply: array(array(":1\r\n", "*0\r\n")), wantErr: errProtocol},
+		{name: "bulk string without CRLF", reply: array(array(bulk("k"), array(array("$3\r\n8-0xx", "*0\r\n")))), wantErr: errProtocol},
+		{name: "data without CRLF", reply: array(array(bulk("k"), array(array(bulk("9-0"), array(bulk("data"), "$1\r\nabc\r\n"))))), wantErr: errProtocol},
+	}
+	for _, tc := range tests {
+		t.Run(tc.name, func(t *testing.T) {
+			got, err := readerOf(tc.reply).readStreams("k")
+			switch {
+			case tc.wantErr != nil:
+				require.ErrorIs(t, err, tc.wantErr)
+				require.Nil(t, got)
+			case tc.errText != "":
+				require.ErrorContains(t, err, tc.errText)
+				var reply respError
+				require.ErrorAs(t, err, &reply, "an error reply leaves the connection usable")
+				require.True(t, isNoGroup(err))
+				var redisErr goredis.Error
+				require.ErrorAs(t, err, &redisErr, "classified as go-redis classifies replies")
+			default:
+				require.NoError(t, err)
+				require.Equal(t, tc.want, got)
+			}
+		})
+	}
+}
+
+// TestReadStreamsTruncated: a reply cut anywhere is an error.
+func TestReadStreamsTruncated(t *testing.T) {
+	full := array(array(bulk("k"), array(replyEntry("6-0", "h", "v", "data", "abc"), replyEntry("6-1", "data", "de"))))
+	for n := range len(full) {
+		_, err := readerOf(full[:n]).readStreams("k")
+		require.Error(t, err, "cut after %d bytes", n)
+		require.True(t, errors.Is(err, io.EOF) || errors.Is(err, io.ErrUnexpectedEOF), "cut after %d bytes: %v", n, err)
+	}
+}
+
+// TestReadStreamsBodiesIndependent: bodies of one read share buffers, but appending to one can
+// never write into the next.
+func TestReadStreamsBodiesIndependent(t *testing.T) {
+	got, err := readerOf(array(array(bulk("k"), array(replyEntry("1-0", "data", "aa"), replyEntry("1-1", "data", "bb"))))).readStreams("k")
+	require.NoError(t, err)
+	require.Len(t, got, 2)
+	_ = append(got[0].msg.Body, "XX"...)
+	require.Equal(t, "bb", string(got[1].msg.Body))
+}
+
+// FuzzReadStreams: any reply is read or refused with an error, without panicking, and an
+// accepted reply's entries all have ids.
+func FuzzReadStreams(f *testing.F) {
+	f.Add(array(array(bulk("k"), array(replyEntry("1-0", "data", "{}"), replyEntry("1-1", "h", "v", "data", "x")))))
+	f.Add("*-1\r\n")
+	f.Add("-NOGROUP x\r\n")
+	f.Add(array(array(bulk("k"), array(array(bulk("3-0"), "*-1\r\n")))))
+	f.Fuzz(func(t *testing.T, reply string) {
+		got, err := readerOf(reply).readStreams("k")
+		if err != nil {
+			return
+		}
+		for _, e := range got {
+			if e.id == "" {
+				t.Fatalf("accepted an entry without id from %q", reply)
+			}
+		}
+	})
+}
+
+// TestReadConnAuthAndDatabase: the reading connection authenticates (password alone, and ACL
+// user and password) and selects the URL's database as go-redis does, so that a subscription
+// reads the entries a publisher on the same URL wrote; a wrong password is a clear error.
+func TestReadConnAuthAndDatabase(t *testing.T) {
+	srv := redistest.StartT(t) // its own server: it gets a password
+	admin := rawClient(t, srv.URL())
+	ctx := context.Background()
+	require.NoError(t, admin.ConfigSet(ctx, "requirepass", "s3cret").Err())
+	require.NoError(t, admin.Do(ctx, "auth", "s3cret").Err())
+	require.NoError(t, admin.Do(ctx, "acl", "setuser", "app", "on", ">app-pw", "~*", "&*", "+@all").Err())
+
+	for _, url := range []string{
+		"redis://:s3cret@" + srv.Addr() + "/3",
+		"redis://app:app-pw@" + srv.Addr() + "/5",
+	} {
+		t.Run(transport.RedactURLs(url), func(t *testing.T) {
+			cfg := transport.Config{Backend: Name, RedisURL: url, Namespace: uniqueNS(t), Logger: testLogger(t)}
+			d := openDriver(t, cfg)
+			_, err := d.Publish(ctx, "s", []transport.RawMessage{{Body: []byte(`{"n":1}`)}})
+			require.NoError(t, err)
+			s := sub(t, d, "s", "g", "c1", time.Minute)
+			rctx, cancel := context.WithTimeout(ctx, waitFor)
+			defer cancel()
+			ds, err := s.Receive(rctx, 10)
+			require.NoError(t, err)
+			require.Len(t, ds, 1)
+			require.Equal(t, `{"n":1}`, string(ds[0].Body))
+			require.NoError(t, s.Ack(ctx, ds))
+		})
+	}
+
+	t.Run("wrong password", func(t *testing.T) {
+		opts, err := ParseURL("redis://app:wrong@" + srv.Addr() + "/0")
+		require.NoError(t, err)
+		_, err = dialReadConn(ctx, opts, "x")
+		require.ErrorContains(t, err, "AUTH")
+		require.ErrorContains(t, err, "WRONGPASS")
+		require.NotContains(t, err.Error(), "wrong", "the password is not in the error")
+	})
+}
+
+// TestReadConnBrokenConnection: a connection that dies mid-reply is an I/O error (the fetcher
+// drops the connection and dials afresh), not a respError.
+func TestReadConnBrokenConnection(t *testing.T) {
+	client, server := net.Pipe()
+	defer client.Close()
+	rc := &readConn{conn: client, br: bufio.NewReaderSize(client, readBufSize), readTO: time.Second}
+	go func() {
+		buf := make([]byte, 512)
+		_, _ = server.Read(buf) // the XREADGROUP
+		_, _ = server.Write([]byte(array(array(bulk("k")))[:12]))
+		server.Close()
+	}()
+	_, err := rc.readGroup("k", "g", "c", 10, time.Millisecond)
+	require.Error(t, err)
+	var reply respError
+	require.False(t, errors.As(err, &reply))
+}
