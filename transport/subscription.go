@@ -297,14 +297,17 @@ func (s *Subscription) process(batch []*RawDelivery) {
 	dels := make([]Delivery, len(batch)) // one allocation for the batch's deliveries
 	received := time.Now()
 	if s.opts.Concurrency == 1 {
+		dec := newBatchDecoder(s.bus.codec, batch)
 		for i, d := range batch {
 			if s.handleCtx.Err() != nil {
 				break // past the drain deadline: leave the rest for redelivery
 			}
-			if s.handleOne(d, &dels[i], received) {
+			env, err := dec.get(i)
+			if s.handleOne(d, env, err, &dels[i], received) {
 				acks = append(acks, d)
 			}
 		}
+		dec.finish()
 	} else {
 		var mu sync.Mutex
 		var g errgroup.Group
@@ -314,7 +317,8 @@ func (s *Subscription) process(batch []*RawDelivery) {
 				break
 			}
 			g.Go(func() error {
-				if s.handleOne(d, &dels[i], received) {
+				env, err := s.bus.codec.Decode(d.Body)
+				if s.handleOne(d, env, err, &dels[i], received) {
 					mu.Lock()
 					acks = append(acks, d)
 					mu.Unlock()
@@ -367,17 +371,17 @@ func (s *Subscription) settleCtx() (context.Context, context.CancelFunc) {
 	return context.WithTimeout(context.WithoutCancel(s.handleCtx), settleTimeout)
 }
 
-// handleOne runs the policies for one delivery, filling del (its slot in the batch) for the
-// handler; received is when the batch arrived. It reports whether the delivery is to be acked;
-// every other settlement (nak, dead-letter) is done here.
-func (s *Subscription) handleOne(d *RawDelivery, del *Delivery, received time.Time) (ack bool) {
+// handleOne runs the policies for one delivery, decoded as env (or failing to decode with
+// decodeErr), filling del (its slot in the batch) for the handler; received is when the batch
+// arrived. It reports whether the delivery is to be acked; every other settlement (nak,
+// dead-letter) is done here.
+func (s *Subscription) handleOne(d *RawDelivery, env *envelope.Envelope, decodeErr error, del *Delivery, received time.Time) (ack bool) {
 	obs := s.bus.cfg.Observer
 	if d.Attempt > 1 {
 		obs.Redelivered(s.stream)
 	}
-	env, err := s.bus.codec.Decode(d.Body)
-	if err != nil {
-		s.deadLetter(d, poisonReason(err), err, "unknown", OutcomeRejected)
+	if decodeErr != nil {
+		s.deadLetter(d, poisonReason(decodeErr), decodeErr, "unknown", OutcomeRejected)
 		return false
 	}
 	obs.Lag(s.stream, received.Sub(time.Unix(0, int64(env.TS*1e9))))
@@ -403,7 +407,7 @@ func (s *Subscription) handleOne(d *RawDelivery, del *Delivery, received time.Ti
 		return false
 	}
 
-	err = s.callHandler(del)
+	err := s.callHandler(del)
 	switch {
 	case err == nil, errors.Is(err, ErrStale):
 		if derr := s.bus.idem.Done(s.handleCtx, key); derr != nil {
