@@ -80,14 +80,6 @@ func (r *reader) ws() {
 	r.i = i
 }
 
-// plainEnd returns the index of the first byte at or after i that is not a plainByte.
-func plainEnd(b []byte, i int) int {
-	for i < len(b) && plainByte[b[i]] {
-		i++
-	}
-	return i
-}
-
 // atEnd reports whether only whitespace is left.
 func (r *reader) atEnd() bool {
 	r.ws()

@@ -1,6 +1,8 @@
 package envelope
 
 import (
+	"encoding/binary"
+	"math/bits"
 	"sync"
 	"unicode/utf16"
 	"unicode/utf8"
@@ -166,7 +168,7 @@ func (s *pyScanner) str() bool {
 	for i < len(src) {
 		c := src[i]
 		if plainByte[c] {
-			i++
+			i = plainEnd(src, i+1)
 			continue
 		}
 		s.d = append(s.d, src[start:i]...)
@@ -245,6 +247,34 @@ var plainByte = func() (t [256]bool) {
 	}
 	return t
 }()
+
+// plainEnd returns the index of the first byte at or after i that is not a plainByte. Strings
+// are mostly plain, so it tests eight bytes at a time: a word holds only plain bytes unless
+// one of its bytes is below ' ', above '~', a quote or a backslash (the usual has-zero-byte
+// tests; where a test misfires, it is only on a byte after one that truly matches, and the
+// lowest match is the one used).
+func plainEnd(b []byte, i int) int {
+	const (
+		ones  = 0x0101010101010101
+		highs = 0x8080808080808080
+	)
+	for ; i+8 <= len(b); i += 8 {
+		v := binary.LittleEndian.Uint64(b[i:])
+		q := v ^ ('"' * ones)
+		bs := v ^ ('\\' * ones)
+		special := (v-0x20*ones) & ^v | // a byte below ' ' (or the top bit set: see below)
+			(v + 0x01*ones) | v | // a byte above '~'
+			(q-ones) & ^q | // a quote
+			(bs-ones) & ^bs // a backslash
+		if special &= highs; special != 0 {
+			return i + bits.TrailingZeros64(special)/8
+		}
+	}
+	for i < len(b) && plainByte[b[i]] {
+		i++
+	}
+	return i
+}
 
 func isHex4(b []byte) bool {
 	return isHex(b[0]) && isHex(b[1]) && isHex(b[2]) && isHex(b[3])
@@ -440,10 +470,7 @@ func (v *validator) str() bool {
 		case c < 0x20:
 			return false
 		default:
-			i++
-			for i < len(b) && plainByte[b[i]] {
-				i++
-			}
+			i = plainEnd(b, i+1)
 		}
 	}
 	return false
