@@ -94,22 +94,26 @@
 // # Publishing
 //
 // Publish sends one XADD per message in a single pipelined round trip, in order, followed by
-// the trim (below), and returns the entry ids. If Redis fails part-way, the ids of
-// the leading entries that were stored are returned with the error; go-redis retries a
-// pipeline that failed on the network, so a v1 message (which has no producer id) may in rare
-// cases be stored twice — v2 ids let consumers drop such copies.
+// the trim when one is due (below), and returns the entry ids. If Redis fails part-way, the
+// ids of the leading entries that were stored are returned with the error. A pooled
+// connection that fails before any reply arrived (closed by the server while idle) has its
+// round trip sent once more on a fresh connection, as go-redis does, so a v1 message (which
+// has no producer id) may in rare cases be stored twice — v2 ids let consumers drop such
+// copies.
 //
 // # Retention
 //
-// Every publish trims the stream with `XTRIM {key} MINID ~ {now − StreamMaxAge}`
-// (PULSE_STREAM_MAX_AGE, default 7 days), once per batch: entries older than that go, in whole radix-tree nodes (`~`), so a little
-// more may stay. Open refuses (ConfigError) a max age shorter than the longest retry schedule,
+// Publishing trims the stream with `XTRIM {key} MINID ~ {now − StreamMaxAge}`
+// (PULSE_STREAM_MAX_AGE, default 7 days) in the same round trip: on the first publish to a
+// stream through the driver, then at most once a second. Entries older than the max age go, in
+// whole radix-tree nodes (`~`), so a little more may stay. Open refuses (ConfigError) a max age shorter than the longest retry schedule,
 // PULSE_MAX_DELIVERIES × (PULSE_ACK_WAIT + the longest retry backoff), so trimming by age never
 // removes a message that is still being retried; it does remove messages that no consumer read
 // within the max age (a group offline for longer loses them).
 //
-// With PULSE_STREAM_MAX_LEN = N > 0, each publish also trims a stream to about N entries
-// (XTRIM MAXLEN ~ N, once per batch). Redis trims by length whether or not entries are
+// With PULSE_STREAM_MAX_LEN = N > 0, a trim also cuts a stream to about N entries (XTRIM
+// MAXLEN ~ N), and one is due as soon as N/8 entries were published since the last: a stream
+// holds at most about N + N/8 entries (plus what `~` leaves) between trims. Redis trims by length whether or not entries are
 // pending, and from Redis 7 a trimmed entry also leaves the pending list when it is next
 // claimed: an entry trimmed before it was acknowledged is lost. That is not silent: the
 // claim that finds it gone logs a warning with the ids. Use MAXLEN only with a limit far above

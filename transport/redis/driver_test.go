@@ -580,3 +580,34 @@ func TestReadAheadHandedOutOnce(t *testing.T) {
 	require.ErrorIs(t, err, context.DeadlineExceeded)
 	require.Empty(t, again, "handed out twice")
 }
+
+// TestTrimSchedule: a stream is trimmed by its first publish, then at most once a second, and
+// with a max length also whenever an eighth of it was published since the last trim.
+func TestTrimSchedule(t *testing.T) {
+	t0 := time.Unix(1_800_000_000, 0)
+	steps := []struct {
+		key    string
+		at     time.Duration
+		n      int
+		maxLen int64
+		want   bool
+	}{
+		{key: "a", at: 0, n: 256, want: true}, // the first publish
+		{key: "a", at: 10 * time.Millisecond, n: 100_000, want: false},
+		{key: "b", at: 10 * time.Millisecond, n: 1, want: true}, // each key on its own
+		{key: "a", at: 999 * time.Millisecond, n: 1, want: false},
+		{key: "a", at: time.Second, n: 1, want: true},
+		{key: "a", at: 1100 * time.Millisecond, n: 1, want: false},
+		{key: "m", at: 0, n: 1, maxLen: 800, want: true},
+		{key: "m", at: 1 * time.Millisecond, n: 99, maxLen: 800, want: false},
+		{key: "m", at: 2 * time.Millisecond, n: 1, maxLen: 800, want: true}, // 100 = 800/8 since
+		{key: "m", at: 3 * time.Millisecond, n: 50, maxLen: 800, want: false},
+		{key: "m", at: 1003 * time.Millisecond, n: 1, maxLen: 800, want: true}, // a second passed
+		{key: "tiny", at: 0, n: 1, maxLen: 3, want: true},
+		{key: "tiny", at: 1 * time.Millisecond, n: 1, maxLen: 3, want: true}, // max(3/8, 1) = 1
+	}
+	ts := trimSchedule{keys: map[string]*trimState{}}
+	for i, st := range steps {
+		require.Equal(t, st.want, ts.due(st.key, t0.Add(st.at), st.n, st.maxLen), "step %d: %+v", i, st)
+	}
+}

@@ -10,7 +10,7 @@ import (
 )
 
 // fetcher reads new entries (XREADGROUP … >) for one subscription, on a connection of its own
-// (a readConn), so that a blocked read never holds a connection a publisher needs. It reads
+// (a respConn), so that a blocked read never holds a connection a publisher needs. It reads
 // one batch ahead: Receive asks for the next batch as soon as it hands one out, so Redis and
 // the network work while the Bus handles the current batch.
 //
@@ -32,7 +32,7 @@ type fetcher struct {
 	cancelDial context.CancelFunc
 
 	mu      sync.Mutex
-	conn    *readConn // nil until the first read and after a broken one
+	conn    *respConn // nil until the first read and after a broken one
 	stopped bool
 
 	asked bool // a request is out and its result not yet taken; Receive goroutine only
@@ -117,7 +117,7 @@ func (f *fetcher) read(n int) ([]entry, error) {
 var errFetcherStopped = errors.New("redis: fetcher stopped")
 
 // connection returns the reading connection, dialing it if there is none.
-func (f *fetcher) connection() (*readConn, error) {
+func (f *fetcher) connection() (*respConn, error) {
 	f.mu.Lock()
 	c, stopped := f.conn, f.stopped
 	f.mu.Unlock()
@@ -127,7 +127,7 @@ func (f *fetcher) connection() (*readConn, error) {
 	case c != nil:
 		return c, nil
 	}
-	c, err := dialReadConn(f.dialCtx, f.opts, readerName(f.key, f.group, f.consumer))
+	c, err := dialResp(f.dialCtx, f.opts, readerName(f.key, f.group, f.consumer))
 	if err != nil {
 		if f.isStopped() {
 			return nil, errFetcherStopped
@@ -144,7 +144,7 @@ func (f *fetcher) connection() (*readConn, error) {
 	return c, nil
 }
 
-func (f *fetcher) drop(c *readConn) {
+func (f *fetcher) drop(c *respConn) {
 	f.mu.Lock()
 	if f.conn == c {
 		f.conn = nil

@@ -345,7 +345,13 @@ func (s *subscription) ack(ctx context.Context, op string, ids []string) error {
 		return transport.ErrClosed
 	}
 	s.forgetDelayed(ids)
-	return s.d.wrap(op+" on "+s.key, s.d.client.XAck(ctx, s.key, s.group, ids...).Err())
+	err := s.d.pool.roundTrip(ctx, func(c *respConn) {
+		c.appendXAck(s.key, s.group, ids)
+	}, func(c *respConn) (int, error) {
+		_, err := c.reply(nil)
+		return 1, err
+	})
+	return s.d.wrap(op+" on "+s.key, err)
 }
 
 // Nak schedules d for redelivery to this member after delay. The entry stays pending under

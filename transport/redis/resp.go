@@ -8,6 +8,7 @@ import (
 	"fmt"
 	"io"
 	"net"
+	"slices"
 	"strconv"
 	"time"
 	"unsafe"
@@ -17,29 +18,33 @@ import (
 	"github.com/pulse-bus/pulse/transport"
 )
 
-// readConn is a subscription's reading connection: it speaks just enough RESP2 for the
-// connection handshake (AUTH, SELECT, CLIENT SETNAME) and XREADGROUP, and reads each reply
-// straight into the entries the driver hands out.
+// respConn is a connection to Redis that speaks just enough RESP2 for the driver's hot paths:
+// the connection handshake (AUTH, SELECT, CLIENT SETNAME), XREADGROUP (a subscription's
+// reading connection), and pipelined XADD, XTRIM and XACK (the publishing and acking
+// connections of the driver's pool). Replies are read straight into what the driver hands out.
 //
 // Why not go-redis here, as everywhere else in the driver: go-redis parses any reply into
-// interface values — for an XREADGROUP entry a slice, a boxed string and its bytes for the id,
-// another slice, and a boxed string for each field and value, about nine allocations per
-// consumed message (go-redis's own XReadGroup adds a map), which was a third of the driver's
-// CPU time per message and most of its garbage. Here an entry costs no allocation of its own:
-// a read's ids share one buffer and its bodies another. Dialing (TLS, timeouts) is still
+// interface values and wraps every command in an object — for an XREADGROUP entry a slice, a
+// boxed string and its bytes for the id, another slice, and a boxed string for each field and
+// value, about nine allocations per consumed message (go-redis's own XReadGroup adds a map);
+// for a pipelined XADD a command object, a boxed argument list and the reply. That was a third
+// of the driver's CPU time per consumed message and half of it per published one. Here a
+// message costs no allocation of its own: a read's ids share one buffer and its bodies
+// another, and a batch of XADDs is written as one buffer. Dialing (TLS, timeouts) is still
 // go-redis's, from the driver's options.
 //
-// A readConn is used by one goroutine at a time; Close may be called from any, and
+// A respConn is used by one goroutine at a time; Close may be called from any, and
 // interrupts a blocked read.
-type readConn struct {
+type respConn struct {
 	conn     net.Conn
 	br       *bufio.Reader
-	cmd      []byte // the command being written, reused
+	cmd      []byte // the commands being written, reused
 	readTO   time.Duration
+	writeTO  time.Duration
 	meanBody int // the mean body size of the last read
 }
 
-// Buffer sizes of a reading connection.
+// Buffer sizes and limits of a connection.
 const (
 	readBufSize = 32 << 10
 	// maxChunk bounds one buffer of a read's ids or bodies (a larger body gets its own).
@@ -54,6 +59,8 @@ const (
 	// readSlack is how long a read may take beyond the BLOCK it asked for before the
 	// connection counts as broken, when the options set no read timeout.
 	readSlack = 5 * time.Second
+	// maxCmdBuf bounds the write buffer a connection keeps between uses.
+	maxCmdBuf = 1 << 20
 )
 
 // respError is an error reply from Redis (`-NOGROUP …`); the connection stays usable. Like
@@ -68,10 +75,10 @@ func (e respError) RedisError() {}
 // errProtocol marks a reply the reader could not make sense of; the connection is dropped.
 var errProtocol = errors.New("redis: protocol error on the reading connection")
 
-// dialReadConn connects with opts (its Dialer, address, credentials and database, which
+// dialResp connects with opts (its Dialer, address, credentials and database, which
 // go-redis's NewClient has filled in) and names the connection name (CLIENT SETNAME), so that
 // CLIENT LIST shows which member a blocked reader belongs to.
-func dialReadConn(ctx context.Context, opts *goredis.Options, name string) (*readConn, error) {
+func dialResp(ctx context.Context, opts *goredis.Options, name string) (*respConn, error) {
 	dialer := opts.Dialer
 	if dialer == nil {
 		dialer = goredis.NewDialer(opts)
@@ -80,9 +87,12 @@ func dialReadConn(ctx context.Context, opts *goredis.Options, name string) (*rea
 	if err != nil {
 		return nil, err
 	}
-	rc := &readConn{conn: conn, br: bufio.NewReaderSize(conn, readBufSize), readTO: opts.ReadTimeout}
+	rc := &respConn{conn: conn, br: bufio.NewReaderSize(conn, readBufSize), readTO: opts.ReadTimeout, writeTO: opts.WriteTimeout}
 	if rc.readTO <= 0 {
 		rc.readTO = readSlack
+	}
+	if rc.writeTO <= 0 {
+		rc.writeTO = readSlack
 	}
 	if err := rc.handshake(opts, name); err != nil {
 		conn.Close()
@@ -92,7 +102,7 @@ func dialReadConn(ctx context.Context, opts *goredis.Options, name string) (*rea
 }
 
 // handshake authenticates, selects the database and names the connection, in one round trip.
-func (rc *readConn) handshake(opts *goredis.Options, name string) error {
+func (rc *respConn) handshake(opts *goredis.Options, name string) error {
 	var steps []string
 	switch {
 	case opts.Password != "" && opts.Username != "":
@@ -108,7 +118,7 @@ func (rc *readConn) handshake(opts *goredis.Options, name string) error {
 	}
 	rc.appendCommand("client", "setname", name)
 	steps = append(steps, "CLIENT SETNAME")
-	if err := rc.flush(rc.readTO); err != nil {
+	if err := rc.flush(time.Now().Add(rc.writeTO)); err != nil {
 		return err
 	}
 	rc.conn.SetReadDeadline(time.Now().Add(rc.readTO))
@@ -129,37 +139,125 @@ func (rc *readConn) handshake(opts *goredis.Options, name string) error {
 }
 
 // Close closes the connection; a read blocked on it returns an error.
-func (rc *readConn) Close() error { return rc.conn.Close() }
+func (rc *respConn) Close() error { return rc.conn.Close() }
 
 // appendCommand adds one command, as a RESP array of bulk strings, to the write buffer.
-func (rc *readConn) appendCommand(args ...string) {
-	rc.cmd = append(rc.cmd, '*')
-	rc.cmd = strconv.AppendInt(rc.cmd, int64(len(args)), 10)
-	rc.cmd = append(rc.cmd, '\r', '\n')
+func (rc *respConn) appendCommand(args ...string) {
+	rc.appendArrayLen(len(args))
 	for _, a := range args {
-		rc.cmd = append(rc.cmd, '$')
-		rc.cmd = strconv.AppendInt(rc.cmd, int64(len(a)), 10)
-		rc.cmd = append(rc.cmd, '\r', '\n')
-		rc.cmd = append(rc.cmd, a...)
-		rc.cmd = append(rc.cmd, '\r', '\n')
+		rc.appendString(a)
 	}
 }
 
-// flush writes the buffered commands.
-func (rc *readConn) flush(timeout time.Duration) error {
-	rc.conn.SetWriteDeadline(time.Now().Add(timeout))
+// appendArrayLen adds the header of an array (a command) of n elements.
+func (rc *respConn) appendArrayLen(n int) {
+	rc.cmd = append(rc.cmd, '*')
+	rc.cmd = strconv.AppendInt(rc.cmd, int64(n), 10)
+	rc.cmd = append(rc.cmd, '\r', '\n')
+}
+
+// flush writes the buffered commands, by deadline.
+func (rc *respConn) flush(deadline time.Time) error {
+	rc.conn.SetWriteDeadline(deadline)
 	_, err := rc.conn.Write(rc.cmd)
-	rc.cmd = rc.cmd[:0]
+	if cap(rc.cmd) > maxCmdBuf {
+		rc.cmd = nil // one huge batch must not pin its buffer for the life of the connection
+	} else {
+		rc.cmd = rc.cmd[:0]
+	}
 	return err
+}
+
+// appendBulk adds one bulk string.
+func (rc *respConn) appendBulk(b []byte) {
+	rc.cmd = append(rc.cmd, '$')
+	rc.cmd = strconv.AppendInt(rc.cmd, int64(len(b)), 10)
+	rc.cmd = append(rc.cmd, '\r', '\n')
+	rc.cmd = append(rc.cmd, b...)
+	rc.cmd = append(rc.cmd, '\r', '\n')
+}
+
+// appendString adds one bulk string.
+func (rc *respConn) appendString(s string) { rc.appendBulk(unsafe.Slice(unsafe.StringData(s), len(s))) }
+
+// appendXAdd adds XADD key * data body [header value …] (headers sorted by name, a header
+// named data left out: it cannot shadow the body). head is xaddHead(key), the part shared by
+// every entry without headers.
+func (rc *respConn) appendXAdd(key string, head []byte, m *transport.RawMessage) {
+	if len(m.Headers) == 0 {
+		rc.cmd = append(rc.cmd, head...)
+		rc.appendBulk(m.Body)
+		return
+	}
+	names := make([]string, 0, len(m.Headers))
+	for k := range m.Headers {
+		if k != DataField {
+			names = append(names, k)
+		}
+	}
+	slices.Sort(names)
+	rc.appendArrayLen(5 + 2*len(names))
+	for _, a := range []string{"xadd", key, "*", DataField} {
+		rc.appendString(a)
+	}
+	rc.appendBulk(m.Body)
+	for _, k := range names {
+		rc.appendString(k)
+		rc.appendString(m.Headers[k])
+	}
+}
+
+// xaddHead is the start of XADD key * data <body>, up to the body.
+func xaddHead(key string) []byte {
+	var rc respConn
+	rc.appendArrayLen(5)
+	for _, a := range []string{"xadd", key, "*", DataField} {
+		rc.appendString(a)
+	}
+	return rc.cmd
+}
+
+// appendXAck adds XACK key group id….
+func (rc *respConn) appendXAck(key, group string, ids []string) {
+	rc.appendArrayLen(3 + len(ids))
+	rc.appendString("xack")
+	rc.appendString(key)
+	rc.appendString(group)
+	for _, id := range ids {
+		rc.appendString(id)
+	}
+}
+
+// reply reads the reply of a command that answers with a simple string, an integer or a bulk
+// string, returning its text (a bulk string's copied into a, else valid until the next read);
+// an error reply is a respError.
+func (rc *respConn) reply(a *arena) ([]byte, error) {
+	line, err := rc.br.Peek(1)
+	if err != nil {
+		return nil, err
+	}
+	if line[0] == '$' {
+		return rc.bulkInto(a)
+	}
+	if line, err = rc.line(); err != nil {
+		return nil, err
+	}
+	switch line[0] {
+	case '+', ':':
+		return line[1:], nil
+	case '-':
+		return nil, respError(line[1:])
+	}
+	return nil, fmt.Errorf("%w: unexpected reply %q", errProtocol, line)
 }
 
 // readGroup runs XREADGROUP GROUP group consumer COUNT count BLOCK block STREAMS key > and
 // returns the entries of key: none when BLOCK passed without any. An error reply (NOGROUP) is a
 // respError and leaves the connection usable; any other error means it is not.
-func (rc *readConn) readGroup(key, group, consumer string, count int, block time.Duration) ([]entry, error) {
+func (rc *respConn) readGroup(key, group, consumer string, count int, block time.Duration) ([]entry, error) {
 	rc.appendCommand("xreadgroup", "group", group, consumer, "count", strconv.Itoa(count),
 		"block", strconv.FormatInt(block.Milliseconds(), 10), "streams", key, ">")
-	if err := rc.flush(rc.readTO); err != nil {
+	if err := rc.flush(time.Now().Add(rc.writeTO)); err != nil {
 		return nil, err
 	}
 	rc.conn.SetReadDeadline(time.Now().Add(block + rc.readTO))
@@ -168,7 +266,7 @@ func (rc *readConn) readGroup(key, group, consumer string, count int, block time
 
 // readStreams reads an XREADGROUP reply: null (nothing arrived), or an array of
 // [stream name, [entry…]] pairs. The entries of key are returned.
-func (rc *readConn) readStreams(key string) ([]entry, error) {
+func (rc *respConn) readStreams(key string) ([]entry, error) {
 	n, err := rc.arrayLen()
 	if err != nil || n <= 0 {
 		return nil, err
@@ -200,7 +298,7 @@ func (rc *readConn) readStreams(key string) ([]entry, error) {
 // buffer and the `data` values another, so a read of a batch allocates a few buffers rather
 // than several objects per entry. An entry without fields (deleted since it was delivered)
 // gets an empty body, which the Bus dead-letters as malformed.
-func (rc *readConn) readEntries() ([]entry, error) {
+func (rc *respConn) readEntries() ([]entry, error) {
 	n, err := rc.arrayLen()
 	if err != nil || n <= 0 {
 		return nil, err
@@ -236,7 +334,7 @@ func (rc *readConn) readEntries() ([]entry, error) {
 
 // readFields reads an entry's field-value array as fromFields does: `data` is the body (its
 // first occurrence), every other field a header.
-func (rc *readConn) readFields(bodies *arena) (msg transport.RawMessage, err error) {
+func (rc *respConn) readFields(bodies *arena) (msg transport.RawMessage, err error) {
 	n, err := rc.arrayLen()
 	if err != nil || n <= 0 {
 		return msg, err
@@ -271,7 +369,7 @@ func (rc *readConn) readFields(bodies *arena) (msg transport.RawMessage, err err
 }
 
 // line reads one reply line, without its CRLF. The bytes are valid until the next read.
-func (rc *readConn) line() ([]byte, error) {
+func (rc *respConn) line() ([]byte, error) {
 	line, err := rc.br.ReadSlice('\n')
 	if err != nil {
 		if errors.Is(err, bufio.ErrBufferFull) {
@@ -287,7 +385,7 @@ func (rc *readConn) line() ([]byte, error) {
 
 // arrayLen reads an array header: its length, -1 for a null array (or RESP3 null). An error
 // reply is returned as a respError.
-func (rc *readConn) arrayLen() (int, error) {
+func (rc *respConn) arrayLen() (int, error) {
 	line, err := rc.line()
 	if err != nil {
 		return 0, err
@@ -304,7 +402,7 @@ func (rc *readConn) arrayLen() (int, error) {
 }
 
 // length parses the length of an array or bulk header line.
-func (rc *readConn) length(line []byte) (int, error) {
+func (rc *respConn) length(line []byte) (int, error) {
 	if len(line) < 2 {
 		return 0, fmt.Errorf("%w: no length in %q", errProtocol, line)
 	}
@@ -318,7 +416,7 @@ func (rc *readConn) length(line []byte) (int, error) {
 // bulkInto reads a bulk string. With an arena its bytes are copied there and stay valid; with
 // none they are valid only until the next read (in the read buffer when they fit, else a
 // fresh slice). A null bulk string reads as empty.
-func (rc *readConn) bulkInto(a *arena) ([]byte, error) {
+func (rc *respConn) bulkInto(a *arena) ([]byte, error) {
 	line, err := rc.line()
 	if err != nil {
 		return nil, err
@@ -373,7 +471,7 @@ func (rc *readConn) bulkInto(a *arena) ([]byte, error) {
 }
 
 // crlf consumes the CRLF that ends a bulk string.
-func (rc *readConn) crlf() (bool, error) {
+func (rc *respConn) crlf() (bool, error) {
 	end, err := rc.br.Peek(2)
 	if err != nil {
 		return false, err

@@ -35,9 +35,9 @@ func replyEntry(id string, kv ...string) string {
 	return array(bulk(id), array(fields...))
 }
 
-// readerOf is a readConn reading reply, for the parser alone.
-func readerOf(reply string) *readConn {
-	return &readConn{br: bufio.NewReaderSize(strings.NewReader(reply), readBufSize)}
+// readerOf is a respConn reading reply, for the parser alone.
+func readerOf(reply string) *respConn {
+	return &respConn{br: bufio.NewReaderSize(strings.NewReader(reply), readBufSize)}
 }
 
 // TestReadStreams reads XREADGROUP replies, well-formed and not, as Redis 7 writes them under
@@ -195,7 +195,7 @@ func TestReadConnAuthAndDatabase(t *testing.T) {
 	t.Run("wrong password", func(t *testing.T) {
 		opts, err := ParseURL("redis://app:wrong@" + srv.Addr() + "/0")
 		require.NoError(t, err)
-		_, err = dialReadConn(ctx, opts, "x")
+		_, err = dialResp(ctx, opts, "x")
 		require.ErrorContains(t, err, "AUTH")
 		require.ErrorContains(t, err, "WRONGPASS")
 		require.NotContains(t, err.Error(), "wrong", "the password is not in the error")
@@ -207,7 +207,7 @@ func TestReadConnAuthAndDatabase(t *testing.T) {
 func TestReadConnBrokenConnection(t *testing.T) {
 	client, server := net.Pipe()
 	defer client.Close()
-	rc := &readConn{conn: client, br: bufio.NewReaderSize(client, readBufSize), readTO: time.Second}
+	rc := &respConn{conn: client, br: bufio.NewReaderSize(client, readBufSize), readTO: time.Second}
 	go func() {
 		buf := make([]byte, 512)
 		_, _ = server.Read(buf) // the XREADGROUP
