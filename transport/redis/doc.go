@@ -56,12 +56,13 @@
 //     so it returns at once when its context is cancelled, and wakes in time for a delayed
 //     redelivery or a scan even while a read is blocked.
 //
-// The fetcher reads one batch ahead: when Receive hands out a batch it asks for the next, so
-// Redis and the network work while the Bus handles the current one. A member therefore holds
-// up to two batches pending. A batch that waited in the read-ahead buffer for AckWait/4 or
+// The fetcher reads two batches ahead: when Receive hands out a batch it asks for another, so
+// while the Bus handles one batch the next is ready and Redis is reading the one after. A
+// member therefore holds up to three batches pending. A batch that waited in the read-ahead
+// buffer for AckWait/4 or
 // more (slow handlers) has its idle time reset (XCLAIM … IDLE 0 JUSTID, not counted) when it is
 // handed out, so its AckWait runs from the hand-out as without read-ahead; entries another
-// member took meanwhile are left out. Close hands an unread read-ahead batch back to the group
+// member took meanwhile are left out. Close hands unread read-ahead batches back to the group
 // at once (below).
 //
 // Attempt is Redis's own delivery counter for the entry in the group's pending entries list
@@ -84,7 +85,7 @@
 // counted), so other members do not take it over just because its delay is longer than
 // AckWait. If this member dies meanwhile, the entry stops being refreshed and another member
 // claims it with XAUTOCLAIM once it has been idle for AckWait. When a subscription closes, its
-// waiting entries and its unread read-ahead batch are handed back at once: their idle time is
+// waiting entries and its unread read-ahead batches are handed back at once: their idle time is
 // set to AckWait (XCLAIM … IDLE JUSTID), so another member's next scan takes them.
 //
 // Ack sends one XACK for the whole batch; Term (after the Bus wrote the dead-letter copy) is

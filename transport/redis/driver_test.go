@@ -488,10 +488,11 @@ func TestStreamAdmin(t *testing.T) {
 	require.Equal(t, transport.StreamInfo{Length: 600, Pending: 0, Unread: 600}, info, "no group yet: everything unread")
 	s := sub(t, d, "s", "g", "c1", time.Minute)
 	receiveN(t, s, 10)
-	require.Eventually(t, func() bool { // the 10 handed out and the 10 read ahead
+	held := int64(10 * (1 + readAhead)) // the 10 handed out and the reads of 10 ahead
+	require.Eventually(t, func() bool {
 		info, err = d.Info(ctx, "s", "g")
-		return err == nil && info == transport.StreamInfo{Length: 600, Pending: 20, Unread: 580}
-	}, waitFor, 5*time.Millisecond, "info: %+v", info)
+		return err == nil && info == transport.StreamInfo{Length: 600, Pending: held, Unread: 600 - held}
+	}, waitFor, 5*time.Millisecond)
 
 	require.NoError(t, d.Delete(ctx, "s", ids[590:]...))
 	n, err := d.Purge(ctx, "s")
@@ -609,5 +610,34 @@ func TestTrimSchedule(t *testing.T) {
 	ts := trimSchedule{keys: map[string]*trimState{}}
 	for i, st := range steps {
 		require.Equal(t, st.want, ts.due(st.key, t0.Add(st.at), st.n, st.maxLen), "step %d: %+v", i, st)
+	}
+}
+
+// TestCloseHandsReadAheadBack: a subscription reads two batches ahead of what it handed out;
+// closing it hands both back at once (not after AckWait), and another member gets exactly
+// those entries, each as its second delivery (Redis counted the unread read).
+func TestCloseHandsReadAheadBack(t *testing.T) {
+	cfg := testConfig(t)
+	d := openDriver(t, cfg)
+	c := rawClient(t, cfg.RedisURL)
+	ctx := context.Background()
+	ids := publish(t, d, "s", bodies(15))
+	const ackWait = time.Minute // a handback that did not happen would show as a long wait
+	s1, err := d.Subscribe(ctx, "s", transport.DriverSubscribeOptions{Group: "g", Consumer: "c1", AckWait: ackWait})
+	require.NoError(t, err)
+	first := receive(t, s1, 5)
+	require.Len(t, first, 5)
+	require.NoError(t, s1.Ack(ctx, first))
+	require.Eventually(t, func() bool { // the next two batches of 5 were read ahead
+		p, err := c.XPending(ctx, cfg.Namespace+":s", "g").Result()
+		return err == nil && p.Count == 10
+	}, waitFor, 5*time.Millisecond)
+	require.NoError(t, s1.Close())
+
+	s2 := sub(t, d, "s", "g", "c2", ackWait)
+	got := receiveN(t, s2, 10)
+	for i, dl := range got {
+		require.Equal(t, ids[5+i], dl.TransportID)
+		require.Equal(t, 2, dl.Attempt)
 	}
 }

@@ -61,6 +61,9 @@ type subscription struct {
 	nextClaim   time.Time
 	claimCursor string
 	lastRegroup time.Time
+	// staleReads is the fetcher's request count when the group was last recreated: reads asked
+	// up to then may fail with NOGROUP, which the recreation has already answered.
+	staleReads int
 }
 
 // batchInfo is the Handle of every delivery of one Receive: when the entries' idle time in
@@ -111,6 +114,7 @@ func (s *subscription) regroup(ctx context.Context, cause error) error {
 	}
 	s.lastRegroup = time.Now()
 	s.log.Warn("consumer group missing (Redis restarted without persistence, was flushed, or the group was destroyed); recreating it from the start of the stream", "err", cause)
+	s.staleReads = s.fetch.issued
 	return s.createGroup(ctx)
 }
 
@@ -126,7 +130,7 @@ func (s *subscription) isClosed() bool {
 // Receive returns up to limit deliveries from the first of these that has any: this
 // member's own delayed redeliveries that are due (claimed back with XCLAIM, which counts a
 // delivery); entries idle for AckWait on any member of the group, dead or stuck (XAUTOCLAIM,
-// at most every AckWait/4); new entries (XREADGROUP … >, read one batch ahead by the
+// at most every AckWait/4); new entries (XREADGROUP … >, read two batches ahead by the
 // subscription's fetcher). It blocks until it has at least one delivery, ctx is done (then it
 // returns ctx.Err() at once), the subscription is closed (transport.ErrClosed) or Redis fails
 // (while Redis is away, an error wrapping transport.ErrUnavailable). A missing group
@@ -197,7 +201,7 @@ func (s *subscription) Receive(ctx context.Context, limit int) ([]*transport.Raw
 
 // fetched is the fetcher's result channel while a read is out, else nil (never ready).
 func (s *subscription) fetched() <-chan fetchResult {
-	if s.fetch.asked {
+	if s.fetch.asked > 0 {
 		return s.fetch.res
 	}
 	return nil
@@ -209,6 +213,8 @@ func (s *subscription) fetched() <-chan fetchResult {
 func (s *subscription) takeFetched(ctx context.Context, r fetchResult, limit int) (ds []*transport.RawDelivery, done bool, err error) {
 	s.fetch.took()
 	switch {
+	case isNoGroup(r.err) && s.fetch.taken <= s.staleReads:
+		return nil, false, nil // asked before the group was recreated: nothing to do again
 	case isNoGroup(r.err):
 		if err := s.regroup(ctx, r.err); err != nil {
 			return nil, true, err
