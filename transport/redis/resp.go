@@ -73,11 +73,11 @@ func (e respError) Error() string { return string(e) }
 func (e respError) RedisError() {}
 
 // errProtocol marks a reply the reader could not make sense of; the connection is dropped.
-var errProtocol = errors.New("redis: protocol error on the reading connection")
+var errProtocol = errors.New("redis: protocol error")
 
-// dialResp connects with opts (its Dialer, address, credentials and database, which
-// go-redis's NewClient has filled in) and names the connection name (CLIENT SETNAME), so that
-// CLIENT LIST shows which member a blocked reader belongs to.
+// dialResp connects with opts (its dialer, address, timeouts, credentials and database, as
+// go-redis's NewClient completed them) and gives the connection name (CLIENT SETNAME), so that
+// CLIENT LIST shows whose it is.
 func dialResp(ctx context.Context, opts *goredis.Options, name string) (*respConn, error) {
 	dialer := opts.Dialer
 	if dialer == nil {
