@@ -34,7 +34,8 @@ const (
 type Handler func(ctx context.Context, d *Delivery) error
 
 // Delivery is one message handed to a Handler. It must not be retained after the handler
-// returns (Raw aliases the driver's buffer).
+// returns: Raw and Envelope.Payload alias the driver's buffer, which a batch's messages may
+// share. Copy what must outlive the call.
 type Delivery struct {
 	// Envelope is the decoded (and, for double-wrapped messages, unwrapped) envelope.
 	Envelope *envelope.Envelope
