@@ -2,7 +2,6 @@ package envelope
 
 import (
 	"crypto/sha256"
-	"encoding/hex"
 	"errors"
 	"fmt"
 	"strconv"
@@ -636,6 +635,6 @@ func internSchema(s []byte) string {
 func hashMatches(want string, payload []byte) bool {
 	sum := sha256.Sum256(payload)
 	var buf [2 * sha256.Size]byte
-	hex.Encode(buf[:], sum[:])
+	hexSum(buf[:], &sum)
 	return string(buf[:]) == want
 }

@@ -1,6 +1,9 @@
 package envelope
 
 import (
+	"crypto/sha256"
+	"encoding/hex"
+	"strconv"
 	"testing"
 
 	"github.com/stretchr/testify/require"
@@ -35,4 +38,24 @@ func TestPlainEnd(t *testing.T) {
 	}
 	require.Equal(t, 0, plainEnd(nil, 0))
 	require.Equal(t, 5, plainEnd([]byte("plain"), 0))
+}
+
+// TestHexSum checks the word-at-a-time hex against encoding/hex on sums of many inputs and on
+// every byte value.
+func TestHexSum(t *testing.T) {
+	var all [sha256.Size]byte
+	for b := range 256 {
+		all[b%sha256.Size] = byte(b)
+		if b%sha256.Size == sha256.Size-1 {
+			var got [2 * sha256.Size]byte
+			hexSum(got[:], &all)
+			require.Equal(t, hex.EncodeToString(all[:]), string(got[:]))
+		}
+	}
+	for i := range 1000 {
+		sum := sha256.Sum256([]byte(strconv.Itoa(i)))
+		var got [2 * sha256.Size]byte
+		hexSum(got[:], &sum)
+		require.Equal(t, hex.EncodeToString(sum[:]), string(got[:]))
+	}
 }
