@@ -56,6 +56,7 @@ type Server struct {
 	bin  string
 	port int
 	dir  string
+	tls  *tlsListener // nil: plain TCP only
 
 	mu   sync.Mutex
 	cmd  *exec.Cmd
@@ -81,9 +82,24 @@ func Binary() (string, error) {
 	return "", fmt.Errorf("%w in PATH: %s", ErrNotFound, InstallHint)
 }
 
+// tlsListener is a server's TLS port and its certificate.
+type tlsListener struct {
+	port              int
+	certFile, keyFile string
+}
+
 // Start starts a redis-server on a free loopback port and returns once it answers PING.
 // The caller must Stop it.
-func Start() (*Server, error) {
+func Start() (*Server, error) { return start(nil) }
+
+// StartTLS is Start with a second, TLS, listener on another free loopback port (TLSAddr),
+// serving the PEM certificate and key in certFile and keyFile (a self-signed certificate
+// will do); clients are not asked for a certificate. The plain port stays open for the test's own checks.
+func StartTLS(certFile, keyFile string) (*Server, error) {
+	return start(&tlsListener{certFile: certFile, keyFile: keyFile})
+}
+
+func start(tls *tlsListener) (*Server, error) {
 	bin, err := Binary()
 	if err != nil {
 		return nil, err
@@ -92,9 +108,14 @@ func Start() (*Server, error) {
 	if err != nil {
 		return nil, fmt.Errorf("redistest: temp dir: %w", err)
 	}
-	s := &Server{bin: bin, dir: dir}
+	s := &Server{bin: bin, dir: dir, tls: tls}
 	for try := 1; ; try++ {
 		s.port, err = freePort()
+		if err == nil && tls != nil {
+			if tls.port, err = freePort(); err == nil && tls.port == s.port {
+				err = errors.New("redistest: the same free port twice: Address already in use")
+			}
+		}
 		if err == nil {
 			err = s.start()
 		}
@@ -123,6 +144,15 @@ func StartT(t testing.TB) *Server {
 		}
 	})
 	return s
+}
+
+// TLSAddr is the host:port of the TLS listener of a server started with StartTLS ("" for
+// one started with Start).
+func (s *Server) TLSAddr() string {
+	if s.tls == nil {
+		return ""
+	}
+	return net.JoinHostPort("127.0.0.1", strconv.Itoa(s.tls.port))
 }
 
 // Port is the TCP port the server listens on; it stays the same across Restart.
@@ -217,7 +247,7 @@ func (s *Server) start() error {
 	if s.runningLocked() {
 		return fmt.Errorf("redistest: server on port %d already running", s.port)
 	}
-	cmd := exec.Command(s.bin,
+	args := []string{
 		"--port", strconv.Itoa(s.port),
 		"--bind", "127.0.0.1",
 		"--save", "",
@@ -226,7 +256,17 @@ func (s *Server) start() error {
 		"--daemonize", "no",
 		"--protected-mode", "no",
 		"--loglevel", "warning",
-	)
+	}
+	if s.tls != nil {
+		args = append(args,
+			"--tls-port", strconv.Itoa(s.tls.port),
+			"--tls-cert-file", s.tls.certFile,
+			"--tls-key-file", s.tls.keyFile,
+			"--tls-ca-cert-file", s.tls.certFile, // required by Redis even when clients need none
+			"--tls-auth-clients", "no",
+		)
+	}
+	cmd := exec.Command(s.bin, args...)
 	out := &testutil.LockedBuffer{Limit: 64 << 10} // keep the start-up messages
 	cmd.Stdout, cmd.Stderr = out, out
 	// The server dies with the test binary even when the binary is killed (a -timeout panic

@@ -3,9 +3,18 @@ package redis
 import (
 	"bufio"
 	"context"
+	"crypto/ecdsa"
+	"crypto/elliptic"
+	"crypto/rand"
+	"crypto/x509"
+	"crypto/x509/pkix"
+	"encoding/pem"
 	"errors"
 	"io"
+	"math/big"
 	"net"
+	"os"
+	"path/filepath"
 	"strconv"
 	"strings"
 	"testing"
@@ -218,4 +227,66 @@ func TestReadConnBrokenConnection(t *testing.T) {
 	require.Error(t, err)
 	var reply respError
 	require.False(t, errors.As(err, &reply))
+}
+
+// selfSignedCert writes a self-signed certificate for 127.0.0.1 and its key to dir.
+func selfSignedCert(t *testing.T, dir string) (certFile, keyFile string) {
+	t.Helper()
+	key, err := ecdsa.GenerateKey(elliptic.P256(), rand.Reader)
+	require.NoError(t, err)
+	tmpl := &x509.Certificate{
+		SerialNumber:          big.NewInt(1),
+		Subject:               pkix.Name{CommonName: "pulse test redis"},
+		NotBefore:             time.Now().Add(-time.Hour),
+		NotAfter:              time.Now().Add(time.Hour),
+		IPAddresses:           []net.IP{net.ParseIP("127.0.0.1")},
+		KeyUsage:              x509.KeyUsageDigitalSignature | x509.KeyUsageCertSign,
+		ExtKeyUsage:           []x509.ExtKeyUsage{x509.ExtKeyUsageServerAuth},
+		BasicConstraintsValid: true,
+		IsCA:                  true,
+	}
+	der, err := x509.CreateCertificate(rand.Reader, tmpl, tmpl, &key.PublicKey, key)
+	require.NoError(t, err)
+	keyDER, err := x509.MarshalECPrivateKey(key)
+	require.NoError(t, err)
+	certFile, keyFile = filepath.Join(dir, "cert.pem"), filepath.Join(dir, "key.pem")
+	require.NoError(t, os.WriteFile(certFile, pem.EncodeToMemory(&pem.Block{Type: "CERTIFICATE", Bytes: der}), 0o600))
+	require.NoError(t, os.WriteFile(keyFile, pem.EncodeToMemory(&pem.Block{Type: "EC PRIVATE KEY", Bytes: keyDER}), 0o600))
+	return certFile, keyFile
+}
+
+// TestTLS: with a rediss:// URL every connection of the driver — the go-redis client, the
+// publishing pool and a subscription's reader — speaks TLS, and the server's certificate is
+// verified: an untrusted one is refused, and accepted only with skip_verify=true.
+func TestTLS(t *testing.T) {
+	certFile, keyFile := selfSignedCert(t, t.TempDir())
+	srv, err := redistest.StartTLS(certFile, keyFile)
+	require.NoError(t, err)
+	t.Cleanup(func() { require.NoError(t, srv.Close()) })
+	ctx := context.Background()
+
+	t.Run("untrusted certificate", func(t *testing.T) {
+		_, err := Open(ctx, transport.Config{Backend: Name, RedisURL: "rediss://" + srv.TLSAddr() + "/0", Namespace: uniqueNS(t), Logger: testLogger(t)})
+		require.ErrorContains(t, err, "certificate")
+	})
+
+	cfg := transport.Config{Backend: Name, RedisURL: "rediss://" + srv.TLSAddr() + "/2?skip_verify=true", Namespace: uniqueNS(t), Logger: testLogger(t)}
+	d := openDriver(t, cfg)
+	ids := publish(t, d, "s", bodies(3))
+	s := sub(t, d, "s", "g", "c1", time.Minute)
+	got := receiveN(t, s, 3)
+	for i, dl := range got {
+		require.Equal(t, ids[i], dl.TransportID)
+	}
+	require.NoError(t, s.Ack(ctx, got))
+
+	plain := rawClient(t, "redis://"+srv.Addr()+"/2") // the test's view, on the plain port
+	p, err := plain.XPending(ctx, cfg.Namespace+":s", "g").Result()
+	require.NoError(t, err)
+	require.Zero(t, p.Count, "the ack went through")
+	list, err := plain.ClientList(ctx).Result()
+	require.NoError(t, err)
+	for _, name := range []string{d.pool.name, readerName(cfg.Namespace+":s", "g", "c1")} {
+		require.Contains(t, list, "name="+name+" ", "a connection of the driver's own")
+	}
 }
