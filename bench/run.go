@@ -32,7 +32,7 @@ var Sections = []string{SectionInmem, SectionRedis, SectionJetStream}
 
 // Defaults of Options.
 const (
-	DefaultReps        = 5
+	DefaultReps        = 9
 	DefaultWarmups     = 1
 	DefaultWarmN       = 10_000
 	DefaultBatch       = 256
