@@ -124,6 +124,9 @@ func (p *connPool) close() {
 // command on a bad connection. (Should the server instead have run them and died before
 // answering, they are then stored twice: publishing is at least once.)
 func (p *connPool) roundTrip(ctx context.Context, write func(*respConn), read func(*respConn) (int, error)) error {
+	if err := ctx.Err(); err != nil {
+		return err // before taking a connection that the cancellation would cost
+	}
 	for attempt := 0; ; attempt++ {
 		c, reused, err := p.get(ctx)
 		if err != nil {

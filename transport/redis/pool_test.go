@@ -100,4 +100,8 @@ func TestPublishCancelled(t *testing.T) {
 	_, err := d.Publish(ctx, "s", bodies(1))
 	require.ErrorIs(t, err, context.Canceled)
 	require.Len(t, publish(t, d, "s", bodies(1)), 1)
+	before := poolConnIDs(t, d)
+	_, err = d.Publish(ctx, "s", bodies(1))
+	require.ErrorIs(t, err, context.Canceled)
+	require.Equal(t, before, poolConnIDs(t, d), "the idle connection was not spent on it")
 }
