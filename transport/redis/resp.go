@@ -123,16 +123,8 @@ func (rc *respConn) handshake(opts *goredis.Options, name string) error {
 	}
 	rc.conn.SetReadDeadline(time.Now().Add(rc.readTO))
 	for _, step := range steps {
-		line, err := rc.line()
-		if err != nil {
+		if _, err := rc.reply(nil); err != nil {
 			return fmt.Errorf("redis: %s: %w", step, err)
-		}
-		switch line[0] {
-		case '+':
-		case '-':
-			return fmt.Errorf("redis: %s: %w", step, respError(line[1:]))
-		default:
-			return fmt.Errorf("redis: %s: %w: unexpected reply %q", step, errProtocol, line)
 		}
 	}
 	return nil
@@ -196,10 +188,7 @@ func (rc *respConn) appendXAdd(key string, head []byte, m *transport.RawMessage)
 		}
 	}
 	slices.Sort(names)
-	rc.appendArrayLen(5 + 2*len(names))
-	for _, a := range []string{"xadd", key, "*", DataField} {
-		rc.appendString(a)
-	}
+	rc.appendXAddStart(key, len(names))
 	rc.appendBulk(m.Body)
 	for _, k := range names {
 		rc.appendString(k)
@@ -207,13 +196,19 @@ func (rc *respConn) appendXAdd(key string, head []byte, m *transport.RawMessage)
 	}
 }
 
+// appendXAddStart adds XADD key * data, up to the body, of an entry with headers more fields.
+func (rc *respConn) appendXAddStart(key string, headers int) {
+	rc.appendArrayLen(5 + 2*headers)
+	rc.appendString("xadd")
+	rc.appendString(key)
+	rc.appendString("*")
+	rc.appendString(DataField)
+}
+
 // xaddHead is the start of XADD key * data <body>, up to the body.
 func xaddHead(key string) []byte {
 	var rc respConn
-	rc.appendArrayLen(5)
-	for _, a := range []string{"xadd", key, "*", DataField} {
-		rc.appendString(a)
-	}
+	rc.appendXAddStart(key, 0)
 	return rc.cmd
 }
 
@@ -332,8 +327,7 @@ func (rc *respConn) readEntries() ([]entry, error) {
 	return out, nil
 }
 
-// readFields reads an entry's field-value array as fromFields does: `data` is the body (its
-// first occurrence), every other field a header.
+// readFields reads an entry's field-value array (see entryFields).
 func (rc *respConn) readFields(bodies *arena) (msg transport.RawMessage, err error) {
 	n, err := rc.arrayLen()
 	if err != nil || n <= 0 {
@@ -342,17 +336,16 @@ func (rc *respConn) readFields(bodies *arena) (msg transport.RawMessage, err err
 	if n%2 != 0 {
 		return msg, fmt.Errorf("%w: an odd field list of %d elements", errProtocol, n)
 	}
-	haveData := false
+	var fields entryFields
 	for range n / 2 {
 		field, err := rc.bulkInto(nil)
 		if err != nil {
 			return msg, err
 		}
-		if string(field) == DataField && !haveData {
-			if msg.Body, err = rc.bulkInto(bodies); err != nil {
+		if fields.isBody(field) {
+			if fields.msg.Body, err = rc.bulkInto(bodies); err != nil {
 				return msg, err
 			}
-			haveData = true
 			continue
 		}
 		name := string(field)
@@ -360,12 +353,9 @@ func (rc *respConn) readFields(bodies *arena) (msg transport.RawMessage, err err
 		if err != nil {
 			return msg, err
 		}
-		if msg.Headers == nil {
-			msg.Headers = make(map[string]string, n/2-1)
-		}
-		msg.Headers[name] = string(value)
+		fields.header(name, string(value), n/2-1)
 	}
-	return msg, nil
+	return fields.msg, nil
 }
 
 // line reads one reply line, without its CRLF. The bytes are valid until the next read.

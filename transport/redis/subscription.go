@@ -303,25 +303,46 @@ type entry struct {
 	msg transport.RawMessage
 }
 
-// fromFields reads an entry's field-value list: `data` is the body, every other field a
-// header (dead letters carry their metadata so). An entry without `data` (not written by
-// Pulse or the Python core) gets an empty body, which the Bus dead-letters as malformed.
+// entryFields builds a message from an entry's fields, in the order Redis lists them: the
+// first `data` field is the body, every other field (a later `data` too) a header — dead
+// letters carry their metadata so. An entry without `data` (not written by Pulse or the
+// Python core) gets an empty body, which the Bus dead-letters as malformed.
+type entryFields struct {
+	msg      transport.RawMessage
+	haveData bool
+}
+
+// isBody reports whether the field named name holds the body (and from then on, that the body
+// was seen).
+func (f *entryFields) isBody(name []byte) bool {
+	if string(name) != DataField || f.haveData {
+		return false
+	}
+	f.haveData = true
+	return true
+}
+
+// header records a header field; others sizes the map for the fields yet to come.
+func (f *entryFields) header(name, value string, others int) {
+	if f.msg.Headers == nil {
+		f.msg.Headers = make(map[string]string, others)
+	}
+	f.msg.Headers[name] = value
+}
+
+// fromFields reads a field-value list parsed by go-redis (see entryFields).
 func fromFields(kv []any) transport.RawMessage {
-	var m transport.RawMessage
-	haveData := false
+	var fields entryFields
 	for i := 0; i+1 < len(kv); i += 2 {
 		k, _ := kv[i].(string)
-		if k == DataField && !haveData {
+		if fields.isBody([]byte(k)) {
 			data, _ := kv[i+1].(string)
-			m.Body, haveData = aliasBytes(data), true
+			fields.msg.Body = aliasBytes(data)
 			continue
 		}
-		if m.Headers == nil {
-			m.Headers = make(map[string]string, len(kv)/2-1)
-		}
-		m.Headers[k] = fmt.Sprint(kv[i+1])
+		fields.header(k, fmt.Sprint(kv[i+1]), len(kv)/2-1)
 	}
-	return m
+	return fields.msg
 }
 
 // fromValues is fromFields for go-redis's parsed entries (XRANGE).
