@@ -346,19 +346,22 @@ func (c *Codec) Decode(b []byte) (*Envelope, error) {
 	if e.Meta.SchemaID == WrappedSchemaID {
 		inner, err := decodeWire(e.Payload)
 		if err != nil {
+			if TrackOf(err) == "" {
+				err = withTrack(e.Meta.Track, err)
+			}
 			return nil, fmt.Errorf("inner envelope: %w", err)
 		}
 		if inner.Meta.SchemaID == WrappedSchemaID {
-			return nil, fmt.Errorf("%w: envelope wrapped more than twice", ErrMalformed)
+			return nil, withTrack(inner.Meta.Track, fmt.Errorf("%w: envelope wrapped more than twice", ErrMalformed))
 		}
 		e = inner
 	}
 	if err := c.Schemas.Validate(e.Meta.SchemaID, e.Payload); err != nil {
-		return nil, err
+		return nil, withTrack(e.Meta.Track, err)
 	}
 	if c.Signer != nil {
 		if err := c.Signer.verify(e); err != nil {
-			return nil, err
+			return nil, withTrack(e.Meta.Track, err)
 		}
 	}
 	return e, nil

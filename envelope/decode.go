@@ -507,11 +507,11 @@ func decodeWire(b []byte) (*Envelope, error) {
 		// stands in, so an id field here is not trusted for de-duplication.
 	case TrackV2:
 		if id == "" {
-			return nil, fmt.Errorf("%w: v2 envelope without id", ErrMalformed)
+			return nil, withTrack(TrackV2, fmt.Errorf("%w: v2 envelope without id", ErrMalformed))
 		}
 		e.ID = id
 		if !hashMatches(e.Meta.Hash, payload) {
-			return nil, fmt.Errorf("%w: meta.hash %q, payload hashes to %q", ErrHashMismatch, e.Meta.Hash, hashHex(payload))
+			return nil, withTrack(TrackV2, fmt.Errorf("%w: meta.hash %q, payload hashes to %q", ErrHashMismatch, e.Meta.Hash, hashHex(payload)))
 		}
 	default:
 		return nil, fmt.Errorf("%w %q (accepted: v1, v2)", ErrUnknownTrack, e.Meta.Track)

@@ -110,6 +110,33 @@ func Reason(err error) string {
 	return ""
 }
 
+// TrackOf returns the schema track that the message a Decode error is about declared, when
+// Decode got far enough to read a valid one (a payload that fails validation, a missing or
+// wrong signature, a v2 hash mismatch); "" when it did not (invalid JSON, an unknown track).
+func TrackOf(err error) Track {
+	var te *trackedError
+	if errors.As(err, &te) {
+		return te.track
+	}
+	return ""
+}
+
+// trackedError is a decode error of a message whose track is known.
+type trackedError struct {
+	track Track
+	err   error
+}
+
+func (e *trackedError) Error() string { return e.err.Error() }
+func (e *trackedError) Unwrap() error { return e.err }
+
+func withTrack(t Track, err error) error {
+	if t != TrackV1 && t != TrackV2 {
+		return err
+	}
+	return &trackedError{track: t, err: err}
+}
+
 var reasons = []struct {
 	err  error
 	name string

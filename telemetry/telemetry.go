@@ -194,7 +194,7 @@ func (m *Metrics) instruments(cfg config) error {
 	m.feedback = counter(NameFeedbackProcessed, "Feedback events applied, by provider and level.")
 
 	var err error
-	m.lag, err = meter.Float64Gauge(NameLag, metric.WithDescription("Age in milliseconds (by envelope ts) of the last message received on the stream."))
+	m.lag, err = meter.Float64Gauge(NameLag, metric.WithDescription("Milliseconds the last message received on the stream waited since the broker stored it (by the broker's clock), clamped to [0, 7 days]."))
 	errs = append(errs, err)
 	m.latency, err = meter.Float64Histogram(NamePublishLatency,
 		metric.WithDescription("Time in milliseconds for the broker to accept a successful publish."),

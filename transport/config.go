@@ -44,6 +44,11 @@ const (
 	DLQAttempts   = "attempts"
 	DLQFailedAt   = "failed_at"
 	DLQStream     = "stream"
+	// DLQReplayOf marks a message re-published from a dead-letter stream (`pulse dlq
+	// replay`): its value is the dead letter's original_id. It travels beside the body (a
+	// Redis entry field, a JetStream header), never in it; a delivery carrying it has
+	// Delivery.Replayed set.
+	DLQReplayOf = "replay_of"
 )
 
 var namespaceRE = regexp.MustCompile(`^[a-z0-9_-]+$`)

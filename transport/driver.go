@@ -87,6 +87,12 @@ type RawDelivery struct {
 	TransportID string
 	// Attempt counts deliveries of this message to the group, from 1, as the broker counts.
 	Attempt int
+	// Position is the message's place in the broker's order of the stream (zero if the
+	// driver cannot tell); a redelivery has the Position of the first delivery.
+	Position Position
+	// StoredAt is when the broker stored the message, by the broker's clock (zero if the
+	// driver cannot tell).
+	StoredAt time.Time
 	// Handle is the driver's own state for settling this delivery.
 	Handle any
 }

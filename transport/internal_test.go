@@ -86,3 +86,31 @@ func TestMemoryIdempotencyTTL(t *testing.T) {
 	seen, _ = m.Seen(ctx, "k")
 	require.True(t, seen, "recorded again, with a fresh TTL")
 }
+
+// TestLagByBrokerClockClamped proves pulse_lag_ms never trusts a producer's ts when the
+// broker's storage time is known, and is clamped to [0, maxLag] either way: a ts in the year
+// 3000 or of 1e300 once showed as 9.2e12 ms.
+func TestLagByBrokerClockClamped(t *testing.T) {
+	now := time.Date(2026, 12, 3, 12, 0, 0, 0, time.UTC)
+	year3000 := float64(time.Date(3000, 1, 1, 0, 0, 0, 0, time.UTC).Unix())
+	nowTS := float64(now.Unix())
+	for _, tc := range []struct {
+		name     string
+		storedAt time.Time
+		ts       float64
+		want     time.Duration
+	}{
+		{"broker time, ts in the year 3000", now.Add(-40 * time.Millisecond), year3000, 40 * time.Millisecond},
+		{"broker time, ts of 1e300", now.Add(-3 * time.Second), 1e300, 3 * time.Second},
+		{"broker time, ts far in the past", now.Add(-time.Millisecond), 1, time.Millisecond},
+		{"broker clock a little ahead", now.Add(5 * time.Millisecond), nowTS, 0},
+		{"broker time very old", now.Add(-30 * 24 * time.Hour), nowTS, maxLag},
+		{"no broker time: the ts stands in", time.Time{}, nowTS - 2, 2 * time.Second},
+		{"no broker time, ts in the year 3000", time.Time{}, year3000, 0},
+		{"no broker time, ts of 1e300", time.Time{}, 1e300, 0},
+		{"no broker time, ts of 1", time.Time{}, 1, maxLag},
+		{"no broker time, negative ts", time.Time{}, -5, 0},
+	} {
+		require.Equal(t, tc.want, lag(now, tc.storedAt, tc.ts), tc.name)
+	}
+}

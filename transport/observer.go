@@ -27,7 +27,9 @@ type Observer interface {
 	Redelivered(stream string)
 	// DeadLettered reports a message written to the stream's DLQ.
 	DeadLettered(stream, reason string)
-	// Lag reports how old (by envelope ts) a message was when it was received.
+	// Lag reports how long a message waited between the broker storing it and a member
+	// receiving it, by the broker's clock where the driver knows it (the envelope ts
+	// otherwise), clamped to [0, 7 days].
 	Lag(stream string, lag time.Duration)
 }
 

@@ -45,6 +45,18 @@ type Delivery struct {
 	TransportID string
 	// Attempt counts deliveries of this message to the group, from 1, as the broker counts.
 	Attempt int
+	// Position is the message's place in the broker's order of the stream: a message the
+	// broker stored later has a greater one, a redelivery the same one (zero when the driver
+	// cannot tell). It tells a newer publish from a redelivery without trusting any
+	// producer's clock.
+	Position Position
+	// StoredAt is when the broker stored the message, by the broker's clock (zero when the
+	// driver cannot tell).
+	StoredAt time.Time
+	// Replayed is true for a message that `pulse dlq replay` (or anything else) re-published
+	// from a dead-letter stream: the broker stored it again, so its Position is that of the
+	// replay, not of the original publish.
+	Replayed bool
 	// Raw is the message exactly as stored.
 	Raw []byte
 }
@@ -382,11 +394,18 @@ func (s *Subscription) handleOne(d *RawDelivery, env *envelope.Envelope, decodeE
 		obs.Redelivered(s.stream)
 	}
 	if decodeErr != nil {
-		s.deadLetter(d, poisonReason(decodeErr), decodeErr, "unknown", OutcomeRejected)
+		track := string(envelope.TrackOf(decodeErr))
+		if track == "" {
+			track = "unknown"
+		}
+		s.deadLetter(d, poisonReason(decodeErr), decodeErr, track, OutcomeRejected)
 		return false
 	}
-	obs.Lag(s.stream, received.Sub(time.Unix(0, int64(env.TS*1e9))))
-	*del = Delivery{Envelope: env, Stream: s.stream, TransportID: d.TransportID, Attempt: d.Attempt, Raw: d.Body}
+	obs.Lag(s.stream, lag(received, d.StoredAt, env.TS))
+	*del = Delivery{
+		Envelope: env, Stream: s.stream, TransportID: d.TransportID, Attempt: d.Attempt,
+		Position: d.Position, StoredAt: d.StoredAt, Replayed: d.Headers[DLQReplayOf] != "", Raw: d.Body,
+	}
 	key := s.keyPrefix + del.ID()
 	track := string(env.Meta.Track)
 	// A message identified by its transport id (v1) on its first delivery to this group cannot
@@ -437,6 +456,27 @@ func (s *Subscription) handleOne(d *RawDelivery, env *envelope.Envelope, decodeE
 		return false
 	}
 }
+
+// lag is how long a message waited between being stored and received: by the broker's clock
+// (storedAt) where the driver knows it, never by the producer's ts alone, which any producer
+// can set to anything (a ts in the year 3000 once showed as 9.2e12 ms). Without storedAt the
+// envelope ts stands in. Either way the lag is at least 0 and at most maxLag.
+func lag(received, storedAt time.Time, ts float64) time.Duration {
+	var l time.Duration
+	if !storedAt.IsZero() {
+		l = received.Sub(storedAt)
+	} else if f := ts; f > 0 && f < maxLagTS {
+		l = received.Sub(time.Unix(0, int64(f*1e9)))
+	}
+	return min(max(l, 0), maxLag)
+}
+
+// maxLag caps a reported lag: a message older than this is "very late" whatever its age.
+const maxLag = 7 * 24 * time.Hour
+
+// maxLagTS is the largest envelope ts (seconds) converted to a time for lag: beyond it the
+// conversion to nanoseconds would overflow.
+const maxLagTS = 9e9
 
 func (s *Subscription) callHandler(d *Delivery) (err error) {
 	defer func() {

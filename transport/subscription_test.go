@@ -6,6 +6,7 @@ import (
 	"errors"
 	"fmt"
 	"strconv"
+	"strings"
 	"testing"
 	"time"
 
@@ -511,4 +512,39 @@ func TestConcurrentHandlersAckTogether(t *testing.T) {
 	c := drv.next(t)
 	require.Equal(t, "ack", c.kind)
 	require.ElementsMatch(t, []string{"0", "1", "2", "3"}, c.tids)
+}
+
+// TestRejectedCountedUnderTheEnvelopesTrack proves a poison message is counted under the
+// track its envelope declares whenever the envelope got that far (an invalid payload, a v2
+// hash mismatch, a missing signature), and "unknown" only when it did not.
+func TestRejectedCountedUnderTheEnvelopesTrack(t *testing.T) {
+	schemas := envelope.NewSchemas()
+	schemas.Register("unit.Event", func(p []byte) error {
+		var v struct{ N int }
+		if err := json.Unmarshal(p, &v); err != nil || v.N < 0 {
+			return errors.New("n must be an integer ≥ 0")
+		}
+		return nil
+	})
+	bus, drv, rec := newBus(t, func(c *transport.Config) { c.Schemas = schemas })
+	_, fs := subscribe(t, bus, drv, ok)
+	v1 := envelope.Codec{Track: envelope.TrackV1}
+	bad, err := v1.Encode(&envelope.Envelope{Meta: envelope.Meta{SchemaID: "unit.Event"}, Payload: json.RawMessage(`{"n":-1}`)})
+	require.NoError(t, err)
+	fs.deliver(raw("1", 1, bad))
+	require.Equal(t, "publish", drv.next(t).kind)
+	require.Equal(t, "term", drv.next(t).kind)
+	require.Equal(t, 1, rec.OutcomeTrack(stream, "v1", transport.OutcomeRejected))
+
+	v2 := body(t, bus, 2)
+	tampered := []byte(strings.Replace(string(v2), `"n":2`, `"n":3`, 1))
+	fs.deliver(raw("2", 1, tampered))
+	require.Equal(t, "publish", drv.next(t).kind)
+	require.Equal(t, "term", drv.next(t).kind)
+	require.Equal(t, 1, rec.OutcomeTrack(stream, "v2", transport.OutcomeRejected))
+
+	fs.deliver(raw("3", 1, []byte(`{"meta":{"track":"v9","schema_id":"unit.Event"},"ts":1,"payload":{}}`)))
+	require.Equal(t, "publish", drv.next(t).kind)
+	require.Equal(t, "term", drv.next(t).kind)
+	require.Equal(t, 1, rec.OutcomeTrack(stream, "unknown", transport.OutcomeRejected))
 }

@@ -202,6 +202,8 @@ type stream struct {
 type entry struct {
 	msg     transport.RawMessage
 	tid     string
+	seq     uint64
+	stored  int64 // unix nanoseconds
 	deleted bool
 }
 
@@ -293,6 +295,7 @@ func (st *stream) publish(ctx context.Context, msgs []transport.RawMessage, clos
 		base := len(ids)
 		ids = appendIDs(ids, &sb, st.next, len(msgs))
 		n := 0
+		stored := time.Now().UnixNano()
 		for _, m := range msgs {
 			if st.length() >= st.maxLen {
 				st.dropHeadTombstones()
@@ -303,7 +306,7 @@ func (st *stream) publish(ctx context.Context, msgs []transport.RawMessage, clos
 				}
 				st.evictHead()
 			}
-			st.appendEntry(entry{msg: m, tid: ids[base+n]})
+			st.appendEntry(entry{msg: m, tid: ids[base+n], seq: st.next, stored: stored})
 			n++
 		}
 		ids = ids[:base+n]
@@ -397,6 +400,8 @@ type pendingEntry struct {
 	g        *group
 	msg      transport.RawMessage
 	tid      string
+	seq      uint64
+	stored   int64 // unix nanoseconds
 	attempts int
 	deadline int64 // broker clock: redeliver at or after this
 	idx      int   // position in g.heap; -1 once settled

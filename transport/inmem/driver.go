@@ -421,7 +421,7 @@ func (s *subscription) take(now int64, max int) []*transport.RawDelivery {
 		pe.attempts++
 		pe.deadline = deadline
 		g.push(pe)
-		ds = append(ds, delivery{RawDelivery: transport.RawDelivery{RawMessage: pe.msg, TransportID: pe.tid, Attempt: pe.attempts}, pe: pe})
+		ds = append(ds, delivery{RawDelivery: pe.rawDelivery(), pe: pe})
 	}
 	clear(expired)
 	s.expired = expired[:0]
@@ -434,11 +434,11 @@ func (s *subscription) take(now int64, max int) []*transport.RawDelivery {
 			if e.deleted {
 				continue
 			}
-			pes = append(pes, pendingEntry{g: g, msg: e.msg, tid: e.tid, attempts: 1, deadline: deadline})
+			pes = append(pes, pendingEntry{g: g, msg: e.msg, tid: e.tid, seq: e.seq, stored: e.stored, attempts: 1, deadline: deadline})
 			pe := &pes[len(pes)-1]
 			g.push(pe)
 			g.pending++
-			ds = append(ds, delivery{RawDelivery: transport.RawDelivery{RawMessage: e.msg, TransportID: e.tid, Attempt: 1}, pe: pe})
+			ds = append(ds, delivery{RawDelivery: pe.rawDelivery(), pe: pe})
 		}
 		st.wakePublishers()
 	}
@@ -451,6 +451,17 @@ func (s *subscription) take(now int64, max int) []*transport.RawDelivery {
 		out[i] = &ds[i].RawDelivery
 	}
 	return out
+}
+
+// rawDelivery is the delivery of pe on its current attempt.
+func (pe *pendingEntry) rawDelivery() transport.RawDelivery {
+	return transport.RawDelivery{
+		RawMessage:  pe.msg,
+		TransportID: pe.tid,
+		Attempt:     pe.attempts,
+		Position:    transport.Position{Seq: pe.seq},
+		StoredAt:    time.Unix(0, pe.stored),
+	}
 }
 
 // pendingOf returns the pending entry of a delivery this group handed out, or an error for a

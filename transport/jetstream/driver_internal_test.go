@@ -107,10 +107,13 @@ func TestAckFields(t *testing.T) {
 		{"_INBOX.abc", 0, 0, false},
 		{"", 0, 0, false},
 	} {
-		d, s, ok := ackFields(tc.reply)
+		m, ok := ackFields(tc.reply)
 		require.Equal(t, tc.ok, ok, tc.reply)
-		require.Equal(t, tc.delivered, d, tc.reply)
-		require.Equal(t, tc.sseq, s, tc.reply)
+		require.Equal(t, tc.delivered, m.delivered, tc.reply)
+		require.Equal(t, tc.sseq, m.streamSeq, tc.reply)
+		if ok {
+			require.Equal(t, int64(1764201600000000000), m.stored, tc.reply)
+		}
 	}
 }
 
@@ -139,11 +142,12 @@ func TestAckFieldsMatchMetadata(t *testing.T) {
 		for m := range batch.Messages() {
 			meta, err := m.Metadata()
 			require.NoError(t, err)
-			d, s, ok := ackFields(m.Reply())
+			am, ok := ackFields(m.Reply())
 			require.True(t, ok, m.Reply())
-			require.Equal(t, meta.NumDelivered, d)
-			require.Equal(t, meta.Sequence.Stream, s)
-			require.EqualValues(t, round+1, d)
+			require.Equal(t, meta.NumDelivered, am.delivered)
+			require.Equal(t, meta.Sequence.Stream, am.streamSeq)
+			require.Equal(t, meta.Timestamp.UnixNano(), am.stored)
+			require.EqualValues(t, round+1, am.delivered)
 			require.NoError(t, m.Nak())
 			n++
 		}

@@ -368,3 +368,55 @@ func TestSlowHandlerNoAgedRedelivery(t *testing.T) {
 	require.Zero(t, obs.redelivered.Load(), "no message was delivered twice")
 	require.Zero(t, obs.get(transport.OutcomeDuplicate))
 }
+
+// TestPositionsSurviveStreamRecreation proves that a stream deleted and created again, whose
+// sequence starts over at 1, still delivers Positions after every one of the old stream:
+// the epoch is the stream's creation time.
+func TestPositionsSurviveStreamRecreation(t *testing.T) {
+	srv := natsSrv.Server(t)
+	cfg := config(srv.ClientURL(), uniqueNS("epoch"))
+	d := open(t, cfg)
+	ctx := context.Background()
+	receiveOne := func(s transport.DriverSubscription) *transport.RawDelivery {
+		t.Helper()
+		rctx, cancel := context.WithTimeout(ctx, 10*time.Second)
+		defer cancel()
+		ds, err := s.Receive(rctx, 1)
+		require.NoError(t, err)
+		require.NoError(t, s.Ack(ctx, ds))
+		return ds[0]
+	}
+	s, err := d.Subscribe(ctx, "s", transport.DriverSubscribeOptions{Group: "g", Consumer: "c", AckWait: time.Second, BatchSize: 4})
+	require.NoError(t, err)
+	defer s.Close()
+	for range 3 {
+		_, err := d.Publish(ctx, "s", []transport.RawMessage{{Body: []byte(`{}`)}})
+		require.NoError(t, err)
+	}
+	var old *transport.RawDelivery
+	for range 3 {
+		old = receiveOne(s)
+	}
+	require.Equal(t, uint64(3), old.Position.Seq)
+
+	require.NoError(t, d.JetStream().DeleteStream(ctx, jetstream.StreamName(cfg.Namespace, "s")))
+	// The subscription notices its consumer is gone and creates both again; publish until the
+	// new stream has a message it can read.
+	var fresh *transport.RawDelivery
+	require.Eventually(t, func() bool {
+		if _, err := d.Publish(ctx, "s", []transport.RawMessage{{Body: []byte(`{}`)}}); err != nil {
+			return false
+		}
+		rctx, cancel := context.WithTimeout(ctx, 500*time.Millisecond)
+		defer cancel()
+		ds, err := s.Receive(rctx, 1)
+		if err != nil || len(ds) == 0 {
+			return false
+		}
+		fresh = ds[0]
+		return true
+	}, 20*time.Second, 50*time.Millisecond)
+	require.NoError(t, s.Ack(ctx, []*transport.RawDelivery{fresh}))
+	require.Less(t, fresh.Position.Seq, old.Position.Seq+10, "the sequence started over")
+	require.Equal(t, 1, fresh.Position.Compare(old.Position), "new %v after old %v", fresh.Position, old.Position)
+}

@@ -8,6 +8,7 @@ import (
 	"strconv"
 	"strings"
 	"sync"
+	"sync/atomic"
 	"time"
 
 	"github.com/nats-io/nats.go/jetstream"
@@ -61,11 +62,13 @@ func consumerConfig(opts transport.DriverSubscribeOptions) jetstream.ConsumerCon
 	}
 }
 
-func (d *Driver) ensureConsumer(ctx context.Context, stream string, opts transport.DriverSubscribeOptions) (jetstream.Consumer, error) {
+// ensureConsumer creates or updates the group's durable consumer (and the stream), and
+// returns it with the stream's creation time.
+func (d *Driver) ensureConsumer(ctx context.Context, stream string, opts transport.DriverSubscribeOptions) (jetstream.Consumer, time.Time, error) {
 	for attempt := 0; ; attempt++ {
 		st, err := d.ensureStream(ctx, stream)
 		if err != nil {
-			return nil, err
+			return nil, time.Time{}, err
 		}
 		actx, cancel := apiCtx(ctx)
 		cons, err := st.CreateOrUpdateConsumer(actx, consumerConfig(opts))
@@ -75,9 +78,9 @@ func (d *Driver) ensureConsumer(ctx context.Context, stream string, opts transpo
 			continue
 		}
 		if err != nil {
-			return nil, d.wrap(ctx, fmt.Sprintf("create or update consumer %s on %s", DurableName(opts.Group), StreamName(d.cfg.Namespace, stream)), err)
+			return nil, time.Time{}, d.wrap(ctx, fmt.Sprintf("create or update consumer %s on %s", DurableName(opts.Group), StreamName(d.cfg.Namespace, stream)), err)
 		}
-		return cons, nil
+		return cons, st.CachedInfo().Created, nil
 	}
 }
 
@@ -137,6 +140,9 @@ type subscription struct {
 	stop   chan struct{} // closed by Close
 	// scratch is Receive's buffer (Receive runs on one goroutine).
 	scratch []queued
+	// epoch is the Position epoch of what is delivered: the stream's creation time, set each
+	// time the consumer is (re)started on the stream.
+	epoch atomic.Uint64
 
 	mu     sync.Mutex // guards the fields below
 	closed bool
@@ -149,10 +155,11 @@ type subscription struct {
 
 // startLocked (re)creates the consumer and starts consuming. s.mu is held.
 func (s *subscription) startLocked(ctx context.Context) error {
-	cons, err := s.d.ensureConsumer(ctx, s.stream, s.opts)
+	cons, created, err := s.d.ensureConsumer(ctx, s.stream, s.opts)
 	if err != nil {
 		return err
 	}
+	s.epoch.Store(uint64(max(created.UnixNano(), 0)))
 	cc, err := cons.Consume(s.onMsg,
 		jetstream.PullMaxMessages(s.pull),
 		jetstream.PullExpiry(pullExpiry),
@@ -258,22 +265,24 @@ func (s *subscription) Receive(ctx context.Context, limit int) ([]*transport.Raw
 // appendDelivery fills rd from q and appends it to out, unless q has no JetStream metadata.
 // now is when the batch is handed out.
 func (s *subscription) appendDelivery(out []*transport.RawDelivery, rd *transport.RawDelivery, q queued, now time.Time) []*transport.RawDelivery {
-	delivered, streamSeq, ok := ackFields(q.msg.Reply())
+	am, ok := ackFields(q.msg.Reply())
 	if !ok { // a form of ack subject this reader does not know: ask nats.go
 		meta, err := q.msg.Metadata()
 		if err != nil {
 			s.log.Error("dropping a message without JetStream metadata", "subject", q.msg.Subject(), "err", err)
 			return out
 		}
-		delivered, streamSeq = meta.NumDelivered, meta.Sequence.Stream
+		am = ackMeta{delivered: meta.NumDelivered, streamSeq: meta.Sequence.Stream, stored: meta.Timestamp.UnixNano()}
 	}
 	if now.Sub(q.at) > s.opts.AckWait/2 {
 		_ = q.msg.InProgress() // buffered long: give its handler a whole AckWait
 	}
 	*rd = transport.RawDelivery{
 		RawMessage:  transport.RawMessage{Body: q.msg.Data()},
-		TransportID: strconv.FormatUint(streamSeq, 10),
-		Attempt:     int(delivered),
+		TransportID: strconv.FormatUint(am.streamSeq, 10),
+		Attempt:     int(am.delivered),
+		Position:    transport.Position{Epoch: s.epoch.Load(), Seq: am.streamSeq},
+		StoredAt:    time.Unix(0, am.stored),
 		Handle:      q.msg,
 	}
 	if h := q.msg.Headers(); len(h) > 0 {
@@ -282,15 +291,21 @@ func (s *subscription) appendDelivery(out []*transport.RawDelivery, rd *transpor
 	return append(out, rd)
 }
 
-// ackFields reads a delivery's count and stream sequence from its ack subject, without
-// allocating (nats.go's Metadata builds a struct and parses every field, ~0.3 µs per message
-// here): $JS.ACK.<stream>.<consumer>.<delivered>.<stream seq>.<consumer seq>.<time>.<pending>,
+// ackMeta is what a delivery's ack subject tells.
+type ackMeta struct {
+	delivered, streamSeq uint64
+	stored               int64 // when the server stored the message, unix nanoseconds
+}
+
+// ackFields reads a delivery's count, stream sequence and storage time from its ack subject,
+// without allocating (nats.go's Metadata builds a struct and parses every field, ~0.3 µs per
+// message here): $JS.ACK.<stream>.<consumer>.<delivered>.<stream seq>.<consumer seq>.<time>.<pending>,
 // or the same with <domain>.<account hash> after $JS.ACK. and a token more at the end. ok is
 // false for anything else.
-func ackFields(reply string) (delivered, streamSeq uint64, ok bool) {
+func ackFields(reply string) (m ackMeta, ok bool) {
 	rest, found := strings.CutPrefix(reply, "$JS.ACK.")
 	if !found {
-		return 0, 0, false
+		return m, false
 	}
 	var skip int // tokens before <delivered>
 	switch strings.Count(rest, ".") + 1 {
@@ -299,19 +314,22 @@ func ackFields(reply string) (delivered, streamSeq uint64, ok bool) {
 	case 9, 10:
 		skip = 4
 	default:
-		return 0, 0, false
+		return m, false
 	}
 	for range skip {
 		_, rest, _ = strings.Cut(rest, ".")
 	}
 	d, rest, _ := strings.Cut(rest, ".")
-	sseq, _, _ := strings.Cut(rest, ".")
+	sseq, rest, _ := strings.Cut(rest, ".")
+	_, rest, _ = strings.Cut(rest, ".") // consumer sequence
+	tm, _, _ := strings.Cut(rest, ".")
 	delivered, err1 := strconv.ParseUint(d, 10, 64)
 	streamSeq, err2 := strconv.ParseUint(sseq, 10, 64)
-	if err1 != nil || err2 != nil || delivered == 0 || streamSeq == 0 {
-		return 0, 0, false
+	stored, err3 := strconv.ParseInt(tm, 10, 64)
+	if err1 != nil || err2 != nil || err3 != nil || delivered == 0 || streamSeq == 0 {
+		return ackMeta{}, false
 	}
-	return delivered, streamSeq, true
+	return ackMeta{delivered: delivered, streamSeq: streamSeq, stored: stored}, true
 }
 
 func handle(d *transport.RawDelivery) (jetstream.Msg, error) {

@@ -21,7 +21,11 @@
 //   - The logical stream S lives at the key `{ns}:{S}` (MD_NAMESPACE, e.g.
 //     `mdp:telemetry.feedback`); its dead letters at `{ns}:{S}.dlq`.
 //   - An entry has one field, `data`, holding the envelope's JSON exactly as published.
-//     Entries the Python core XADDs are read the same way.
+//     Entries the Python core XADDs are read the same way. Other fields are headers (a
+//     replayed dead letter carries `replay_of`); an entry with `data` twice is read as
+//     redis-py reads it: the last one wins.
+//   - A delivery's Position is its entry id <ms>-<seq> and its StoredAt the id's
+//     milliseconds: Redis's clock, never the producer's.
 //   - A dead-letter entry has `data` holding the original bytes unchanged, followed by the
 //     fields original_id (the Redis entry id of the original), reason, error, attempts,
 //     failed_at (RFC 3339) and stream (the logical source stream), sorted by name.

@@ -5,6 +5,8 @@ import (
 	"errors"
 	"fmt"
 	"log/slog"
+	"os/exec"
+	"strconv"
 	"strings"
 	"testing"
 	"time"
@@ -640,4 +642,34 @@ func TestCloseHandsReadAheadBack(t *testing.T) {
 		require.Equal(t, ids[5+i], dl.TransportID)
 		require.Equal(t, 2, dl.Attempt)
 	}
+}
+
+// TestDuplicateDataFieldLastWins proves an entry written with `data` twice — here by
+// redis-cli, as an operator or another producer would — is read as redis-py (and so the
+// Python core) reads it: the last `data` is the body; the fields between are headers. Both
+// read paths are covered: XREADGROUP (the driver's own reply reader) and XAUTOCLAIM (go-redis).
+func TestDuplicateDataFieldLastWins(t *testing.T) {
+	cli, err := exec.LookPath("redis-cli")
+	require.NoError(t, err, "redis-cli (from the redis-tools package, installed with redis-server) is needed")
+	srv := redisSrv.Server(t)
+	cfg := testConfig(t)
+	d := openDriver(t, cfg)
+	s := sub(t, d, "dup", "g", "c1", 200*time.Millisecond)
+	key := d.key("dup")
+	out, err := exec.Command(cli, "-p", strconv.Itoa(srv.Port()), "XADD", key, "*",
+		"data", `{"first":1}`, "note", "between", "data", `{"last":2}`).CombinedOutput()
+	require.NoError(t, err, "%s", out)
+	id := strings.TrimSpace(string(out))
+
+	got := receiveN(t, s, 1)[0]
+	require.Equal(t, id, got.TransportID)
+	require.Equal(t, `{"last":2}`, string(got.Body))
+	require.Equal(t, map[string]string{"note": "between"}, got.Headers)
+
+	// Not acked: another member claims it once idle, through go-redis's reply parsing.
+	s2 := sub(t, d, "dup", "g", "c2", 200*time.Millisecond)
+	claimed := receiveN(t, s2, 1)[0]
+	require.Equal(t, id, claimed.TransportID)
+	require.Equal(t, `{"last":2}`, string(claimed.Body))
+	require.Equal(t, "between", claimed.Headers["note"])
 }

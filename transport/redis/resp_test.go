@@ -69,9 +69,9 @@ func TestReadStreams(t *testing.T) {
 			want:  []entry{{id: "1-0", msg: transport.RawMessage{Body: []byte("{}")}}, {id: "1-1", msg: transport.RawMessage{Body: []byte(`{"a":1}`)}}},
 		},
 		{
-			name:  "headers beside data, the first data wins",
+			name:  "headers beside data, the last data wins (as redis-py reads it)",
 			reply: array(array(bulk("k"), array(replyEntry("2-0", "reason", "poison", "data", "d1", "data", "d2")))),
-			want:  []entry{{id: "2-0", msg: transport.RawMessage{Body: []byte("d1"), Headers: map[string]string{"reason": "poison", "data": "d2"}}}},
+			want:  []entry{{id: "2-0", msg: transport.RawMessage{Body: []byte("d2"), Headers: map[string]string{"reason": "poison"}}}},
 		},
 		{
 			name:  "an entry deleted since (no fields) reads as an empty body",

@@ -4,6 +4,8 @@ import (
 	"context"
 	"fmt"
 	"log/slog"
+	"math"
+	"strconv"
 	"strings"
 	"sync"
 	"time"
@@ -291,10 +293,28 @@ func (s *subscription) deliveries(msgs []entry, attempts []int, at time.Time) []
 		if attempts != nil {
 			attempt = attempts[i]
 		}
-		slab[i] = transport.RawDelivery{RawMessage: m.msg, TransportID: m.id, Attempt: attempt, Handle: info}
+		pos, stored := entryPosition(m.id)
+		slab[i] = transport.RawDelivery{RawMessage: m.msg, TransportID: m.id, Attempt: attempt, Position: pos, StoredAt: stored, Handle: info}
 		out[i] = &slab[i]
 	}
 	return out
+}
+
+// entryPosition reads an entry id <ms>-<seq> as a Position, and its milliseconds as the time
+// Redis stored the entry (ids are assigned by the server's clock, never going back). An id of
+// another form gives the zero Position and time.
+func entryPosition(id string) (transport.Position, time.Time) {
+	ms, seq, ok := strings.Cut(id, "-")
+	m, err1 := strconv.ParseUint(ms, 10, 64)
+	q, err2 := strconv.ParseUint(seq, 10, 64)
+	if !ok || err1 != nil || err2 != nil {
+		return transport.Position{}, time.Time{}
+	}
+	pos := transport.Position{Epoch: m, Seq: q}
+	if m > math.MaxInt64 {
+		return pos, time.Time{}
+	}
+	return pos, time.UnixMilli(int64(m))
 }
 
 // entry is one stream entry as read from a reply.
@@ -303,24 +323,17 @@ type entry struct {
 	msg transport.RawMessage
 }
 
-// entryFields builds a message from an entry's fields, in the order Redis lists them: the
-// first `data` field is the body, every other field (a later `data` too) a header — dead
-// letters carry their metadata so. An entry without `data` (not written by Pulse or the
+// entryFields builds a message from an entry's fields, in the order Redis lists them: a
+// `data` field is the body, every other field a header — dead letters carry their metadata
+// so. An entry with `data` more than once is read as redis-py (and so the Python core) reads
+// it, into a dict: the last one wins. An entry without `data` (not written by Pulse or the
 // Python core) gets an empty body, which the Bus dead-letters as malformed.
 type entryFields struct {
-	msg      transport.RawMessage
-	haveData bool
+	msg transport.RawMessage
 }
 
-// isBody reports whether the field named name holds the body (and from then on, that the body
-// was seen).
-func (f *entryFields) isBody(name []byte) bool {
-	if string(name) != DataField || f.haveData {
-		return false
-	}
-	f.haveData = true
-	return true
-}
+// isBody reports whether the field named name holds the body.
+func (f *entryFields) isBody(name []byte) bool { return string(name) == DataField }
 
 // header records a header field; others sizes the map for the fields yet to come.
 func (f *entryFields) header(name, value string, others int) {

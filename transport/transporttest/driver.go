@@ -329,3 +329,37 @@ func testClose(e *env) {
 	}()
 	goleak.VerifyNone(e.t, opts...)
 }
+
+// testDriverPositions proves the broker's order on deliveries: every message has a Position,
+// later publishes greater ones (across Publish calls and within a batch), a redelivery the
+// same one as its first delivery, and a StoredAt by the broker's clock within the publish.
+func testDriverPositions(e *env) {
+	drv := e.openDriver(e.config())
+	before := time.Now().Add(-time.Second) // the broker's clock may differ a little
+	_, err := drv.Publish(e.ctx(), e.stream, rawMessages(2))
+	require.NoError(e.t, err)
+	_, err = drv.Publish(e.ctx(), e.stream, rawMessages(1))
+	require.NoError(e.t, err)
+	after := time.Now().Add(time.Second)
+
+	sub := e.rawSub(drv, "g", "c", 16)
+	got := e.receiveN(sub, 3)
+	for i, d := range got {
+		require.False(e.t, d.Position.IsZero(), "delivery %d has no position", i)
+		require.True(e.t, !d.StoredAt.Before(before) && !d.StoredAt.After(after),
+			"delivery %d stored at %v, published between %v and %v", i, d.StoredAt, before, after)
+		if i > 0 {
+			require.Equal(e.t, 1, d.Position.Compare(got[i-1].Position),
+				"delivery %d at %v is not after delivery %d at %v", i, d.Position, i-1, got[i-1].Position)
+		}
+		p, err := transport.ParsePosition(d.Position.String())
+		require.NoError(e.t, err)
+		require.Equal(e.t, d.Position, p)
+	}
+	require.NoError(e.t, sub.Nak(e.ctx(), got[1], 0))
+	again := e.receiveN(sub, 1)[0]
+	require.Equal(e.t, got[1].TransportID, again.TransportID)
+	require.Equal(e.t, got[1].Position, again.Position, "a redelivery keeps the message's position")
+	require.True(e.t, got[1].StoredAt.Equal(again.StoredAt), "a redelivery keeps the message's storage time")
+	require.NoError(e.t, sub.Ack(e.ctx(), []*transport.RawDelivery{got[0], got[2], again}))
+}

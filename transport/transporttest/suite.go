@@ -75,6 +75,7 @@ var cases = []testCase{
 	{name: "DriverReceiveHonoursContext", run: testDriverReceiveContext, tracks: []envelope.Track{envelope.TrackV2}},
 	{name: "DriverNakDelay", run: testDriverNakDelay, tracks: []envelope.Track{envelope.TrackV2}},
 	{name: "DriverHeadersAndIDs", run: testDriverHeadersAndIDs, tracks: []envelope.Track{envelope.TrackV2}},
+	{name: "DriverPositions", run: testDriverPositions, tracks: []envelope.Track{envelope.TrackV2}},
 	{name: "StreamAdmin", run: testStreamAdmin, tracks: []envelope.Track{envelope.TrackV2}, needs: needsAdmin},
 	{name: "PersistentAcrossDrivers", run: testPersistent, tracks: []envelope.Track{envelope.TrackV2}, needs: needsPersistent},
 	{name: "CloseIdempotentNoLeaks", run: testClose, tracks: []envelope.Track{envelope.TrackV2}},
