@@ -86,6 +86,9 @@ type Broker struct {
 
 	idemMu sync.Mutex
 	idem   map[time.Duration]*transport.MemoryIdempotency
+
+	kvMu sync.Mutex
+	kv   map[string]*kvBucket
 }
 
 // NewBroker returns an empty broker.

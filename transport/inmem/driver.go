@@ -56,6 +56,7 @@ var (
 	_ transport.Pinger              = (*Driver)(nil)
 	_ transport.StreamAdmin         = (*Driver)(nil)
 	_ transport.IdempotencyProvider = (*Driver)(nil)
+	_ transport.KeyValueProvider    = (*Driver)(nil)
 )
 
 // New returns a driver over b. Several drivers may share one broker; each is like a separate

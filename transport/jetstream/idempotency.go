@@ -2,10 +2,8 @@ package jetstream
 
 import (
 	"context"
-	"encoding/base64"
 	"errors"
 	"regexp"
-	"strings"
 	"time"
 
 	"github.com/nats-io/nats.go/jetstream"
@@ -48,20 +46,11 @@ type kvIdempotency struct {
 
 var kvKeyRE = regexp.MustCompile(`^[-/_=.a-zA-Z0-9]+$`)
 
-// kvKey maps an idempotency key (stream/group/id) to a valid bucket key: as is when it
-// already is one, else "b64." and its unpadded URL-safe base64.
-func kvKey(key string) string {
-	if kvKeyRE.MatchString(key) && !strings.HasPrefix(key, ".") && !strings.HasSuffix(key, ".") && !strings.Contains(key, "..") {
-		return key
-	}
-	return "b64." + base64.RawURLEncoding.EncodeToString([]byte(key))
-}
-
 // Seen implements transport.IdempotencyStore.
 func (k *kvIdempotency) Seen(ctx context.Context, key string) (bool, error) {
 	actx, cancel := apiCtx(ctx)
 	defer cancel()
-	_, err := k.kv.Get(actx, kvKey(key))
+	_, err := k.kv.Get(actx, encodeKey(key))
 	switch {
 	case err == nil:
 		return true, nil
@@ -76,7 +65,7 @@ func (k *kvIdempotency) Seen(ctx context.Context, key string) (bool, error) {
 func (k *kvIdempotency) Done(ctx context.Context, key string) error {
 	actx, cancel := apiCtx(ctx)
 	defer cancel()
-	if _, err := k.kv.Put(actx, kvKey(key), []byte{'1'}); err != nil {
+	if _, err := k.kv.Put(actx, encodeKey(key), []byte{'1'}); err != nil {
 		return k.d.wrap(ctx, "idempotency record", err)
 	}
 	return nil

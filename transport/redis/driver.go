@@ -65,6 +65,7 @@ var (
 	_ transport.Pinger              = (*Driver)(nil)
 	_ transport.StreamAdmin         = (*Driver)(nil)
 	_ transport.IdempotencyProvider = (*Driver)(nil)
+	_ transport.KeyValueProvider    = (*Driver)(nil)
 )
 
 // Open connects to the Redis of cfg.RedisURL (`redis://` or `rediss://`, with user, password

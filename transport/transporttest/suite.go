@@ -77,6 +77,7 @@ var cases = []testCase{
 	{name: "DriverHeadersAndIDs", run: testDriverHeadersAndIDs, tracks: []envelope.Track{envelope.TrackV2}},
 	{name: "DriverPositions", run: testDriverPositions, tracks: []envelope.Track{envelope.TrackV2}},
 	{name: "StreamAdmin", run: testStreamAdmin, tracks: []envelope.Track{envelope.TrackV2}, needs: needsAdmin},
+	{name: "KeyValue", run: testKeyValue, tracks: []envelope.Track{envelope.TrackV2}, needs: needsKeyValue},
 	{name: "PersistentAcrossDrivers", run: testPersistent, tracks: []envelope.Track{envelope.TrackV2}, needs: needsPersistent},
 	{name: "CloseIdempotentNoLeaks", run: testClose, tracks: []envelope.Track{envelope.TrackV2}},
 }
