@@ -2,7 +2,9 @@ package feedback_test
 
 import (
 	"context"
+	"fmt"
 	"testing"
+	"time"
 
 	"github.com/pulse-bus/pulse/feedback"
 )
@@ -52,6 +54,57 @@ func BenchmarkHandlerApply(b *testing.B) {
 	for i := 0; b.Loop(); i++ {
 		if err := h.Apply(ctx, event("c", levels[i%2], float64(i+1))); err != nil {
 			b.Fatal(err)
+		}
+	}
+}
+
+// BenchmarkHandlerCoordinators measures applying one event with 1 and with 10,000 live
+// coordinators, under a TTL so that expiry is checked on every event: the cost per event
+// must not grow with their number. "steady" events repeat each coordinator's level (no
+// rescale; the coordinators are a third each ok, soft and hard); "rescaling" events flip one
+// coordinator between ok and hard while the others are ok (a rescale and a RateAdjustment
+// every time).
+func BenchmarkHandlerCoordinators(b *testing.B) {
+	for _, mode := range []string{"steady", "rescaling"} {
+		for _, n := range []int{1, 10_000} {
+			b.Run(fmt.Sprintf("%s/coordinators=%d", mode, n), func(b *testing.B) {
+				h, err := feedback.NewHandler(feedback.HandlerConfig{
+					Publisher: newFakeDiscard(),
+					Policy:    feedback.Policy{CoordinatorTTL: time.Hour},
+				})
+				if err != nil {
+					b.Fatal(err)
+				}
+				// level is coordinator j's level in steady mode, and the others' in rescaling.
+				level := func(j int) feedback.Level {
+					if mode == "steady" {
+						return feedback.Levels[j%3]
+					}
+					return feedback.LevelOK
+				}
+				flip := []feedback.Level{feedback.LevelHard, feedback.LevelOK}
+				ctx := context.Background()
+				ids := make([]string, n)
+				ts := float64(time.Now().Unix()) - 2*float64(n) - 3600 // every ts in the past
+				for i := range ids {
+					ids[i] = fmt.Sprintf("store-%05d", i)
+					ts++
+					if err := h.Apply(ctx, event(ids[i], level(i), ts)); err != nil {
+						b.Fatal(err)
+					}
+				}
+				b.ReportAllocs()
+				for i := 0; b.Loop(); i++ {
+					ts += 1e-6
+					ev := event(ids[i%n], level(i%n), ts)
+					if mode == "rescaling" {
+						ev = event(ids[0], flip[i%2], ts)
+					}
+					if err := h.Apply(ctx, ev); err != nil {
+						b.Fatal(err)
+					}
+				}
+			})
 		}
 	}
 }

@@ -164,7 +164,8 @@ func (c *Consumer) Group() string { return c.group }
 // Handler is the handler the consumer applies events with.
 func (c *Consumer) Handler() *Handler { return c.h }
 
-// Start subscribes and, when the handler's policy has a coordinator TTL, starts the periodic
+// Start restores the handler's state from its StateStore (unless Handler.Restore already
+// did), subscribes and, when the handler's policy has a coordinator TTL, starts the periodic
 // expiry check. The consumer then runs until ctx is cancelled or Close is called (either
 // drains in-flight work and stops the check). Start is idempotent: a second call while
 // running does nothing. After Close it returns transport.ErrClosed.
@@ -177,7 +178,12 @@ func (c *Consumer) Start(ctx context.Context) error {
 	case c.started:
 		return nil
 	}
-	sub, err := c.bus.Subscribe(ctx, c.stream, c.handle, transport.SubscribeOptions{Group: c.group, Consumer: c.consumer})
+	if c.h.store != nil && !c.h.Restored() {
+		if _, err := c.h.Restore(ctx); err != nil {
+			return fmt.Errorf("feedback: start consumer: %w", err)
+		}
+	}
+	sub, err := c.bus.Subscribe(ctx, c.stream, c.h.HandleDelivery, transport.SubscribeOptions{Group: c.group, Consumer: c.consumer})
 	if err != nil {
 		return fmt.Errorf("feedback: start consumer: %w", err)
 	}
@@ -215,15 +221,6 @@ func (c *Consumer) run(ctx context.Context, sub *transport.Subscription) {
 			}
 		}
 	}
-}
-
-// handle is the transport.Handler: decode, apply.
-func (c *Consumer) handle(ctx context.Context, d *transport.Delivery) error {
-	ev, err := DecodeEvent(d)
-	if err != nil {
-		return err
-	}
-	return c.h.Apply(ctx, ev)
 }
 
 // Close stops consuming, letting in-flight events finish (bounded by the bus's drain

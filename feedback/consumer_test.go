@@ -197,7 +197,7 @@ func TestBusDoubleWrappedPythonFixture(t *testing.T) {
 	obs.wait(t, map[string]int{transport.OutcomeSuccess: 1})
 	st := p.h.State()
 	require.Equal(t, feedback.CoordinatorState{Provider: "ibkr", Level: feedback.LevelSoft, QueueSize: 85, Capacity: 100,
-		EventTS: 1760812500.05, AppliedAt: st.Coordinators["bars_1"].AppliedAt}, st.Coordinators["bars_1"])
+		EventTS: 1760812500.05, AppliedAt: st.Coordinators["bars_1"].AppliedAt, Position: "0-1"}, st.Coordinators["bars_1"])
 	require.Equal(t, 0.5, p.h.Rates().Scale("ibkr"))
 	require.Equal(t, 30.0, p.h.Rates().Rate("ibkr"))
 
@@ -429,4 +429,38 @@ func TestConsumerConfigFromEnv(t *testing.T) {
 		require.True(t, errors.As(err, &ce), "%s: %v", name, err)
 		require.Equal(t, name, ce.Var)
 	}
+}
+
+// TestConsumerRestoresBeforeSubscribing proves a consumer whose handler keeps its state in
+// the bus starts where the loop is: a second pipeline (a restart, or a replica started
+// later) is at the floor before any new event, and the events it then reads from the start
+// of the stream are stale.
+func TestConsumerRestoresBeforeSubscribing(t *testing.T) {
+	broker := inmem.NewBroker(inmem.BrokerOptions{})
+	obs := newOutcomes()
+	bus := newBus(t, broker, obs, nil)
+	start := func(consumer string) (*feedback.Handler, *feedback.Consumer) {
+		store, err := feedback.OpenStateStore(context.Background(), bus, feedback.StreamFeedback)
+		require.NoError(t, err)
+		h, err := feedback.NewHandler(feedback.HandlerConfig{Publisher: bus, State: store})
+		require.NoError(t, err)
+		c, err := feedback.NewConsumer(bus, h, feedback.ConsumerConfig{Consumer: consumer})
+		require.NoError(t, err)
+		require.NoError(t, c.Start(context.Background()))
+		t.Cleanup(func() { require.NoError(t, c.Close()) })
+		return h, c
+	}
+	h1, c1 := start("w1")
+	ev, err := feedback.Event{CoordinatorID: "c1", QueueSize: 90, Capacity: 100, Level: feedback.LevelHard,
+		TS: envelope.Float(float64(time.Now().UnixNano()) / 1e9)}.Envelope(nil)
+	require.NoError(t, err)
+	require.NoError(t, bus.Publish(context.Background(), feedback.StreamFeedback, ev))
+	require.Eventually(t, func() bool { return h1.Rates().Rate("ibkr") == 1 }, waitFor, time.Millisecond)
+	require.NoError(t, c1.Close())
+
+	h2, _ := start("w2") // another replica: its own group reads the stream from the start
+	require.True(t, h2.Restored())
+	require.Equal(t, 1.0, h2.Rates().Rate("ibkr"), "at the floor before reading anything")
+	obs.wait(t, map[string]int{transport.OutcomeSuccess: 1, transport.OutcomeStale: 1})
+	require.Equal(t, 1.0, h2.Rates().Rate("ibkr"))
 }

@@ -33,7 +33,14 @@ const DefaultSource = "store"
 const (
 	ReasonWrongSchema    = "wrong_schema"
 	ReasonInvalidPayload = "invalid_payload"
+	// ReasonClockSkew: the event's ts is further ahead of the consumer's clock than
+	// Policy.MaxClockSkew allows.
+	ReasonClockSkew = "clock_skew"
 )
+
+// MaxStringLen bounds each string of a payload (coordinator_id, source, provider), in bytes:
+// ids are names, and every one is kept in memory, in /state and in the state store.
+const MaxStringLen = 256
 
 // Event is the telemetry.FeedbackEvent payload: one Store coordinator's queue state. Its JSON
 // (see Payload) has the fields in the order the Python core writes them:
@@ -58,7 +65,11 @@ type Event struct {
 func (e Event) Validate() error {
 	switch {
 	case e.CoordinatorID == "":
-		return errors.New("feedback: coordinator_id is empty (accepted: a non-empty string)")
+		return errors.New("feedback: coordinator_id is empty (accepted: a non-empty string of at most 256 bytes)")
+	case len(e.CoordinatorID) > MaxStringLen:
+		return fmt.Errorf("feedback: coordinator_id of %d bytes (accepted: a non-empty string of at most %d bytes)", len(e.CoordinatorID), MaxStringLen)
+	case len(e.Source) > MaxStringLen:
+		return fmt.Errorf("feedback: source of %d bytes (accepted: a string of at most %d bytes)", len(e.Source), MaxStringLen)
 	case e.QueueSize < 0:
 		return fmt.Errorf("feedback: queue_size %d is negative (accepted: an integer ≥ 0)", e.QueueSize)
 	case e.Capacity <= 0:
@@ -107,7 +118,9 @@ type RateAdjustment struct {
 func (a RateAdjustment) Validate() error {
 	switch {
 	case a.Provider == "":
-		return errors.New("feedback: provider is empty (accepted: a non-empty string)")
+		return errors.New("feedback: provider is empty (accepted: a non-empty string of at most 256 bytes)")
+	case len(a.Provider) > MaxStringLen:
+		return fmt.Errorf("feedback: provider of %d bytes (accepted: a non-empty string of at most %d bytes)", len(a.Provider), MaxStringLen)
 	case !validScale(float64(a.Scale)):
 		return fmt.Errorf("feedback: scale %v (accepted: a number from 0 to 1)", float64(a.Scale))
 	case !a.Reason.Valid():

@@ -1,12 +1,14 @@
 package feedback
 
 import (
+	"cmp"
 	"context"
 	"errors"
 	"fmt"
 	"log/slog"
 	"slices"
 	"sync"
+	"sync/atomic"
 	"time"
 
 	"github.com/pulse-bus/pulse/envelope"
@@ -19,7 +21,7 @@ type Publisher interface {
 	Publish(ctx context.Context, stream string, envs ...*envelope.Envelope) error
 }
 
-// Observer records the feedback metrics of CONTRACT.md §8. Implementations must be safe for
+// Observer records the feedback metrics of docs/contract.md. Implementations must be safe for
 // concurrent use and must not block; telemetry.Metrics implements it.
 type Observer interface {
 	// FeedbackProcessed counts one applied (not stale) event: feedback_events_processed_total.
@@ -33,6 +35,16 @@ type Observer interface {
 // ErrPublish is wrapped by Apply's error when the RateAdjustment its event caused could not
 // be published. The rate change itself has been applied.
 var ErrPublish = errors.New("feedback: rate adjustment not published")
+
+// ErrSave is wrapped by Apply's error when the state its event changed could not be saved
+// to the StateStore. The rate change itself has been applied.
+var ErrSave = errors.New("feedback: loop state not saved")
+
+// EvictionObserver is implemented by an Observer that counts forgotten coordinators
+// (feedback_coordinators_evicted_total); telemetry.Metrics does.
+type EvictionObserver interface {
+	CoordinatorEvicted(provider string)
+}
 
 // DefaultMaxPending bounds the RateAdjustments kept for publishing while the bus is away.
 const DefaultMaxPending = 256
@@ -59,16 +71,21 @@ type HandlerConfig struct {
 	// MaxPending bounds the unpublished RateAdjustments kept for retry (oldest dropped
 	// first, with a warning); 0 means DefaultMaxPending.
 	MaxPending int
+	// State keeps the loop's state where restarts and replicas find it (see Handler); nil
+	// keeps it in this process only.
+	State StateStore
 }
 
-// Handler applies FeedbackEvents to a provider's rate (DESIGN.md "Feedback semantics"):
+// Handler applies FeedbackEvents to a provider's rate (the loop of docs/design.md):
 //
-//   - per coordinator, the event with the greatest ts wins; an older event, or a second one
-//     with the same ts, changes nothing and is reported stale;
+//   - per coordinator, the newest event wins and an event that is not newer changes nothing
+//     and is reported stale (see "Which event is newer" below);
 //   - every coordinator feeds Policy.Provider, and the most backed-up one decides: the
 //     provider's scale is the minimum of its coordinators' scales;
 //   - each real change of that scale is set on the RateCoordinator and published as a
 //     RateAdjustment;
+//   - an event whose ts is more than Policy.MaxClockSkew ahead of the handler's clock is
+//     poison (ReasonClockSkew): dead-lettered, it changes nothing;
 //   - with Policy.CoordinatorTTL > 0, a coordinator whose last event was applied longer ago
 //     than the TTL (by the handler's clock, so the Store's clock does not matter) expires: it
 //     stays in State, marked expired, but no longer counts toward the minimum. Expiry is
@@ -76,6 +93,45 @@ type HandlerConfig struct {
 //     change it causes is set and published like any other, with the reason of the remaining
 //     minimum (ok when none is left). The coordinator's next event (newer than its last)
 //     brings it back.
+//
+// # Which event is newer
+//
+// A producer's clock alone cannot order events: one event stamped in the year 3000 would
+// make every later one look older, and a Store whose clock steps back (an NTP step, a VM
+// restored) would be ignored for as long as the step. So an event delivered with its place
+// in the broker's order (Origin.Position, as ApplyFrom and HandleDelivery get it) is newer
+// than the coordinator's applied event when:
+//
+//   - the broker stored it later (an equal or earlier Position is a redelivery, or an older
+//     message: stale), and
+//   - its ts is not one of the coordinator's last RecentEvents applied events (a copy of an
+//     event already applied — a replay of captured bytes — is stale), and
+//   - its ts is greater, or, when it is not, the Store's clock stepped back: the event is
+//     applied unless it is stamped before every one of the RecentEvents remembered (too old
+//     to be told from a replay of an event since forgotten: stale).
+//
+// A message re-published from a dead-letter stream (Origin.Replayed) has lost its place in
+// the broker's order, and an event applied with Apply has none: such an event is newer only
+// when its ts is greater (and it is not a remembered one).
+//
+// # Bounds
+//
+// At most Policy.MaxCoordinators coordinators are tracked. A new one beyond that makes the
+// handler forget the longest-silent expired coordinator, else the longest-silent ok one,
+// else soft, else hard: forgetting never lifts a rate while a coordinator that holds it lower
+// can be kept. Forgotten coordinators are counted (State.CoordinatorsEvicted). Every event
+// costs the same whatever the number of coordinators: the minimum, expiry and eviction use
+// one list per level, not a walk over all of them.
+//
+// # State that outlives the process
+//
+// With a StateStore (HandlerConfig.State), every applied event's coordinator state is saved
+// before Apply returns, and Restore reads it back: a restarted handler, or a replica started
+// later, resumes at the provider's current rate without waiting for any Store to send again
+// (Stores send only when their level changes). Saving never puts an older event over a newer
+// one another replica saved. When saving fails, the change applies anyway and Apply returns
+// an error wrapping ErrSave, so the delivery is retried; the retry (same coordinator and ts)
+// saves without applying again.
 //
 // Publishing failures: the rate change always applies first. The adjustment is kept (up to
 // MaxPending) and every later Apply publishes what is kept, in order. Apply returns an error
@@ -96,24 +152,38 @@ type Handler struct {
 	log        *slog.Logger
 	now        func() time.Time
 	maxPending int
+	store      StateStore
 
 	mu      sync.Mutex
-	coords  map[string]*coordState
+	coords  coordSet
 	pending []pendingAdjustment
 	seq     uint64
 	dropped uint64
+	evicted uint64
+	gen     uint64              // counts changes, for coordState.dirty
+	dirty   map[string]struct{} // coordinators with a change not yet saved
+	forget  []forgotten         // forgotten coordinators whose record is still to be deleted
 
-	flushMu sync.Mutex // serialises publishing so adjustments go out in order
+	flushMu  sync.Mutex  // serialises publishing so adjustments go out in order
+	saveMu   sync.Mutex  // serialises saving so a coordinator's records go out in order
+	restored atomic.Bool // Restore succeeded once
 }
 
-type coordState struct {
-	provider  string
-	level     Level
-	queueSize int
-	capacity  int
-	eventTS   float64
-	appliedAt time.Time
-	expired   bool
+type forgotten struct {
+	id  string
+	rev uint64
+}
+
+// maxForget bounds the forgotten coordinators whose records wait to be deleted; beyond it
+// the oldest are left in the store, and Restore forgets them again.
+const maxForget = 1024
+
+// Origin is where an event stood in the broker's order; see Handler.
+type Origin struct {
+	// Position is the delivery's transport.Position; zero when unknown.
+	Position transport.Position
+	// Replayed is true for a message re-published from a dead-letter stream.
+	Replayed bool
 }
 
 type pendingAdjustment struct {
@@ -154,7 +224,9 @@ func NewHandler(cfg HandlerConfig) (*Handler, error) {
 		log:        cfg.Logger,
 		now:        cfg.Now,
 		maxPending: cfg.MaxPending,
-		coords:     map[string]*coordState{},
+		store:      cfg.State,
+		coords:     newCoordSet(),
+		dirty:      map[string]struct{}{},
 	}
 	if h.stream == "" {
 		h.stream = StreamRateAdjustment
@@ -184,81 +256,365 @@ func (h *Handler) Policy() Policy { return h.policy }
 // Rates is the coordinator the handler scales; pace the provider's calls with it.
 func (h *Handler) Rates() *RateCoordinator { return h.rates }
 
-// Apply applies one event. It returns nil when the event was applied (whether or not the
+// Apply applies one event whose place in the broker's order is unknown (see Handler: it is
+// newer only when its ts is). It returns nil when the event was applied (whether or not the
 // scale changed); an error wrapping transport.ErrStale when it was not newer than the
-// coordinator's applied event; a poison error (transport.Poison) for an invalid event; an
-// error wrapping ErrPublish when the event's RateAdjustment could not be published (see
-// Handler). It blocks only while publishing, bounded by ctx.
-func (h *Handler) Apply(ctx context.Context, ev Event) error {
+// coordinator's applied event; a poison error (transport.Poison) for an invalid event or one
+// stamped too far ahead; an error wrapping ErrSave or ErrPublish when the state it changed
+// could not be saved or its RateAdjustment published (see Handler). It blocks only while
+// saving and publishing, bounded by ctx.
+func (h *Handler) Apply(ctx context.Context, ev Event) error { return h.ApplyFrom(ctx, ev, Origin{}) }
+
+// HandleDelivery decodes the FeedbackEvent a delivery carries and applies it at the
+// delivery's place in the broker's order: it is the transport.Handler of a feedback
+// subscription (a payload of another schema is poison).
+func (h *Handler) HandleDelivery(ctx context.Context, d *transport.Delivery) error {
+	ev, err := DecodeEvent(d)
+	if err != nil {
+		return err
+	}
+	return h.ApplyFrom(ctx, ev, Origin{Position: d.Position, Replayed: d.Replayed})
+}
+
+// ApplyFrom applies one event from origin, with Apply's results.
+func (h *Handler) ApplyFrom(ctx context.Context, ev Event, o Origin) error {
 	if err := ev.Validate(); err != nil {
 		return transport.Poison(ReasonInvalidPayload, err)
 	}
 	ts := float64(ev.TS)
+	now := h.now()
+	if ahead := ts - float64(unixSeconds(now)); ahead > h.policy.MaxClockSkew.Seconds() {
+		return transport.Poison(ReasonClockSkew, fmt.Errorf(
+			"feedback: event of coordinator %q at ts %v is %.0fs ahead of this consumer's clock (accepted: at most %s=%s ahead)",
+			ev.CoordinatorID, ts, ahead, EnvMaxClockSkew, h.policy.MaxClockSkew))
+	}
 	provider := h.policy.Provider
 
 	h.mu.Lock()
-	if h.causedPendingLocked(ev.CoordinatorID, ts) {
-		// A redelivery of an applied event whose adjustment is still unpublished.
+	if h.causedPendingLocked(ev.CoordinatorID, ts) || h.unsavedLocked(ev.CoordinatorID, ts) {
+		// A redelivery of an applied event whose state or adjustment is not out yet.
 		h.mu.Unlock()
-		return h.flush(ctx, ev.CoordinatorID, ts)
+		return h.settle(ctx, ev.CoordinatorID, ts)
 	}
-	prev := h.coords[ev.CoordinatorID]
-	if prev != nil && ts <= prev.eventTS {
-		h.mu.Unlock()
-		err := fmt.Errorf("feedback: event of coordinator %q at ts %v is not newer than the applied one at ts %v: %w",
-			ev.CoordinatorID, ts, prev.eventTS, transport.ErrStale)
-		if h.hasPending() {
-			_ = h.flush(ctx, "", 0) // push the backlog; failures are logged there
+	prev := h.coords.get(ev.CoordinatorID)
+	stepBack, prevTS := false, 0.0
+	if prev != nil {
+		newer, why := prev.supersededBy(ts, o)
+		if !newer {
+			appliedTS := prev.eventTS
+			h.mu.Unlock()
+			err := fmt.Errorf("feedback: event of coordinator %q at ts %v is not newer than the applied one at ts %v: %s: %w",
+				ev.CoordinatorID, ts, appliedTS, why, transport.ErrStale)
+			if why == whyReplay || why == whyTooOld {
+				h.log.Warn("feedback event not applied", "coordinator", ev.CoordinatorID, "level", ev.Level, "event_ts", ts, "applied_ts", appliedTS, "why", why)
+			}
+			if h.hasPending() {
+				_ = h.flush(ctx, "", 0) // push the backlog; failures are logged there
+			}
+			return err
 		}
-		return err
+		stepBack, prevTS = ts <= prev.eventTS, prev.eventTS
 	}
-	now := h.now()
 	back := prev != nil && prev.expired
-	h.coords[ev.CoordinatorID] = &coordState{
-		provider:  provider,
-		level:     ev.Level,
-		queueSize: ev.QueueSize,
-		capacity:  ev.Capacity,
-		eventTS:   ts,
-		appliedAt: now,
+	c := prev
+	if c == nil {
+		h.makeRoomLocked()
+		c = &coordState{id: ev.CoordinatorID}
 	}
-	rs, err := h.rescaleLocked(provider, now, ev.CoordinatorID, ts)
+	c.level, c.queueSize, c.capacity, c.source = ev.Level, ev.QueueSize, ev.Capacity, ev.Source
+	c.eventTS, c.appliedAt, c.position, c.expired = ts, now, o.Position, false
+	c.remember(ts)
+	if prev == nil {
+		h.coords.add(c)
+	} else {
+		h.coords.touched(c)
+	}
+	h.markDirtyLocked(c)
+	rs, err := h.rescaleLocked(provider, now, ev.CoordinatorID, ts, true)
 	if err != nil {
 		h.mu.Unlock()
 		return err
 	}
 	h.obs.FeedbackProcessed(provider, string(ev.Level))
-	mustFlush := len(h.pending) > 0
 	h.mu.Unlock()
 
 	if back {
 		h.log.Info("expired coordinator is back", "coordinator", ev.CoordinatorID, "level", ev.Level, "event_ts", ts)
+	}
+	if stepBack {
+		h.log.Info("feedback event applied although stamped before the applied one: the Store's clock stepped back",
+			"coordinator", ev.CoordinatorID, "level", ev.Level, "event_ts", ts, "previous_ts", prevTS)
 	}
 	h.logRescale(rs, ev, true)
 	if !rs.changed {
 		h.log.Debug("feedback applied; scale unchanged",
 			"provider", provider, "scale", rs.scale, "coordinator", ev.CoordinatorID, "level", ev.Level)
 	}
-	if !mustFlush {
+	return h.settle(ctx, ev.CoordinatorID, ts)
+}
+
+// Why an event is not newer (see coordState.supersededBy).
+const (
+	whyEarlier = "the broker stored it before the applied one (a redelivery, or an older message)"
+	whyReplay  = "it repeats an event already applied (a replay)"
+	whyTooOld  = "it is stamped before every one of the coordinator's remembered events, so it cannot be told from a replay"
+	whyOlderTS = "it is stamped no later, and its place in the broker's order is unknown"
+)
+
+// supersededBy reports whether an event stamped ts from o is newer than c's applied event,
+// and why not (see Handler).
+func (c *coordState) supersededBy(ts float64, o Origin) (bool, string) {
+	byBroker := !o.Position.IsZero() && !c.position.IsZero() && !o.Replayed
+	switch {
+	case byBroker && o.Position.Compare(c.position) <= 0:
+		return false, whyEarlier
+	case c.applied(ts):
+		return false, whyReplay
+	case ts > c.eventTS:
+		return true, ""
+	case !byBroker:
+		return false, whyOlderTS
+	case len(c.recent) == RecentEvents && ts < c.oldestRecent():
+		return false, whyTooOld
+	}
+	return true, "" // stored later, stamped earlier: the Store's clock stepped back
+}
+
+// settle saves what the event of (coordinator, ts) changed and publishes the pending
+// adjustments; its error wraps ErrSave or ErrPublish while the event's own change is not out.
+func (h *Handler) settle(ctx context.Context, coordinator string, ts float64) error {
+	if h.store != nil {
+		if err := h.save(ctx, coordinator); err != nil {
+			h.log.Warn("saving the loop state failed; the rate change is applied and the save retried", "coordinator", coordinator, "err", err)
+			return fmt.Errorf("%w (coordinator %q): %w", ErrSave, coordinator, err)
+		}
+	}
+	if !h.hasPending() {
 		return nil
 	}
-	return h.flush(ctx, ev.CoordinatorID, ts)
+	return h.flush(ctx, coordinator, ts)
 }
+
+// unsavedLocked reports whether coordinator's applied event is the one stamped ts and its
+// state is not saved yet.
+func (h *Handler) unsavedLocked(coordinator string, ts float64) bool {
+	c := h.coords.get(coordinator)
+	return c != nil && c.dirty != 0 && c.eventTS == ts
+}
+
+func (h *Handler) markDirtyLocked(c *coordState) {
+	if h.store == nil {
+		return
+	}
+	h.gen++
+	c.dirty = h.gen
+	h.dirty[c.id] = struct{}{}
+}
+
+// makeRoomLocked forgets coordinators (see Handler, Bounds) until a new one fits.
+func (h *Handler) makeRoomLocked() {
+	for h.coords.len() >= h.policy.MaxCoordinators {
+		v := h.coords.victim()
+		h.coords.drop(v)
+		delete(h.dirty, v.id)
+		h.evicted++
+		if h.store != nil && v.rev != 0 {
+			if len(h.forget) == maxForget {
+				h.forget = h.forget[1:]
+			}
+			h.forget = append(h.forget, forgotten{id: v.id, rev: v.rev})
+		}
+		if eo, ok := h.obs.(EvictionObserver); ok {
+			eo.CoordinatorEvicted(h.policy.Provider)
+		}
+		if isPowerOf10(h.evicted) {
+			h.log.Warn("too many coordinators; forgetting the longest-silent one of the least pressing level",
+				"max_coordinators", h.policy.MaxCoordinators, "forgotten", v.id, "level", v.level, "expired", v.expired, "evicted_total", h.evicted)
+		}
+	}
+}
+
+func isPowerOf10(n uint64) bool {
+	for n >= 10 && n%10 == 0 {
+		n /= 10
+	}
+	return n == 1
+}
+
+// save writes coordinator's unsaved state to the store, and deletes the records of
+// forgotten coordinators.
+func (h *Handler) save(ctx context.Context, coordinator string) error {
+	h.saveMu.Lock()
+	defer h.saveMu.Unlock()
+	h.mu.Lock()
+	forget := h.forget
+	h.forget = nil
+	c := h.coords.get(coordinator)
+	var rec CoordinatorRecord
+	var rev, gen uint64
+	if c != nil && c.dirty != 0 {
+		rec, rev, gen = c.record(), c.rev, c.dirty
+	}
+	h.mu.Unlock()
+
+	for i, f := range forget {
+		if err := h.store.Delete(ctx, f.id, f.rev); err != nil {
+			h.mu.Lock()
+			h.forget = append(forget[i:], h.forget...)
+			if len(h.forget) > maxForget {
+				h.forget = h.forget[len(h.forget)-maxForget:]
+			}
+			h.mu.Unlock()
+			h.log.Warn("could not delete a forgotten coordinator's state; retrying later", "coordinator", f.id, "err", err)
+			break
+		}
+	}
+	if gen == 0 {
+		return nil
+	}
+	n, err := h.store.Save(ctx, rec, rev)
+	if err != nil {
+		return err
+	}
+	h.mu.Lock()
+	defer h.mu.Unlock()
+	if h.coords.get(coordinator) == c {
+		c.rev = n
+		if c.dirty == gen {
+			c.dirty = 0
+			delete(h.dirty, coordinator)
+		}
+	}
+	return nil
+}
+
+// saveAll saves every coordinator with unsaved state; its error wraps ErrSave.
+func (h *Handler) saveAll(ctx context.Context) error {
+	if h.store == nil {
+		return nil
+	}
+	h.mu.Lock()
+	ids := make([]string, 0, len(h.dirty)+1)
+	for id := range h.dirty {
+		ids = append(ids, id)
+	}
+	if len(ids) == 0 && len(h.forget) > 0 {
+		ids = append(ids, "") // deletions only
+	}
+	h.mu.Unlock()
+	for _, id := range ids {
+		if err := h.save(ctx, id); err != nil {
+			return fmt.Errorf("%w: %w", ErrSave, err)
+		}
+	}
+	return nil
+}
+
+// record is c's stored form.
+func (c *coordState) record() CoordinatorRecord {
+	r := CoordinatorRecord{
+		Coordinator: c.id, Level: c.level, QueueSize: c.queueSize, Capacity: c.capacity, Source: c.source,
+		EventTS: c.eventTS, AppliedAt: c.appliedAt, Recent: encodeRecent(c.recent),
+	}
+	if !c.position.IsZero() {
+		r.Position = c.position.String()
+	}
+	return r
+}
+
+// fromRecord is the coordinator a stored record describes.
+func fromRecord(r CoordinatorRecord, rev uint64) *coordState {
+	pos, _ := transport.ParsePosition(r.Position) // validated by Load
+	return &coordState{
+		id: r.Coordinator, level: r.Level, queueSize: r.QueueSize, capacity: r.Capacity, source: r.Source,
+		eventTS: r.EventTS, appliedAt: r.AppliedAt, position: pos, recent: decodeRecent(r.Recent), rev: rev,
+	}
+}
+
+// Restore reads the loop's state back from the StateStore: every stored coordinator whose
+// record is newer than what the handler holds of it (all of them, before the first event)
+// is adopted, expiry is applied at the handler's clock and the provider's scale set from the
+// result — without publishing a RateAdjustment, as nothing new happened. When the store holds
+// more than Policy.MaxCoordinators, the most pressing are kept (hard, soft, ok; the most
+// recently applied first) and the others forgotten. It returns how many coordinators were
+// adopted; without a StateStore it does nothing. It blocks while reading, bounded by ctx.
+func (h *Handler) Restore(ctx context.Context) (int, error) {
+	if h.store == nil {
+		return 0, nil
+	}
+	type loaded struct {
+		rec CoordinatorRecord
+		rev uint64
+	}
+	var recs []loaded
+	skipped, err := h.store.Load(ctx, func(rec CoordinatorRecord, rev uint64) error {
+		recs = append(recs, loaded{rec, rev})
+		return nil
+	})
+	if err != nil {
+		return 0, fmt.Errorf("feedback: restore the loop state: %w", err)
+	}
+	slices.SortFunc(recs, func(a, b loaded) int {
+		if c := cmp.Compare(classOf(b.rec.Level), classOf(a.rec.Level)); c != 0 {
+			return c
+		}
+		return b.rec.AppliedAt.Compare(a.rec.AppliedAt)
+	})
+	h.mu.Lock()
+	adopted := 0
+	for i, l := range recs {
+		if i >= h.policy.MaxCoordinators {
+			if len(h.forget) < maxForget {
+				h.forget = append(h.forget, forgotten{id: l.rec.Coordinator, rev: l.rev})
+			}
+			continue
+		}
+		cur := h.coords.get(l.rec.Coordinator)
+		if cur != nil && !l.rec.NewerThan(cur.record()) {
+			continue
+		}
+		if cur != nil {
+			h.coords.drop(cur)
+			delete(h.dirty, cur.id)
+		}
+		h.coords.restore(fromRecord(l.rec, l.rev))
+		adopted++
+	}
+	rs, err := h.rescaleLocked(h.policy.Provider, h.now(), "", 0, false)
+	forgetting := len(h.forget)
+	h.mu.Unlock()
+	if err != nil {
+		return adopted, err
+	}
+	h.restored.Store(true)
+	h.log.Info("loop state restored", "coordinators", adopted, "unreadable_records", skipped, "forgetting", forgetting,
+		"provider", rs.provider, "scale", rs.scale, "rate", h.rates.Rate(rs.provider), "reason", rs.reason)
+	if forgetting > 0 {
+		if err := h.saveAll(ctx); err != nil {
+			h.log.Warn("could not delete the state of coordinators beyond the limit; retrying later", "err", err)
+		}
+	}
+	return adopted, nil
+}
+
+// Restored reports whether Restore has succeeded (always false without a StateStore).
+func (h *Handler) Restored() bool { return h.restored.Load() }
 
 // Expire applies Policy.CoordinatorTTL at the handler's clock: every coordinator whose last
 // event was applied longer ago than the TTL stops counting toward its provider's minimum.
 // If that changes the provider's scale, the new scale is set and a RateAdjustment (reason:
-// the level of the remaining minimum, ok if none remains) is published. Expire also
-// publishes the adjustments kept from failed publishes, so that they go out without waiting
-// for an event. It returns an error wrapping ErrPublish when publishing failed (the change
-// is applied and the adjustment kept for the next publish). With a TTL of 0 nothing expires.
-// It blocks only while publishing, bounded by ctx. A Consumer calls it periodically.
+// the level of the remaining minimum, ok if none remains) is published. Expire also saves
+// the state and publishes the adjustments kept from failed saves and publishes, so that they
+// go out without waiting for an event. It returns an error wrapping ErrSave or ErrPublish
+// when that failed (the change is applied and kept for the next try). With a TTL of 0 nothing
+// expires. It blocks only while saving and publishing, bounded by ctx. A Consumer calls it
+// periodically.
 func (h *Handler) Expire(ctx context.Context) error {
 	h.mu.Lock()
 	var rs rescale
 	if h.policy.CoordinatorTTL > 0 {
 		var err error
-		if rs, err = h.rescaleLocked(h.policy.Provider, h.now(), "", 0); err != nil {
+		if rs, err = h.rescaleLocked(h.policy.Provider, h.now(), "", 0, true); err != nil {
 			h.mu.Unlock()
 			return err
 		}
@@ -267,6 +623,9 @@ func (h *Handler) Expire(ctx context.Context) error {
 	h.mu.Unlock()
 
 	h.logRescale(rs, Event{}, false)
+	if err := h.saveAll(ctx); err != nil {
+		return err
+	}
 	if !mustFlush {
 		return nil
 	}
@@ -274,18 +633,18 @@ func (h *Handler) Expire(ctx context.Context) error {
 }
 
 // rescaleLocked expires coordinators older than the TTL at now, recomputes provider's
-// scale, and sets and enqueues a change, attributed to the event (coordinator, ts) ("" for
-// an expiry). It updates the provider's gauges.
-func (h *Handler) rescaleLocked(provider string, now time.Time, coordinator string, ts float64) (rescale, error) {
+// scale, and sets it; a change is enqueued for publishing (when publish is set), attributed
+// to the event (coordinator, ts) ("" for an expiry). It updates the provider's gauges.
+func (h *Handler) rescaleLocked(provider string, now time.Time, coordinator string, ts float64, publish bool) (rescale, error) {
 	rs := rescale{provider: provider, expired: h.expireLocked(now)}
-	rs.scale, rs.reason = h.decideLocked(provider)
+	rs.scale, rs.reason = h.coords.minimum(h.policy)
 	rs.old = h.rates.Scale(provider)
 	rs.changed = rs.scale != rs.old
 	if rs.changed {
 		if err := h.rates.SetScale(provider, rs.scale); err != nil {
 			return rs, err // cannot happen: the policy's scales are validated
 		}
-		if h.pub != nil {
+		if h.pub != nil && publish {
 			adj := RateAdjustment{Provider: provider, Scale: envelope.Float(rs.scale), Reason: rs.reason, TS: unixSeconds(now)}
 			env, err := adj.Envelope()
 			if err != nil {
@@ -294,7 +653,7 @@ func (h *Handler) rescaleLocked(provider string, now time.Time, coordinator stri
 			h.enqueueLocked(pendingAdjustment{env: env, coordinator: coordinator, eventTS: ts})
 		}
 	}
-	if rs.changed || len(rs.expired) > 0 || coordinator != "" {
+	if rs.changed || len(rs.expired) > 0 || coordinator != "" || !publish {
 		h.obs.RateScale(provider, rs.scale)
 		h.obs.BackpressureState(provider, rs.reason.State())
 	}
@@ -302,21 +661,12 @@ func (h *Handler) rescaleLocked(provider string, now time.Time, coordinator stri
 }
 
 // expireLocked marks the coordinators whose last event was applied more than the TTL before
-// now as expired, and returns their ids.
+// now as expired, and returns their ids, oldest first.
 func (h *Handler) expireLocked(now time.Time) []string {
-	ttl := h.policy.CoordinatorTTL
-	if ttl <= 0 {
+	if h.policy.CoordinatorTTL <= 0 {
 		return nil
 	}
-	var ids []string
-	for id, c := range h.coords {
-		if !c.expired && now.Sub(c.appliedAt) > ttl {
-			c.expired = true
-			ids = append(ids, id)
-		}
-	}
-	slices.Sort(ids)
-	return ids
+	return h.coords.expire(now, h.policy.CoordinatorTTL)
 }
 
 // logRescale logs the expiries and the change of rs, caused by ev (fromEvent) or by the
@@ -337,23 +687,6 @@ func (h *Handler) logRescale(rs rescale, ev Event, fromEvent bool) {
 			"provider", rs.provider, "scale", rs.scale, "previous_scale", rs.old, "rate", h.rates.Rate(rs.provider),
 			"reason", rs.reason)
 	}
-}
-
-// decideLocked returns provider's scale, the minimum over its unexpired coordinators (1 if
-// none), and the level that decided it (the most pressing one among equal scales; ok if
-// none).
-func (h *Handler) decideLocked(provider string) (float64, Level) {
-	scale, reason, found := 1.0, LevelOK, false
-	for _, c := range h.coords {
-		if c.provider != provider || c.expired {
-			continue
-		}
-		s := h.policy.Scale(c.level)
-		if !found || s < scale || s == scale && c.level.State() > reason.State() {
-			scale, reason, found = s, c.level, true
-		}
-	}
-	return scale, reason
 }
 
 func (h *Handler) enqueueLocked(p pendingAdjustment) {
@@ -441,12 +774,21 @@ func (h *Handler) Flush(ctx context.Context) error {
 	return nil
 }
 
-// State is the handler's view for /state (CONTRACT.md §7).
+// State is the handler's view for /state (docs/contract.md).
 type State struct {
 	// Providers maps each provider to its pacing.
 	Providers map[string]ProviderState `json:"providers"`
-	// Coordinators maps each coordinator id to its last applied event.
+	// Coordinators maps coordinator ids to their last applied event: all of them from
+	// State, the most pressing ones from StateN.
 	Coordinators map[string]CoordinatorState `json:"coordinators"`
+	// CoordinatorsTracked counts the tracked coordinators (at most Policy.MaxCoordinators),
+	// shown in Coordinators or not.
+	CoordinatorsTracked int `json:"coordinators_tracked"`
+	// CoordinatorsEvicted counts coordinators forgotten to keep within
+	// Policy.MaxCoordinators.
+	CoordinatorsEvicted uint64 `json:"coordinators_evicted"`
+	// UnsavedCoordinators counts coordinators whose state the StateStore does not have yet.
+	UnsavedCoordinators int `json:"unsaved_coordinators"`
 	// PendingAdjustments counts applied RateAdjustments not yet published.
 	PendingAdjustments int `json:"pending_adjustments"`
 	// DroppedAdjustments counts RateAdjustments dropped unpublished (MaxPending exceeded).
@@ -461,18 +803,26 @@ type CoordinatorState struct {
 	Capacity  int       `json:"capacity"`
 	EventTS   float64   `json:"event_ts"`
 	AppliedAt time.Time `json:"applied_at"`
+	// Position is the applied event's place in the broker's order (transport.Position),
+	// "" when unknown.
+	Position string `json:"position,omitempty"`
 	// Expired is true once the coordinator has gone longer than Policy.CoordinatorTTL
 	// without an event: it no longer counts toward the provider's rate.
 	Expired bool `json:"expired"`
 }
 
-// State returns a snapshot; its maps are the caller's.
-func (h *Handler) State() State {
+// State returns a snapshot with every tracked coordinator; its maps are the caller's.
+func (h *Handler) State() State { return h.StateN(h.policy.MaxCoordinators) }
+
+// StateN returns a snapshot with at most max coordinators, the most pressing first: hard,
+// soft, ok, then expired, the most recently applied first within each. Its maps are the
+// caller's.
+func (h *Handler) StateN(max int) State {
 	h.mu.Lock()
-	coords := make(map[string]CoordinatorState, len(h.coords))
-	for id, c := range h.coords {
-		coords[id] = CoordinatorState{
-			Provider:  c.provider,
+	coords := make(map[string]CoordinatorState, min(max, h.coords.len()))
+	h.coords.pressing(max, func(c *coordState) {
+		cs := CoordinatorState{
+			Provider:  h.policy.Provider,
 			Level:     c.level,
 			QueueSize: c.queueSize,
 			Capacity:  c.capacity,
@@ -480,8 +830,19 @@ func (h *Handler) State() State {
 			AppliedAt: c.appliedAt,
 			Expired:   c.expired,
 		}
+		if !c.position.IsZero() {
+			cs.Position = c.position.String()
+		}
+		coords[c.id] = cs
+	})
+	st := State{
+		Coordinators:        coords,
+		CoordinatorsTracked: h.coords.len(),
+		CoordinatorsEvicted: h.evicted,
+		UnsavedCoordinators: len(h.dirty),
+		PendingAdjustments:  len(h.pending),
+		DroppedAdjustments:  h.dropped,
 	}
-	st := State{Coordinators: coords, PendingAdjustments: len(h.pending), DroppedAdjustments: h.dropped}
 	h.mu.Unlock()
 	st.Providers = h.rates.Snapshot()
 	return st

@@ -280,6 +280,7 @@ func TestHandlerState(t *testing.T) {
 	require.JSONEq(t, `{"providers":{"ibkr":{"base_rate":60,"min_rate":1,"burst":1,"scale":0.5,"rate":30}},
 		"coordinators":{"bars_1":{"provider":"ibkr","level":"soft","queue_size":10,"capacity":100,
 		"event_ts":1760812345.5,"applied_at":"2026-01-02T03:04:05Z","expired":false}},
+		"coordinators_tracked":1,"coordinators_evicted":0,"unsaved_coordinators":0,
 		"pending_adjustments":0,"dropped_adjustments":0}`, string(b))
 }
 

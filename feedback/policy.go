@@ -28,6 +28,14 @@ const (
 	// default because Stores signal on edges only: a live Store that stays hard sends nothing
 	// more, and expiring it would lift the rate while its queue is still full.
 	DefaultCoordinatorTTL time.Duration = 0
+	// DefaultMaxClockSkew is how far ahead of the consumer's clock an event's ts may be
+	// before the event is refused (dead-lettered clock_skew): more than NTP ever leaves
+	// between two hosts, far less than the time such an event would pin its coordinator.
+	DefaultMaxClockSkew = 5 * time.Minute
+	// DefaultMaxCoordinators bounds the coordinators a handler tracks (its memory, /state
+	// and the state store): far more Stores than a pipeline has, few enough that a flood of
+	// invented coordinator ids costs a few megabytes.
+	DefaultMaxCoordinators = 10_000
 )
 
 // The environment variables read by PolicyFromEnv.
@@ -41,6 +49,10 @@ const (
 	EnvBurst     = "MDP_FB_BURST"
 	// EnvCoordinatorTTL is a Go duration (30s, 5m); 0 means never expire.
 	EnvCoordinatorTTL = "MDP_FB_COORDINATOR_TTL"
+	// EnvMaxClockSkew is a Go duration > 0.
+	EnvMaxClockSkew = "MDP_FB_MAX_CLOCK_SKEW"
+	// EnvMaxCoordinators is an integer ≥ 1.
+	EnvMaxCoordinators = "MDP_FB_MAX_COORDINATORS"
 )
 
 // Policy turns a backpressure level into a provider's rate: rate = max(MinRate, BaseRate ×
@@ -70,17 +82,26 @@ type Policy struct {
 	// level more often than that); a live Store expired while hard gets its provider back at
 	// the full rate.
 	CoordinatorTTL time.Duration
+	// MaxClockSkew (MDP_FB_MAX_CLOCK_SKEW) is how far an event's ts may be ahead of the
+	// handler's clock; an event further ahead is poison (ReasonClockSkew) and changes
+	// nothing. 0 means DefaultMaxClockSkew.
+	MaxClockSkew time.Duration
+	// MaxCoordinators (MDP_FB_MAX_COORDINATORS) bounds the tracked coordinators; a new one
+	// beyond it makes the handler forget one (see Handler). 0 means DefaultMaxCoordinators.
+	MaxCoordinators int
 }
 
 // DefaultPolicy returns the defaults, spelled out.
 func DefaultPolicy() Policy {
 	return Policy{
-		Provider:       DefaultProvider,
-		Scales:         map[Level]float64{LevelOK: DefaultScaleOK, LevelSoft: DefaultScaleSoft, LevelHard: DefaultScaleHard},
-		BaseRate:       DefaultBaseRate,
-		MinRate:        DefaultMinRate,
-		Burst:          DefaultBurst,
-		CoordinatorTTL: DefaultCoordinatorTTL,
+		Provider:        DefaultProvider,
+		Scales:          map[Level]float64{LevelOK: DefaultScaleOK, LevelSoft: DefaultScaleSoft, LevelHard: DefaultScaleHard},
+		BaseRate:        DefaultBaseRate,
+		MinRate:         DefaultMinRate,
+		Burst:           DefaultBurst,
+		CoordinatorTTL:  DefaultCoordinatorTTL,
+		MaxClockSkew:    DefaultMaxClockSkew,
+		MaxCoordinators: DefaultMaxCoordinators,
 	}
 }
 
@@ -103,6 +124,12 @@ func (p Policy) WithDefaults() Policy {
 	}
 	if p.Burst == 0 {
 		p.Burst = d.Burst
+	}
+	if p.MaxClockSkew == 0 {
+		p.MaxClockSkew = d.MaxClockSkew
+	}
+	if p.MaxCoordinators == 0 {
+		p.MaxCoordinators = d.MaxCoordinators
 	}
 	return p
 }
@@ -151,6 +178,12 @@ func (p Policy) Validate() error {
 	if p.CoordinatorTTL < 0 {
 		return &envconf.Error{Var: EnvCoordinatorTTL, Value: p.CoordinatorTTL.String(), Accepted: ttlAccepted}
 	}
+	if p.MaxClockSkew < 0 {
+		return &envconf.Error{Var: EnvMaxClockSkew, Value: p.MaxClockSkew.String(), Accepted: skewAccepted}
+	}
+	if p.MaxCoordinators < 0 {
+		return &envconf.Error{Var: EnvMaxCoordinators, Value: strconv.Itoa(p.MaxCoordinators), Accepted: "an integer ≥ 1"}
+	}
 	return p.Limits().validate()
 }
 
@@ -167,7 +200,8 @@ func scaleVar(l Level) string {
 func fmtFloat(f float64) string { return strconv.FormatFloat(f, 'g', -1, 64) }
 
 // PolicyFromEnv reads the policy from MDP_FB_PROVIDER_NAME, MDP_FB_SCALE_OK/_SOFT/_HARD,
-// MDP_FB_BASE_RATE, MDP_FB_MIN_RATE, MDP_FB_BURST and MDP_FB_COORDINATOR_TTL through lookup
+// MDP_FB_BASE_RATE, MDP_FB_MIN_RATE, MDP_FB_BURST, MDP_FB_COORDINATOR_TTL,
+// MDP_FB_MAX_CLOCK_SKEW and MDP_FB_MAX_COORDINATORS through lookup
 // (os.LookupEnv in production). Unset or blank variables keep their defaults. A bad value is returned as a
 // *envconf.Error naming the variable, the value and what is accepted.
 func PolicyFromEnv(lookup func(string) (string, bool)) (Policy, error) {
@@ -183,6 +217,8 @@ func PolicyFromEnv(lookup func(string) (string, bool)) (Policy, error) {
 	positiveFloat(&r, EnvMinRate, &p.MinRate)
 	r.PositiveInt(EnvBurst, &p.Burst)
 	ttl(&r, EnvCoordinatorTTL, &p.CoordinatorTTL)
+	r.Duration(EnvMaxClockSkew, &p.MaxClockSkew)
+	r.PositiveInt(EnvMaxCoordinators, &p.MaxCoordinators)
 	if r.Err != nil {
 		return Policy{}, r.Err
 	}
@@ -225,6 +261,8 @@ func ttl(r *envconf.Reader, name string, dst *time.Duration) {
 	}
 	*dst = d
 }
+
+const skewAccepted = "a positive duration such as 30s, 5m or 1h"
 
 // Limits are one provider's token-bucket settings. The zero Limits means the defaults.
 type Limits struct {
