@@ -1,6 +1,7 @@
 package feedback
 
 import (
+	"cmp"
 	"context"
 	"errors"
 	"fmt"
@@ -54,6 +55,12 @@ type ConsumerConfig struct {
 	// another event; 0 means a quarter of the TTL, between MinExpiryInterval and
 	// MaxExpiryInterval. Unused when the handler's TTL is 0.
 	ExpiryInterval time.Duration
+	// PresenceInterval is how often the running consumer renews its registration in the
+	// bus's ReplicaBucket, by which two processes reading as the same member of the same
+	// group (and so splitting the events) find out; 0 means DefaultPresenceInterval.
+	PresenceInterval time.Duration
+	// DisablePresence turns the registration off.
+	DisablePresence bool
 	// Logger receives operational logs; nil discards them.
 	Logger *slog.Logger
 }
@@ -98,7 +105,9 @@ type Consumer struct {
 	group    string
 	consumer string
 	expiry   time.Duration // 0: no expiry loop
+	presence time.Duration // 0: no registration
 	log      *slog.Logger
+	reg      *presence // set by Start when the bus keeps a ReplicaBucket
 
 	mu      sync.Mutex
 	sub     *transport.Subscription
@@ -134,6 +143,12 @@ func NewConsumer(bus *transport.Bus, h *Handler, cfg ConsumerConfig) (*Consumer,
 		} else {
 			c.group = ReplicaGroup(bc.Group, c.consumer)
 		}
+	}
+	if cfg.PresenceInterval < 0 {
+		return nil, fmt.Errorf("feedback: presence interval %v (accepted: a duration > 0, or 0 for the default)", cfg.PresenceInterval)
+	}
+	if !cfg.DisablePresence {
+		c.presence = cmp.Or(cfg.PresenceInterval, DefaultPresenceInterval)
 	}
 	if cfg.ExpiryInterval < 0 {
 		return nil, fmt.Errorf("feedback: expiry interval %v (accepted: a duration > 0, or 0 for the default)", cfg.ExpiryInterval)
@@ -183,6 +198,9 @@ func (c *Consumer) Start(ctx context.Context) error {
 			return fmt.Errorf("feedback: start consumer: %w", err)
 		}
 	}
+	if c.presence > 0 && c.reg == nil {
+		c.register(ctx)
+	}
 	sub, err := c.bus.Subscribe(ctx, c.stream, c.h.HandleDelivery, transport.SubscribeOptions{Group: c.group, Consumer: c.consumer})
 	if err != nil {
 		return fmt.Errorf("feedback: start consumer: %w", err)
@@ -195,15 +213,54 @@ func (c *Consumer) Start(ctx context.Context) error {
 	return nil
 }
 
+// register joins the bus's ReplicaBucket under "<stream>/<group>/<consumer>"; a bus
+// without KeyValue, or a broker that does not answer now, leaves the consumer unregistered
+// (logged: it runs all the same).
+func (c *Consumer) register(ctx context.Context) {
+	kv, err := c.bus.KeyValue(ctx, ReplicaBucket)
+	if err != nil {
+		c.log.Info("replica registration unavailable; a second process reading as this replica would go unnoticed", "err", err)
+		return
+	}
+	reg := newPresence(kv, c.stream+"/"+c.group+"/"+c.consumer, c.presence, c.log)
+	if err := reg.join(ctx); err != nil {
+		c.log.Warn("could not register this replica; retrying while running", "err", err)
+	}
+	c.reg = reg
+}
+
+// Collision is nil, or an error wrapping ErrReplicaCollision while another live process
+// reads as this consumer (the same member of the same group): the two split the events
+// between them. It never blocks.
+func (c *Consumer) Collision() error {
+	c.mu.Lock()
+	reg := c.reg
+	c.mu.Unlock()
+	if reg == nil {
+		return nil
+	}
+	return reg.collision()
+}
+
 // run lives as long as the subscription: it calls Handler.Expire every expiry interval (if
 // any) until Close cancels ctx or the subscription ends, and closes done once both ended.
 func (c *Consumer) run(ctx context.Context, sub *transport.Subscription) {
 	defer close(c.done)
-	var tick <-chan time.Time
+	var tick, beat <-chan time.Time
 	if c.expiry > 0 {
 		t := time.NewTicker(c.expiry)
 		defer t.Stop()
 		tick = t.C
+	}
+	if c.reg != nil {
+		t := time.NewTicker(c.presence)
+		defer t.Stop()
+		beat = t.C
+		defer func() {
+			lctx, cancel := context.WithTimeout(context.WithoutCancel(ctx), expiryTimeout)
+			defer cancel()
+			c.reg.leave(lctx)
+		}()
 	}
 	for {
 		select {
@@ -212,6 +269,10 @@ func (c *Consumer) run(ctx context.Context, sub *transport.Subscription) {
 		case <-ctx.Done():
 			<-sub.Done() // Close closes it; a cancelled Start context stops it
 			return
+		case now := <-beat:
+			bctx, cancel := context.WithTimeout(ctx, expiryTimeout)
+			c.reg.beat(bctx, now)
+			cancel()
 		case <-tick:
 			ectx, cancel := context.WithTimeout(ctx, expiryTimeout)
 			err := c.h.Expire(ectx)

@@ -464,3 +464,40 @@ func TestConsumerRestoresBeforeSubscribing(t *testing.T) {
 	obs.wait(t, map[string]int{transport.OutcomeSuccess: 1, transport.OutcomeStale: 1})
 	require.Equal(t, 1.0, h2.Rates().Rate("ibkr"))
 }
+
+// TestReplicaCollisionReported proves two live consumers reading as the same member of the
+// same group — which split the events — each report it, two consumers of their own do not,
+// and the report clears once the twin is gone. A restart of one replica (its old record left
+// behind, nobody writing it any more) is no collision.
+func TestReplicaCollisionReported(t *testing.T) {
+	bus := newBus(t, inmem.NewBroker(inmem.BrokerOptions{}), nil, nil)
+	const beat = 20 * time.Millisecond
+	start := func(consumer string) *feedback.Consumer {
+		h, err := feedback.NewHandler(feedback.HandlerConfig{})
+		require.NoError(t, err)
+		c, err := feedback.NewConsumer(bus, h, feedback.ConsumerConfig{Consumer: consumer, PresenceInterval: beat})
+		require.NoError(t, err)
+		require.NoError(t, c.Start(context.Background()))
+		t.Cleanup(func() { require.NoError(t, c.Close()) })
+		return c
+	}
+	a, b := start("twin"), start("twin")
+	other := start("own")
+	for _, c := range []*feedback.Consumer{a, b} {
+		require.Eventually(t, func() bool { return errors.Is(c.Collision(), feedback.ErrReplicaCollision) }, waitFor, beat)
+	}
+	require.ErrorContains(t, a.Collision(), "telemetry.feedback/pipeline-twin/twin is also used by instance")
+	require.NoError(t, other.Collision())
+
+	require.NoError(t, b.Close())
+	require.Eventually(t, func() bool { return a.Collision() == nil }, waitFor, beat, "the report clears once the twin stopped")
+
+	// A restart: the record the closed consumer left is gone (Close removes it), and even one
+	// left by a killed process is simply taken over.
+	kv, err := bus.KeyValue(context.Background(), feedback.ReplicaBucket)
+	require.NoError(t, err)
+	_, err = kv.Put(context.Background(), "telemetry.feedback/pipeline-killed/killed", []byte(`{"instance":"dead","host":"h","pid":1}`))
+	require.NoError(t, err)
+	restarted := start("killed")
+	require.Never(t, func() bool { return restarted.Collision() != nil }, 10*beat, beat)
+}
