@@ -212,7 +212,13 @@ func get(t *testing.T, url string) (int, string) {
 // timeout it reports what, and the contents of missing if given.
 func eventually(t *testing.T, what string, cond func() bool, missing ...*[]string) {
 	t.Helper()
-	deadline := time.Now().Add(waitTimeout)
+	eventuallyWithin(t, waitTimeout, what, cond, missing...)
+}
+
+// eventuallyWithin is eventually with its own bound, for waits on thousands of messages.
+func eventuallyWithin(t *testing.T, d time.Duration, what string, cond func() bool, missing ...*[]string) {
+	t.Helper()
+	deadline := time.Now().Add(d)
 	tick := time.NewTicker(10 * time.Millisecond)
 	defer tick.Stop()
 	for !cond() {
@@ -238,7 +244,9 @@ type stateDoc struct {
 		AppliedAt time.Time `json:"applied_at"`
 	} `json:"coordinators"`
 	Consumer struct {
-		Group string `json:"group"`
+		Group     string `json:"group"`
+		Restored  bool   `json:"restored"`
+		Collision string `json:"collision"`
 	} `json:"consumer"`
 }
 
@@ -358,7 +366,7 @@ func TestRunEmbeddedJetStream(t *testing.T) {
 	srv, err := embedded.Start(context.Background(), embedded.Options{Listen: "127.0.0.1:-1", DataDir: dataDir})
 	require.NoError(t, err)
 	defer srv.Shutdown()
-	requireNothingUnacked(t, transport.Config{Backend: "jetstream", NATSURL: srv.ClientURL()}, "pipeline-pipeline_w1", 1)
+	requireNothingUnacked(t, transport.Config{Backend: "jetstream", NATSURL: srv.ClientURL()}, s.start["group"].(string), 1)
 }
 
 // TestRunExternalNATSWithAuthAndDLQ proves `pulse run` against a NATS server it does not
@@ -393,7 +401,7 @@ func TestRunExternalNATSWithAuthAndDLQ(t *testing.T) {
 	require.NotContains(t, st.Coordinators, "forger")
 	require.Equal(t, 1.0, st.Providers["ibkr"].Rate, "still the hard of the signed event, nothing else")
 	_, metrics := get(t, s.url("/metrics"))
-	require.Contains(t, metrics, `pulse_consume_total{outcome="rejected",stream="telemetry.feedback",track="unknown"} 1`)
+	require.Contains(t, metrics, `pulse_consume_total{outcome="rejected",stream="telemetry.feedback",track="v1"} 1`, "counted under the track its envelope declares")
 	require.Contains(t, metrics, `pulse_dlq_total{reason="unauthenticated",stream="telemetry.feedback"} 1`)
 
 	stoppedClean(t, s, syscall.SIGTERM)
@@ -435,7 +443,7 @@ func TestRunRedis(t *testing.T) {
 	require.Equal(t, url, s.start["bus"])
 	exercise(t, s, env)
 	stoppedClean(t, s, syscall.SIGINT)
-	requireNothingUnacked(t, transport.Config{Backend: "redis", RedisURL: url, Namespace: ns}, "pipeline-pipeline_w1", 1)
+	requireNothingUnacked(t, transport.Config{Backend: "redis", RedisURL: url, Namespace: ns}, s.start["group"].(string), 1)
 }
 
 // checkPromtool runs `promtool check metrics` on a scrape when promtool is installed: the
@@ -626,9 +634,10 @@ func TestRunDrainsAndResumes(t *testing.T) {
 			first := appliedCoordinators(s.logs.String())
 			t.Logf("the first run applied %d of %d events before it stopped", len(first), burst)
 
-			group := "pipeline-pipeline_w1"
+			group := s.start["group"].(string)
 			admin := b.Driver().(transport.StreamAdmin)
 			s2 := startRun(t, env)
+			require.Equal(t, group, s2.start["group"], "a restarted replica resumes its own group")
 			// The child's log reaches s2.logs through a pipe, a little after the child wrote it:
 			// wait for every event to show, then for the group to settle, and count only once
 			// the process has exited (its output is then complete).

@@ -94,9 +94,11 @@ func (a *App) start(ctx context.Context) error {
 	a.metrics.BackpressureState(provider, telemetry.BackpressureOK)
 
 	srv, err := startHTTP(a.cfg.HTTPAddr, endpoints{
-		metrics: a.metrics.Handler(),
-		ready:   a.ready,
-		state:   a.state,
+		metrics:         a.metrics.Handler(),
+		ready:           a.ready,
+		warnings:        a.warnings,
+		state:           a.state,
+		maxCoordinators: a.cfg.Policy.MaxCoordinators,
 	}.mux(), a.log)
 	if err != nil {
 		return err
@@ -135,6 +137,10 @@ func (a *App) start(ctx context.Context) error {
 	a.bus.Store(bus)
 	a.stack.push("bus", func(context.Context) error { return bus.Close() })
 
+	store, err := feedback.OpenStateStore(ctx, bus, a.cfg.FeedbackStream)
+	if err != nil {
+		return fmt.Errorf("app: %w", err)
+	}
 	h, err := feedback.NewHandler(feedback.HandlerConfig{
 		Policy:    a.cfg.Policy,
 		Rates:     a.rates,
@@ -142,9 +148,13 @@ func (a *App) start(ctx context.Context) error {
 		Stream:    DefaultRateStream,
 		Observer:  a.metrics,
 		Logger:    a.log,
+		State:     store,
 	})
 	if err != nil {
 		return fmt.Errorf("app: feedback handler: %w", err)
+	}
+	if err := a.restoreRetrying(ctx, h); err != nil {
+		return fmt.Errorf("app: restore the loop state from the %s bus at %s: %w", busCfg.Backend, a.where(), err)
 	}
 	a.handler.Store(h)
 	// Stopped after the consumer (LIFO): what the drained events applied but could not yet
@@ -208,6 +218,45 @@ func (a *App) openBusRetrying(ctx context.Context, cfg transport.Config) (*trans
 			return nil, fmt.Errorf("%w (stopped waiting: %w)", err, context.Cause(ctx))
 		}
 		wait = min(wait*2, openRetryMax)
+	}
+}
+
+// restoreRetrying reads the loop's state back (feedback.Handler.Restore) before anything is
+// consumed, waiting for a broker that does not answer right now as openBusRetrying does: the
+// provider must not run at full rate because the state was unreachable for a moment.
+func (a *App) restoreRetrying(ctx context.Context, h *feedback.Handler) error {
+	wait := openRetryMin
+	for {
+		_, err := h.Restore(ctx)
+		if err == nil {
+			a.opening.Store(nil)
+			return nil
+		}
+		if ctx.Err() != nil {
+			return fmt.Errorf("%w (stopped waiting: %w)", err, context.Cause(ctx))
+		}
+		if !errors.Is(err, transport.ErrUnavailable) {
+			return err
+		}
+		why := fmt.Errorf("restoring the loop state: %w", err)
+		a.opening.Store(&why)
+		a.log.Warn("loop state unavailable; retrying", "retry_in", wait, "err", err)
+		if !sleepCtx(ctx, wait) {
+			return fmt.Errorf("%w (stopped waiting: %w)", err, context.Cause(ctx))
+		}
+		wait = min(wait*2, openRetryMax)
+	}
+}
+
+// sleepCtx waits for d or ctx; it reports whether d passed.
+func sleepCtx(ctx context.Context, d time.Duration) bool {
+	t := time.NewTimer(d)
+	defer t.Stop()
+	select {
+	case <-t.C:
+		return true
+	case <-ctx.Done():
+		return false
 	}
 }
 
@@ -349,6 +398,16 @@ func (a *App) ready(ctx context.Context) error {
 	return nil
 }
 
+// warnings are what /readyz and /state report beside readiness: a replica collision.
+func (a *App) warnings() []string {
+	if c := a.consumer.Load(); c != nil {
+		if err := c.Collision(); err != nil {
+			return []string{err.Error()}
+		}
+	}
+	return nil
+}
+
 // stateDoc is the /state document: the handler's state (providers and coordinators) and
 // what the consumer reads.
 type stateDoc struct {
@@ -362,9 +421,18 @@ type consumerDoc struct {
 	Stream  string `json:"stream"`
 	Group   string `json:"group,omitempty"`
 	Name    string `json:"name"`
+	// Restored is true once the loop's state was read back from the bus at start.
+	Restored bool `json:"restored"`
+	// Collision says why another live process reads as this replica (splitting the
+	// events between them), when one does.
+	Collision string `json:"collision,omitempty"`
 }
 
-func (a *App) state() any {
+// DefaultStateCoordinators is how many coordinators /state lists when not asked for
+// another number (?coordinators=N): the most pressing ones; coordinators_tracked counts all.
+const DefaultStateCoordinators = 1000
+
+func (a *App) state(coordinators int) any {
 	doc := stateDoc{Consumer: consumerDoc{
 		Enabled: a.cfg.Enabled,
 		Backend: a.cfg.Bus.Backend,
@@ -372,8 +440,12 @@ func (a *App) state() any {
 		Group:   a.Group(),
 		Name:    a.cfg.Bus.Consumer,
 	}}
+	if w := a.warnings(); len(w) > 0 {
+		doc.Consumer.Collision = w[0]
+	}
 	if h := a.handler.Load(); h != nil {
-		doc.State = h.State()
+		doc.State = h.StateN(coordinators)
+		doc.Consumer.Restored = h.Restored()
 	} else {
 		doc.Providers = a.rates.Snapshot()
 		doc.Coordinators = map[string]feedback.CoordinatorState{}

@@ -51,7 +51,9 @@ func TestAppAppliesFeedbackAndServesHTTP(t *testing.T) {
 			require.Greater(t, st.Coordinators["c1"].EventTS, 0.0)
 			require.False(t, st.Coordinators["c1"].AppliedAt.IsZero())
 			require.Equal(t, backend, st.Consumer.Backend)
-			require.Equal(t, "pipeline-pipeline_w1", st.Consumer.Group)
+			require.Equal(t, a.Group(), st.Consumer.Group)
+			require.Equal(t, "pipeline-"+a.cfg.Bus.Consumer, st.Consumer.Group, "a group of this replica's own")
+			require.True(t, st.Consumer.Restored)
 
 			waitMetrics(t, base+"/metrics",
 				`pipeline_rate_scale_factor{provider="ibkr"} 0`,
@@ -112,7 +114,7 @@ func TestAppPublisherAuthentication(t *testing.T) {
 				require.Equal(t, 60.0, a.Rates().Rate("ibkr"), "a forged hard event must not throttle the pipeline")
 				require.Empty(t, a.Handler().State().Coordinators)
 				waitMetrics(t, base+"/metrics",
-					`pulse_consume_total{outcome="rejected",stream="telemetry.feedback",track="unknown"} 1`,
+					`pulse_consume_total{outcome="rejected",stream="telemetry.feedback",track="`+testTrack()+`"} 1`,
 					`pulse_dlq_total{reason="unauthenticated",stream="telemetry.feedback"} 1`,
 					`pipeline_rate_scale_factor{provider="ibkr"} 1`)
 			})
@@ -344,4 +346,33 @@ func TestAppWaitsForABrokerThatIsNotUpYet(t *testing.T) {
 		t.Fatal("an interrupted Start did not return")
 	}
 	require.NoError(t, b.Stop(context.Background()))
+}
+
+// TestStateBoundedByQuery proves /state lists at most ?coordinators=N of them (the most
+// pressing first; 1,000 by default), counts them all, and refuses a bad N naming what is
+// accepted.
+func TestStateBoundedByQuery(t *testing.T) {
+	env := baseEnv(t, "inmem")
+	a := startApp(t, env)
+	base := "http://" + a.HTTPAddr()
+	require.Eventually(t, func() bool { code, _ := get(t, base+"/readyz"); return code == 200 }, waitTimeout, 5*time.Millisecond)
+	b := clientBus(t, env, "")
+	for i := range 5 {
+		publishEvent(t, b, DefaultFeedbackStream, "c"+strconv.Itoa(i), feedback.LevelOK)
+	}
+	publishEvent(t, b, DefaultFeedbackStream, "hot", feedback.LevelHard)
+	require.Eventually(t, func() bool { return a.Handler().State().CoordinatorsTracked == 6 }, waitTimeout, 5*time.Millisecond)
+
+	code, body := get(t, base+"/state?coordinators=2")
+	require.Equal(t, 200, code, body)
+	var st stateDoc
+	require.NoError(t, json.Unmarshal([]byte(body), &st))
+	require.Len(t, st.Coordinators, 2)
+	require.Contains(t, st.Coordinators, "hot")
+	require.Equal(t, 6, st.CoordinatorsTracked)
+	for _, bad := range []string{"-1", "many", "10001"} {
+		code, body = get(t, base+"/state?coordinators="+bad)
+		require.Equal(t, 400, code, bad)
+		require.Contains(t, body, "accepted: 0 to 10000")
+	}
 }

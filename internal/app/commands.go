@@ -2,6 +2,7 @@ package app
 
 import (
 	"context"
+	"flag"
 	"fmt"
 	"log/slog"
 	"time"
@@ -174,7 +175,7 @@ func cmdPublish(ctx context.Context, args []string, env Env) int {
 	over.register(fs, clientSettings...)
 	coordinator := fs.String("coordinator", "", "the Store coordinator (queue) reporting (required)")
 	level := fs.String("level", "", "backpressure level: ok, soft or hard (required)")
-	queueSize := fs.Int("queue-size", -1, "queue depth (default: derived from --level and --capacity: ok 0, soft 50%, hard 80%)")
+	queueSize := fs.Int("queue-size", 0, "queue depth, ≥ 0 (default: derived from --level and --capacity: ok 0, soft 50%, hard 80%)")
 	capacity := fs.Int("capacity", defaultPublishCapacity, "queue capacity")
 	source := fs.String("source", feedback.DefaultSource, "producer kind")
 	if code, ok := parseFlags(fs, args); !ok {
@@ -195,7 +196,11 @@ func cmdPublish(ctx context.Context, args []string, env Env) int {
 	if *capacity < 1 {
 		return usageError(fs, "invalid --capacity=%d (accepted: an integer ≥ 1)", *capacity)
 	}
-	if *queueSize < 0 {
+	if given(fs, "queue-size") {
+		if *queueSize < 0 {
+			return usageError(fs, "invalid --queue-size=%d (accepted: an integer ≥ 0)", *queueSize)
+		}
+	} else {
 		*queueSize = levelDepth(lvl, *capacity)
 	}
 	cfg, ok := loadConfig(env, over, "publish")
@@ -237,6 +242,13 @@ func cmdPublish(ctx context.Context, args []string, env Env) int {
 		ev.CoordinatorID, ev.Level, ev.QueueSize, ev.Capacity, cfg.FeedbackStream, cfg.Bus.Backend, cfg.Bus.Track, id,
 		envelope.NewSigner(cfg.Bus.PublisherToken) != nil)
 	return ExitOK
+}
+
+// given reports whether the flag name was set on the command line.
+func given(fs *flag.FlagSet, name string) bool {
+	set := false
+	fs.Visit(func(f *flag.Flag) { set = set || f.Name == name })
+	return set
 }
 
 // defaultPublishCapacity is `pulse publish`'s queue capacity when --capacity is not given.

@@ -8,6 +8,8 @@ import (
 	"log/slog"
 	"net"
 	"net/url"
+	"os"
+	"path/filepath"
 	"slices"
 	"strconv"
 	"strings"
@@ -104,7 +106,7 @@ var settings = []setting{
 	{env: "SCHEMA_TRACK", flag: "track", usage: "schema track producers write: v1 or v2", show: func(c *Config) string { return string(c.Bus.Track) }},
 	{env: "PUBLISHER_TOKEN", usage: "", show: func(c *Config) string { return maskToken(c.Bus.PublisherToken) }},
 	{env: "PULSE_GROUP", flag: "group", usage: "consumer group", show: func(c *Config) string { return c.Bus.Group }},
-	{env: "PULSE_CONSUMER_NAME", flag: "consumer", usage: "consumer name within the group", show: func(c *Config) string { return c.Bus.Consumer }},
+	{env: "PULSE_CONSUMER_NAME", flag: "consumer", usage: "this replica's name (default: derived from the host name, PULSE_DATA_DIR and PULSE_HTTP_ADDR)", show: func(c *Config) string { return c.Bus.Consumer }},
 	{env: "PULSE_FEEDBACK_STREAM", flag: "feedback-stream", usage: "logical stream of feedback events", show: func(c *Config) string { return c.FeedbackStream }},
 	{env: feedback.EnvSharedGroup, flag: "shared-group", isBool: true, usage: "replicas share PULSE_GROUP (each event reaches one replica) instead of a group each", show: func(c *Config) string { return strconv.FormatBool(c.SharedGroup) }},
 	{env: "PULSE_MAX_DELIVERIES", flag: "max-deliveries", usage: "attempts before dead-lettering", show: func(c *Config) string { return strconv.Itoa(c.Bus.MaxDeliveries) }},
@@ -123,6 +125,8 @@ var settings = []setting{
 	{env: feedback.EnvMinRate, flag: "min-rate", usage: "floor under a throttled rate, messages per second", show: func(c *Config) string { return fmtFloat(c.Policy.MinRate) }},
 	{env: feedback.EnvBurst, flag: "burst", usage: "provider's token bucket depth", show: func(c *Config) string { return strconv.Itoa(c.Policy.Burst) }},
 	{env: feedback.EnvCoordinatorTTL, flag: "coordinator-ttl", usage: "a Store coordinator silent for longer than this stops counting toward the minimum (0 = never)", show: func(c *Config) string { return c.Policy.CoordinatorTTL.String() }},
+	{env: feedback.EnvMaxClockSkew, flag: "max-clock-skew", usage: "an event stamped further ahead of this clock is dead-lettered (clock_skew)", show: func(c *Config) string { return c.Policy.MaxClockSkew.String() }},
+	{env: feedback.EnvMaxCoordinators, flag: "max-coordinators", usage: "most Store coordinators tracked", show: func(c *Config) string { return strconv.Itoa(c.Policy.MaxCoordinators) }},
 	{env: feedback.EnvScaleOK, flag: "scale-ok", usage: "rate scale at level ok, 0 to 1", show: func(c *Config) string { return fmtFloat(c.Policy.Scale(feedback.LevelOK)) }},
 	{env: feedback.EnvScaleSoft, flag: "scale-soft", usage: "rate scale at level soft, 0 to 1", show: func(c *Config) string { return fmtFloat(c.Policy.Scale(feedback.LevelSoft)) }},
 	{env: feedback.EnvScaleHard, flag: "scale-hard", usage: "rate scale at level hard, 0 to 1", show: func(c *Config) string { return fmtFloat(c.Policy.Scale(feedback.LevelHard)) }},
@@ -228,7 +232,29 @@ func (c *Config) load(look func(string) (string, bool)) error {
 	if err := c.LogLevel.UnmarshalText([]byte(level)); err != nil {
 		return &envconf.Error{Var: "PULSE_LOG_LEVEL", Value: level, Accepted: "debug, info, warn, error"}
 	}
-	return c.validate()
+	if err := c.validate(); err != nil {
+		return err
+	}
+	if c.sources["PULSE_CONSUMER_NAME"] == "" {
+		c.Bus.Consumer = replicaName(c.Bus.DataDir, c.HTTPAddr)
+		c.sources["PULSE_CONSUMER_NAME"] = "derived from the host name, PULSE_DATA_DIR and PULSE_HTTP_ADDR"
+	}
+	return nil
+}
+
+// replicaName is this replica's default PULSE_CONSUMER_NAME: stable across its restarts
+// (the same host, data directory and HTTP address) and unique between replicas, on one host
+// or several (see feedback.ReplicaName). Two replicas that must not split the feedback
+// events need nothing set.
+func replicaName(dataDir, httpAddr string) string {
+	host, err := os.Hostname()
+	if err != nil {
+		host = "unknown"
+	}
+	if abs, err := filepath.Abs(dataDir); err == nil {
+		dataDir = abs
+	}
+	return feedback.ReplicaName(host, dataDir, httpAddr)
 }
 
 // validate checks what transport.FromEnv leaves to the drivers, so that a bad value stops

@@ -1,12 +1,15 @@
 package app
 
 import (
+	"os"
+	"path/filepath"
 	"strings"
 	"testing"
 	"time"
 
 	"github.com/stretchr/testify/require"
 
+	"github.com/pulse-bus/pulse/feedback"
 	"github.com/pulse-bus/pulse/internal/envconf"
 )
 
@@ -26,7 +29,11 @@ func TestLoadDefaults(t *testing.T) {
 	require.Equal(t, "./.pulse", cfg.Bus.DataDir)
 	require.Equal(t, "127.0.0.1:9464", cfg.HTTPAddr)
 	require.Equal(t, "pipeline", cfg.Bus.Group)
-	require.Equal(t, "pipeline_w1", cfg.Bus.Consumer)
+	host, err := os.Hostname()
+	require.NoError(t, err)
+	dir, err := filepath.Abs("./.pulse")
+	require.NoError(t, err)
+	require.Equal(t, feedback.ReplicaName(host, dir, "127.0.0.1:9464"), cfg.Bus.Consumer, "derived, so that replicas on the defaults never share a group")
 	require.Equal(t, "telemetry.feedback", cfg.FeedbackStream)
 	require.Equal(t, 5, cfg.Bus.MaxDeliveries)
 	require.Equal(t, 30*time.Second, cfg.Bus.AckWait)
@@ -47,7 +54,7 @@ func TestFlagsOverrideTheEnvironment(t *testing.T) {
 	require.Regexp(t, `PULSE_GROUP=from-flag\s+# flag`, out)
 	require.Regexp(t, `PULSE_ENABLED=false\s+# flag`, out)
 	require.Regexp(t, `MDP_FB_SCALE_SOFT=0.4\s+# env`, out)
-	require.Regexp(t, `PULSE_CONSUMER_NAME=pipeline_w1\s+# default`, out)
+	require.Regexp(t, `PULSE_CONSUMER_NAME=pulse-[A-Za-z0-9_-]+-[0-9a-f]{8}\s+# derived from the host name, PULSE_DATA_DIR and PULSE_HTTP_ADDR`, out)
 
 	code, _, errOut = runMain(t, env, "config", "--scale-hard", "2")
 	require.Equal(t, ExitUsage, code)

@@ -59,7 +59,8 @@ func (q *DLQ) List(ctx context.Context, source string, limit int) ([]deadLetter,
 }
 
 // Replay re-publishes up to limit (≤ 0: all) dead letters of source, oldest first, to the
-// stream each came from (its `stream` header, else source) with their original bytes, and
+// stream each came from (its `stream` header, else source) with their original bytes and a
+// replay_of mark beside them (transport.DLQReplayOf: the original id), and
 // deletes each from the dead-letter stream only after the broker confirmed the publish. It
 // stops at the first error and returns how many were replayed; those not replayed stay in
 // the dead-letter stream.
@@ -76,8 +77,11 @@ func (q *DLQ) Replay(ctx context.Context, source string, limit int) (int, error)
 		}
 		// No producer id: a replay must be stored again, not dropped by the broker's
 		// duplicate window as a repeat of the original publish. Consumers still de-duplicate
-		// on the envelope's own id, which the failed original never recorded as done.
-		if _, err := q.bus.PublishRaw(ctx, target, transport.RawMessage{Body: d.Body}); err != nil {
+		// on the envelope's own id, which the failed original never recorded as done. The
+		// replay_of mark tells consumers the broker's order of the replay is not the
+		// original's (a replayed feedback event applies only if its ts is newer).
+		replay := transport.RawMessage{Body: d.Body, Headers: map[string]string{transport.DLQReplayOf: orDash(d.header(transport.DLQOriginalID))}}
+		if _, err := q.bus.PublishRaw(ctx, target, replay); err != nil {
 			return i, fmt.Errorf("app: replay %s (dead letter %s) to %s: %w", d.header(transport.DLQOriginalID), d.TransportID, target, err)
 		}
 		if err := q.admin.Delete(ctx, dlq, d.TransportID); err != nil {

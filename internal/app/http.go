@@ -8,6 +8,7 @@ import (
 	"log/slog"
 	"net"
 	"net/http"
+	"strconv"
 	"time"
 )
 
@@ -28,8 +29,12 @@ type endpoints struct {
 	metrics http.Handler
 	// ready reports why the service is not ready (nil: ready). It must honour ctx.
 	ready func(ctx context.Context) error
-	// state returns the /state document, encoded as JSON.
-	state func() any
+	// warnings are shown on /readyz whatever its answer (nil: none).
+	warnings func() []string
+	// state returns the /state document listing at most n coordinators, encoded as JSON.
+	state func(n int) any
+	// maxCoordinators bounds ?coordinators= of /state.
+	maxCoordinators int
 }
 
 func (e endpoints) mux() *http.ServeMux {
@@ -43,15 +48,31 @@ func (e endpoints) mux() *http.ServeMux {
 		ctx, cancel := context.WithTimeout(r.Context(), readyTimeout)
 		defer cancel()
 		w.Header().Set("Content-Type", "text/plain; charset=utf-8")
+		var warnings []string
+		if e.warnings != nil {
+			warnings = e.warnings()
+		}
 		if err := e.ready(ctx); err != nil {
 			w.WriteHeader(http.StatusServiceUnavailable)
 			fmt.Fprintf(w, "not ready: %v\n", err)
-			return
+		} else {
+			fmt.Fprintln(w, "ready")
 		}
-		fmt.Fprintln(w, "ready")
+		for _, warning := range warnings {
+			fmt.Fprintf(w, "warning: %s\n", warning)
+		}
 	})
-	mux.HandleFunc("GET /state", func(w http.ResponseWriter, _ *http.Request) {
-		body, err := json.MarshalIndent(e.state(), "", "  ")
+	mux.HandleFunc("GET /state", func(w http.ResponseWriter, r *http.Request) {
+		n := DefaultStateCoordinators
+		if q := r.URL.Query().Get("coordinators"); q != "" {
+			v, err := strconv.Atoi(q)
+			if err != nil || v < 0 || v > e.maxCoordinators {
+				http.Error(w, fmt.Sprintf("state: coordinators=%q (accepted: 0 to %d)", q, e.maxCoordinators), http.StatusBadRequest)
+				return
+			}
+			n = v
+		}
+		body, err := json.MarshalIndent(e.state(n), "", "  ")
 		if err != nil {
 			http.Error(w, "state: "+err.Error(), http.StatusInternalServerError)
 			return
