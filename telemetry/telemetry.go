@@ -47,6 +47,9 @@ const (
 	NameFeedbackProcessed = "feedback_events_processed_total"
 	NameRateScale         = "pipeline_rate_scale_factor"
 	NameBackpressureState = "pipeline_backpressure_state"
+	// NameCoordinatorsEvicted counts Store coordinators the feedback handler forgot to stay
+	// within MDP_FB_MAX_COORDINATORS.
+	NameCoordinatorsEvicted = "feedback_coordinators_evicted_total"
 )
 
 // The pulse_publish_total outcomes.
@@ -122,6 +125,7 @@ type Metrics struct {
 	redeliveries metric.Int64Counter
 	dlq          metric.Int64Counter
 	feedback     metric.Int64Counter
+	evicted      metric.Int64Counter
 	scale        metric.Float64Gauge
 	backpressure metric.Int64Gauge
 
@@ -192,6 +196,7 @@ func (m *Metrics) instruments(cfg config) error {
 	m.redeliveries = counter(NameRedeliveries, "Deliveries received on an attempt after the first.")
 	m.dlq = counter(NameDLQ, "Messages written to the stream's dead-letter queue, by reason.")
 	m.feedback = counter(NameFeedbackProcessed, "Feedback events applied, by provider and level.")
+	m.evicted = counter(NameCoordinatorsEvicted, "Store coordinators forgotten to stay within MDP_FB_MAX_COORDINATORS, by provider.")
 
 	var err error
 	m.lag, err = meter.Float64Gauge(NameLag, metric.WithDescription("Milliseconds the last message received on the stream waited since the broker stored it (by the broker's clock), clamped to [0, 7 days]."))
@@ -267,6 +272,11 @@ func (m *Metrics) Lag(stream string, lag time.Duration) {
 // FeedbackProcessed counts one applied feedback event in feedback_events_processed_total.
 func (m *Metrics) FeedbackProcessed(provider, level string) {
 	m.feedback.Add(context.Background(), 1, m.attrs.get(kindFeedback, provider, level, "").add...)
+}
+
+// CoordinatorEvicted counts one forgotten coordinator in feedback_coordinators_evicted_total.
+func (m *Metrics) CoordinatorEvicted(provider string) {
+	m.evicted.Add(context.Background(), 1, m.attrs.get(kindProvider, provider, "", "").add...)
 }
 
 // RateScale sets pipeline_rate_scale_factor of the provider.

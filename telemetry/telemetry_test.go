@@ -29,6 +29,9 @@ import (
 var (
 	_ transport.Observer = (*telemetry.Metrics)(nil)
 	_ feedbackObserver   = (*telemetry.Metrics)(nil)
+	_ interface {
+		CoordinatorEvicted(provider string) // feedback.EvictionObserver
+	} = (*telemetry.Metrics)(nil)
 )
 
 // feedbackObserver is the method set the feedback package calls (its own interface lives
@@ -89,6 +92,8 @@ func record(m *telemetry.Metrics) {
 	m.RateScale("ibkr", 0.5)
 	m.BackpressureState("ibkr", telemetry.BackpressureSoft)
 	m.BackpressureState("ibkr", telemetry.BackpressureHard) // last value wins
+	m.CoordinatorEvicted("ibkr")
+	m.CoordinatorEvicted("ibkr")
 }
 
 type series struct {
@@ -157,6 +162,9 @@ func TestExposition(t *testing.T) {
 			{map[string]string{"provider": "ibkr"}, 0.5},
 		}},
 		telemetry.NameBackpressureState: {dto.MetricType_GAUGE, []series{
+			{map[string]string{"provider": "ibkr"}, 2},
+		}},
+		telemetry.NameCoordinatorsEvicted: {dto.MetricType_COUNTER, []series{
 			{map[string]string{"provider": "ibkr"}, 2},
 		}},
 	}

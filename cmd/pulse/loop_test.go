@@ -489,6 +489,7 @@ func TestHostileCoordinatorIDsBounded(t *testing.T) {
 			require.NoError(t, json.Unmarshal([]byte(body), &st))
 			require.Equal(t, limit, st.Tracked)
 			require.Equal(t, valid-limit, st.Evicted)
+			require.Equal(t, float64(valid-limit), s.metric(t, `feedback_coordinators_evicted_total{provider="ibkr"}`))
 			require.Len(t, st.Coordinators, 1000, "/state lists the 1,000 most pressing")
 			require.Less(t, len(body), 1<<20, "/state is bounded")
 			rssAfter := s.metric(t, "process_resident_memory_bytes")
