@@ -85,14 +85,21 @@ type coordList struct {
 	n          int
 }
 
-func (l *coordList) pushBack(c *coordState) {
-	c.prev, c.next = l.tail, nil
-	if l.tail != nil {
-		l.tail.next = c
+func (l *coordList) pushBack(c *coordState) { l.insertAfter(l.tail, c) }
+
+// insertAfter puts c right after at, or first when at is nil.
+func (l *coordList) insertAfter(at, c *coordState) {
+	c.prev = at
+	if at != nil {
+		c.next, at.next = at.next, c
 	} else {
-		l.head = c
+		c.next, l.head = l.head, c
 	}
-	l.tail = c
+	if c.next != nil {
+		c.next.prev = c
+	} else {
+		l.tail = c
+	}
 	l.n++
 }
 
@@ -117,25 +124,7 @@ func (l *coordList) insertSorted(c *coordState) {
 	for at != nil && at.appliedAt.After(c.appliedAt) {
 		at = at.prev
 	}
-	if at == nil {
-		c.prev, c.next = nil, l.head
-		if l.head != nil {
-			l.head.prev = c
-		} else {
-			l.tail = c
-		}
-		l.head = c
-		l.n++
-		return
-	}
-	c.prev, c.next = at, at.next
-	if at.next != nil {
-		at.next.prev = c
-	} else {
-		l.tail = c
-	}
-	at.next = c
-	l.n++
+	l.insertAfter(at, c)
 }
 
 // coordSet is the handler's tracked coordinators: a map by id and one list per class, so

@@ -191,43 +191,35 @@ const (
 )
 
 // openBusRetrying opens the bus, waiting for a broker that cannot be reached yet (it may be
-// starting beside us): it retries with backoff until it answers or ctx ends, logging each
-// failure and reporting it on /readyz meanwhile. Any other error (a refused configuration,
-// bad credentials) is returned at once.
+// starting beside us; see untilAvailable). Any other error (a refused configuration, bad
+// credentials) is returned at once.
 func (a *App) openBusRetrying(ctx context.Context, cfg transport.Config) (*transport.Bus, error) {
-	wait := openRetryMin
-	for {
-		bus, err := a.openBus(ctx, cfg)
-		if err == nil {
-			a.opening.Store(nil)
-			return bus, nil
-		}
-		if ctx.Err() != nil {
-			return nil, fmt.Errorf("%w (stopped waiting: %w)", err, context.Cause(ctx))
-		}
-		if !errors.Is(err, transport.ErrUnavailable) {
-			return nil, err
-		}
-		a.opening.Store(&err)
-		a.log.Warn("bus unavailable; retrying", "backend", cfg.Backend, "bus", a.where(), "retry_in", wait, "err", err)
-		t := time.NewTimer(wait)
-		select {
-		case <-t.C:
-		case <-ctx.Done():
-			t.Stop()
-			return nil, fmt.Errorf("%w (stopped waiting: %w)", err, context.Cause(ctx))
-		}
-		wait = min(wait*2, openRetryMax)
-	}
+	var bus *transport.Bus
+	err := a.untilAvailable(ctx, "opening the bus", func() (err error) {
+		bus, err = a.openBus(ctx, cfg)
+		return err
+	})
+	return bus, err
 }
 
 // restoreRetrying reads the loop's state back (feedback.Handler.Restore) before anything is
-// consumed, waiting for a broker that does not answer right now as openBusRetrying does: the
-// provider must not run at full rate because the state was unreachable for a moment.
+// consumed, waiting for a broker that does not answer right now: the provider must not run
+// at full rate because the state was unreachable for a moment.
 func (a *App) restoreRetrying(ctx context.Context, h *feedback.Handler) error {
+	return a.untilAvailable(ctx, "restoring the loop state", func() error {
+		_, err := h.Restore(ctx)
+		return err
+	})
+}
+
+// untilAvailable runs op until it succeeds or fails with an error that does not wrap
+// transport.ErrUnavailable, retrying with backoff (openRetryMin doubling to openRetryMax)
+// while the broker is away: each failure is logged and /readyz reports it, as what. It
+// returns early, with op's last error, once ctx is done.
+func (a *App) untilAvailable(ctx context.Context, what string, op func() error) error {
 	wait := openRetryMin
 	for {
-		_, err := h.Restore(ctx)
+		err := op()
 		if err == nil {
 			a.opening.Store(nil)
 			return nil
@@ -238,25 +230,17 @@ func (a *App) restoreRetrying(ctx context.Context, h *feedback.Handler) error {
 		if !errors.Is(err, transport.ErrUnavailable) {
 			return err
 		}
-		why := fmt.Errorf("restoring the loop state: %w", err)
+		why := fmt.Errorf("%s: %w", what, err)
 		a.opening.Store(&why)
-		a.log.Warn("loop state unavailable; retrying", "retry_in", wait, "err", err)
-		if !sleepCtx(ctx, wait) {
+		a.log.Warn("bus unavailable; retrying", "while", what, "backend", a.cfg.Bus.Backend, "bus", a.where(), "retry_in", wait, "err", err)
+		t := time.NewTimer(wait)
+		select {
+		case <-t.C:
+		case <-ctx.Done():
+			t.Stop()
 			return fmt.Errorf("%w (stopped waiting: %w)", err, context.Cause(ctx))
 		}
 		wait = min(wait*2, openRetryMax)
-	}
-}
-
-// sleepCtx waits for d or ctx; it reports whether d passed.
-func sleepCtx(ctx context.Context, d time.Duration) bool {
-	t := time.NewTimer(d)
-	defer t.Stop()
-	select {
-	case <-t.C:
-		return true
-	case <-ctx.Done():
-		return false
 	}
 }
 
