@@ -19,6 +19,10 @@ func TestRedactURLs(t *testing.T) {
 		"rediss://user:secret@h/2":            "rediss://user:xxxxx@h/2",
 		"redis://h:6379/0":                    "redis://h:6379/0",
 		"redis://us%er:pw@h:6379\x7f":         "xxxxx",
+		"redis://h:6379/0?password=pw-secret": "redis://h:6379/0?password=xxxxx",
+		"redis://h/0?db=1&Sentinel_Password=s&dial_timeout=1s&auth%5Ftoken=t": "redis://h/0?db=1&Sentinel_Password=xxxxx&dial_timeout=1s&auth%5Ftoken=xxxxx",
+		"nats://h:4222?token=t0k":        "nats://h:4222?token=xxxxx",
+		"redis://h:6379\x7f?password=pw": "xxxxx",
 	}
 	for in, want := range tests {
 		require.Equal(t, want, transport.RedactURLs(in), in)

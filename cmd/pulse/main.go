@@ -11,6 +11,8 @@ import (
 	"os/signal"
 	"syscall"
 
+	"golang.org/x/term"
+
 	"github.com/pulse-bus/pulse/internal/app"
 )
 
@@ -22,5 +24,8 @@ func run() int {
 	// After the first signal the command drains; a second one gets the default behaviour
 	// (the process ends at once).
 	context.AfterFunc(ctx, stop)
-	return app.Main(ctx, os.Args[1:], app.Env{Stdout: os.Stdout, Stderr: os.Stderr, Lookup: os.LookupEnv})
+	return app.Main(ctx, os.Args[1:], app.Env{
+		Stdout: os.Stdout, Stderr: os.Stderr, Lookup: os.LookupEnv,
+		Stdin: os.Stdin, Interactive: term.IsTerminal(int(os.Stdin.Fd())),
+	})
 }

@@ -422,7 +422,10 @@ func TestRunExternalNATSWithAuthAndDLQ(t *testing.T) {
 	require.NoError(t, err)
 	require.Zero(t, info.Length)
 
-	code, out, errOut = pulse(t, unsigned, "dlq", "purge")
+	code, _, errOut = pulse(t, unsigned, "dlq", "purge")
+	require.Equal(t, 2, code, "standard input is no terminal: purging needs --yes")
+	require.Contains(t, errOut, "without --yes")
+	code, out, errOut = pulse(t, unsigned, "dlq", "purge", "--yes")
 	require.Equal(t, 0, code, errOut)
 	require.Contains(t, out, "purged 0 dead letter(s)")
 }

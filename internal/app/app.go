@@ -341,6 +341,8 @@ func (a *App) Group() string {
 // where tells where the bus is, secrets masked.
 func (a *App) where() string {
 	switch b := a.cfg.Bus; {
+	case !a.cfg.Enabled:
+		return "none: PULSE_ENABLED=false, so no consumer and no embedded server"
 	case b.Backend == "inmem":
 		return "in-process"
 	case b.Backend == "redis":

@@ -12,6 +12,8 @@ import (
 	"log/slog"
 	"runtime/debug"
 	"strings"
+
+	"github.com/pulse-bus/pulse/transport/redis"
 )
 
 // Exit statuses of the pulse command (CONTRACT.md §6).
@@ -27,11 +29,15 @@ const (
 var Version string
 
 // Env is what a command needs from its process: where to write, and how to read the
-// environment (os.LookupEnv in production, a map in tests).
+// environment (os.LookupEnv in production, a map in tests) and the operator's answers.
 type Env struct {
 	Stdout io.Writer
 	Stderr io.Writer
 	Lookup func(string) (string, bool)
+	// Stdin is where a command reads a confirmation; nil reads nothing.
+	Stdin io.Reader
+	// Interactive is true when Stdin is a terminal: an operator is there to answer.
+	Interactive bool
 }
 
 type command struct {
@@ -63,6 +69,9 @@ func Main(ctx context.Context, args []string, env Env) int {
 	}
 	if env.Lookup == nil {
 		env.Lookup = func(string) (string, bool) { return "", false }
+	}
+	if env.Stdin == nil {
+		env.Stdin = strings.NewReader("")
 	}
 	if len(args) == 0 {
 		usage(env.Stderr)
@@ -138,13 +147,18 @@ func loadConfig(env Env, over overrides, cmd string) (Config, bool) {
 	return cfg, true
 }
 
-// newLogger returns the slog logger the configuration asks for, writing to w.
+// newLogger returns the slog logger the configuration asks for, writing to w. The Redis
+// client's own process-wide log goes through it too, so that a JSON log stays all JSON.
 func newLogger(cfg Config, w io.Writer) *slog.Logger {
 	opts := &slog.HandlerOptions{Level: cfg.LogLevel}
+	var log *slog.Logger
 	if cfg.LogFormat == "json" {
-		return slog.New(slog.NewJSONHandler(w, opts))
+		log = slog.New(slog.NewJSONHandler(w, opts))
+	} else {
+		log = slog.New(slog.NewTextHandler(w, opts))
 	}
-	return slog.New(slog.NewTextHandler(w, opts))
+	redis.LogClientTo(log)
+	return log
 }
 
 // configCommand parses the arguments of a command that takes the configuration flags and

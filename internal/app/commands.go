@@ -1,10 +1,12 @@
 package app
 
 import (
+	"bufio"
 	"context"
 	"flag"
 	"fmt"
 	"log/slog"
+	"strings"
 	"time"
 
 	"github.com/pulse-bus/pulse/envelope"
@@ -35,11 +37,13 @@ func cmdDLQ(ctx context.Context, args []string, env Env) int {
 			"  list    shows each dead letter: when and why it failed, attempts, original id\n"+
 			"  replay  re-publishes the original bytes to the source stream, deleting each\n"+
 			"          dead letter only once the broker confirmed its publish\n"+
-			"  purge   drops every dead letter")
+			"  purge   drops every dead letter, once confirmed: it asks when standard input is a\n"+
+			"          terminal, and needs --yes when it is not")
 	over := overrides{}
 	over.register(fs, clientSettings...)
 	stream := fs.String("stream", "", "source stream whose dead letters to handle, as S or S.dlq (default: PULSE_FEEDBACK_STREAM)")
 	limit := fs.Int("limit", 0, "list or replay at most this many, oldest first (0: all)")
+	yes := fs.Bool("yes", false, "purge without asking")
 	if len(args) == 0 {
 		return usageError(fs, "missing sub-command (list, replay or purge)")
 	}
@@ -102,6 +106,11 @@ func cmdDLQ(ctx context.Context, args []string, env Env) int {
 			return ExitFailure
 		}
 	case "purge":
+		if !*yes {
+			if code, ok := confirmPurge(ctx, env, q, source, dlq); !ok {
+				return code
+			}
+		}
 		n, err := q.Purge(ctx, source)
 		if err != nil {
 			fmt.Fprintf(env.Stderr, "pulse dlq purge: %v\n", err)
@@ -110,6 +119,28 @@ func cmdDLQ(ctx context.Context, args []string, env Env) int {
 		fmt.Fprintf(env.Stdout, "purged %d dead letter(s) from %s\n", n, dlq)
 	}
 	return ExitOK
+}
+
+// confirmPurge asks the operator on a terminal to confirm dropping the dead letters of dlq;
+// without a terminal there is nobody to ask, and purging needs --yes. ok is false when the
+// command must stop with code.
+func confirmPurge(ctx context.Context, env Env, q *DLQ, source, dlq string) (code int, ok bool) {
+	if !env.Interactive {
+		fmt.Fprintf(env.Stderr, "pulse dlq purge: refusing to drop the dead letters of %s without --yes (standard input is not a terminal to ask on)\n", dlq)
+		return ExitUsage, false
+	}
+	n, err := q.Count(ctx, source)
+	if err != nil {
+		fmt.Fprintf(env.Stderr, "pulse dlq purge: %v\n", err)
+		return ExitFailure, false
+	}
+	fmt.Fprintf(env.Stderr, "Drop all %d dead letter(s) of %s? This cannot be undone. Type yes to confirm: ", n, dlq)
+	answer, _ := bufio.NewReader(env.Stdin).ReadString('\n')
+	if strings.TrimSpace(answer) != "yes" {
+		fmt.Fprintf(env.Stderr, "pulse dlq purge: not confirmed; nothing dropped\n")
+		return ExitFailure, false
+	}
+	return ExitOK, true
 }
 
 func cmdRun(ctx context.Context, args []string, env Env) int {

@@ -76,11 +76,14 @@ func TestConfigMasksSecrets(t *testing.T) {
 	require.Contains(t, out, "REDIS_URL=rediss://user:xxxxx@redis.example:6380/2")
 	require.Contains(t, out, "NATS_URL=nats://xxxxx@n1:4222,nats://u:xxxxx@n2:4222")
 
-	env["REDIS_URL"] = "http://user:pw-SECRET-5@h/0"
-	code, _, errOut = runMain(t, env, "config")
-	require.Equal(t, ExitUsage, code)
-	require.Contains(t, errOut, "REDIS_URL")
-	require.NotContains(t, errOut, "SECRET", "an invalid URL is reported masked too")
+	for _, bad := range []string{"http://user:pw-SECRET-5@h/0", "redis://h:6379/0?password=pw-SECRET-6"} {
+		env["REDIS_URL"] = bad
+		code, _, errOut = runMain(t, env, "config")
+		require.Equal(t, ExitUsage, code)
+		require.Contains(t, errOut, "REDIS_URL")
+		require.NotContains(t, errOut, "SECRET", "an invalid URL is reported masked too")
+	}
+	require.Contains(t, errOut, "?password=xxxxx")
 }
 
 // TestUsage proves the top-level usage: no command or an unknown one exits 2 with the list

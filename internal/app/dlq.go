@@ -91,6 +91,16 @@ func (q *DLQ) Replay(ctx context.Context, source string, limit int) (int, error)
 	return len(letters), nil
 }
 
+// Count returns how many dead letters source has.
+func (q *DLQ) Count(ctx context.Context, source string) (int64, error) {
+	_, dlq := dlqOf(source)
+	info, err := q.admin.Info(ctx, dlq, "")
+	if err != nil {
+		return 0, fmt.Errorf("app: count %s: %w", dlq, err)
+	}
+	return info.Length, nil
+}
+
 // Purge drops every dead letter of source and returns how many there were.
 func (q *DLQ) Purge(ctx context.Context, source string) (int64, error) {
 	_, dlq := dlqOf(source)

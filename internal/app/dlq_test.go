@@ -18,8 +18,16 @@ import (
 // stderr.
 func runMain(t *testing.T, env map[string]string, args ...string) (int, string, string) {
 	t.Helper()
+	return runMainAnswering(t, env, false, "", args...)
+}
+
+// runMainAnswering is runMain with standard input holding answer, a terminal when
+// interactive.
+func runMainAnswering(t *testing.T, env map[string]string, interactive bool, answer string, args ...string) (int, string, string) {
+	t.Helper()
 	var out, errOut bytes.Buffer
-	code := Main(context.Background(), args, Env{Stdout: &out, Stderr: &errOut, Lookup: envconf.Map(env)})
+	code := Main(context.Background(), args, Env{Stdout: &out, Stderr: &errOut, Lookup: envconf.Map(env),
+		Stdin: strings.NewReader(answer), Interactive: interactive})
 	return code, out.String(), errOut.String()
 }
 
@@ -78,14 +86,28 @@ func TestDLQListReplayPurge(t *testing.T) {
 			require.Len(t, src, 1)
 			require.Equal(t, `{"first":1}`, string(src[0].Body), "the original bytes go back")
 			require.Empty(t, src[0].Headers[transport.DLQReason], "dead-letter headers do not go back")
+			require.Equal(t, "orig-1", src[0].Headers[transport.DLQReplayOf], "marked as a replay of the original")
 			left := rangeAll(t, b, stream+transport.DLQSuffix)
 			require.Len(t, left, 1)
 			require.Equal(t, "orig-2", left[0].Headers[transport.DLQOriginalID])
 
-			code, out, errOut = runMain(t, env, "dlq", "purge")
+			code, _, errOut = runMain(t, env, "dlq", "purge")
+			require.Equal(t, ExitUsage, code, "no terminal to ask on, and no --yes")
+			require.Contains(t, errOut, "refusing to drop the dead letters of telemetry.feedback.dlq without --yes")
+			code, _, errOut = runMainAnswering(t, env, true, "no\n", "dlq", "purge")
+			require.Equal(t, ExitFailure, code)
+			require.Contains(t, errOut, "Drop all 1 dead letter(s) of telemetry.feedback.dlq? This cannot be undone. Type yes to confirm:")
+			require.Contains(t, errOut, "not confirmed; nothing dropped")
+			require.Len(t, rangeAll(t, b, stream+transport.DLQSuffix), 1)
+
+			code, out, errOut = runMainAnswering(t, env, true, "yes\n", "dlq", "purge")
 			require.Equal(t, ExitOK, code, errOut)
 			require.Contains(t, out, "purged 1 dead letter(s)")
 			require.Empty(t, rangeAll(t, b, stream+transport.DLQSuffix))
+			writeDeadLetter(t, b, stream, `{"third":3}`, "orig-3", "malformed")
+			code, out, errOut = runMain(t, env, "dlq", "purge", "--yes")
+			require.Equal(t, ExitOK, code, errOut)
+			require.Contains(t, out, "purged 1 dead letter(s)")
 		})
 	}
 }
