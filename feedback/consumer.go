@@ -332,6 +332,18 @@ func (c *Consumer) Ready() error {
 	return nil
 }
 
+// DeadLetterFailures reports how many dead letters the consumer's subscription could not
+// write, and the last such failure (see transport.Subscription.DeadLetterFailures).
+func (c *Consumer) DeadLetterFailures() (uint64, error) {
+	c.mu.Lock()
+	sub := c.sub
+	c.mu.Unlock()
+	if sub == nil {
+		return 0, nil
+	}
+	return sub.DeadLetterFailures()
+}
+
 // Err is the last error fetching from the broker, nil while fetching works or before Start.
 func (c *Consumer) Err() error {
 	c.mu.Lock()

@@ -19,6 +19,7 @@ const (
 	kindDLQ                          // stream, reason
 	kindFeedback                     // provider, level
 	kindProvider                     // provider
+	kindDLQFailure                   // stream, action
 )
 
 // Label names.
@@ -29,6 +30,7 @@ const (
 	labelReason   = "reason"
 	labelProvider = "provider"
 	labelLevel    = "level"
+	labelAction   = "action"
 )
 
 type attrKey struct {
@@ -91,6 +93,8 @@ func newSet(k attrKey) attribute.Set {
 		return attribute.NewSet(attribute.String(labelStream, k.a), attribute.String(labelReason, k.b))
 	case kindFeedback:
 		return attribute.NewSet(attribute.String(labelProvider, k.a), attribute.String(labelLevel, k.b))
+	case kindDLQFailure:
+		return attribute.NewSet(attribute.String(labelStream, k.a), attribute.String(labelAction, k.b))
 	default: // kindProvider
 		return attribute.NewSet(attribute.String(labelProvider, k.a))
 	}

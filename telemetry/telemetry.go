@@ -50,6 +50,9 @@ const (
 	// NameCoordinatorsEvicted counts Store coordinators the feedback handler forgot to stay
 	// within MDP_FB_MAX_COORDINATORS.
 	NameCoordinatorsEvicted = "feedback_coordinators_evicted_total"
+	// NameDLQFailures counts dead letters that could not be written, by what became of the
+	// original (action retried or settled).
+	NameDLQFailures = "pulse_dlq_failures_total"
 )
 
 // The pulse_publish_total outcomes.
@@ -126,6 +129,7 @@ type Metrics struct {
 	dlq          metric.Int64Counter
 	feedback     metric.Int64Counter
 	evicted      metric.Int64Counter
+	dlqFailures  metric.Int64Counter
 	scale        metric.Float64Gauge
 	backpressure metric.Int64Gauge
 
@@ -196,6 +200,7 @@ func (m *Metrics) instruments(cfg config) error {
 	m.redeliveries = counter(NameRedeliveries, "Deliveries received on an attempt after the first.")
 	m.dlq = counter(NameDLQ, "Messages written to the stream's dead-letter queue, by reason.")
 	m.feedback = counter(NameFeedbackProcessed, "Feedback events applied, by provider and level.")
+	m.dlqFailures = counter(NameDLQFailures, "Dead letters that could not be written, by what became of the original: retried, or settled where it is.")
 	m.evicted = counter(NameCoordinatorsEvicted, "Store coordinators forgotten to stay within MDP_FB_MAX_COORDINATORS, by provider.")
 
 	var err error
@@ -267,6 +272,16 @@ func (m *Metrics) DeadLettered(stream, reason string) {
 // Lag sets pulse_lag_ms of the stream to lag, in milliseconds.
 func (m *Metrics) Lag(stream string, lag time.Duration) {
 	m.lag.Record(context.Background(), durationMS(lag), m.attrs.get(kindStream, stream, "", "").record...)
+}
+
+// DeadLetterFailed counts a dead letter that could not be written in pulse_dlq_failures_total:
+// action "settled" when the original was settled without one, else "retried".
+func (m *Metrics) DeadLetterFailed(stream string, settled bool) {
+	action := "retried"
+	if settled {
+		action = "settled"
+	}
+	m.dlqFailures.Add(context.Background(), 1, m.attrs.get(kindDLQFailure, stream, action, "").add...)
 }
 
 // FeedbackProcessed counts one applied feedback event in feedback_events_processed_total.

@@ -32,6 +32,7 @@ var (
 	_ interface {
 		CoordinatorEvicted(provider string) // feedback.EvictionObserver
 	} = (*telemetry.Metrics)(nil)
+	_ transport.DeadLetterFailureObserver = (*telemetry.Metrics)(nil)
 )
 
 // feedbackObserver is the method set the feedback package calls (its own interface lives
@@ -94,6 +95,8 @@ func record(m *telemetry.Metrics) {
 	m.BackpressureState("ibkr", telemetry.BackpressureHard) // last value wins
 	m.CoordinatorEvicted("ibkr")
 	m.CoordinatorEvicted("ibkr")
+	m.DeadLetterFailed("telemetry.feedback", false)
+	m.DeadLetterFailed("telemetry.feedback", true)
 }
 
 type series struct {
@@ -166,6 +169,10 @@ func TestExposition(t *testing.T) {
 		}},
 		telemetry.NameCoordinatorsEvicted: {dto.MetricType_COUNTER, []series{
 			{map[string]string{"provider": "ibkr"}, 2},
+		}},
+		telemetry.NameDLQFailures: {dto.MetricType_COUNTER, []series{
+			{map[string]string{"stream": "telemetry.feedback", "action": "retried"}, 1},
+			{map[string]string{"stream": "telemetry.feedback", "action": "settled"}, 1},
 		}},
 	}
 

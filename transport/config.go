@@ -49,7 +49,22 @@ const (
 	// Redis entry field, a JetStream header), never in it; a delivery carrying it has
 	// Delivery.Replayed set.
 	DLQReplayOf = "replay_of"
+	// DLQKeptIn marks a dead letter that holds no copy of the original, because the copy
+	// would not fit the broker (transport.ErrTooLarge): its value is the source stream,
+	// where the original stays at original_id (acked, retained like any other message), and
+	// its body is a small JSON record of the original's size and SHA-256 (DeadLetterPointer).
+	DLQKeptIn = "kept_in"
 )
+
+// DeadLetterPointer is the body of a dead letter marked DLQKeptIn.
+type DeadLetterPointer struct {
+	// KeptIn and OriginalID say where the original is: its source stream and transport id.
+	KeptIn     string `json:"kept_in"`
+	OriginalID string `json:"original_id"`
+	// Size and SHA256 (hex) identify the original's bytes.
+	Size   int    `json:"size"`
+	SHA256 string `json:"sha256"`
+}
 
 var namespaceRE = regexp.MustCompile(`^[a-z0-9_-]+$`)
 

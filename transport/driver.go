@@ -131,6 +131,9 @@ type StreamAdmin interface {
 	Purge(ctx context.Context, stream string) (int64, error)
 	// Info describes stream and, if group is not empty, the group.
 	Info(ctx context.Context, stream, group string) (StreamInfo, error)
+	// Get returns the retained message of stream stored under transportID, or an error
+	// wrapping ErrMessageNotFound.
+	Get(ctx context.Context, stream, transportID string) (StoredMessage, error)
 }
 
 // IdempotencyProvider is implemented by drivers that can keep a record shared by every

@@ -22,6 +22,11 @@ var (
 	// ErrPoison is returned (wrapped) by a Handler for a message that can never succeed; it is
 	// dead-lettered at once without retries. Codec errors already wrap it.
 	ErrPoison = envelope.ErrPoison
+	// ErrTooLarge is wrapped by a driver's Publish error when a message (with its headers)
+	// is larger than the broker takes (JetStream's max payload, 1 MiB by default).
+	ErrTooLarge = errors.New("transport: message too large for the broker")
+	// ErrMessageNotFound is wrapped by StreamAdmin.Get for an id the stream does not retain.
+	ErrMessageNotFound = errors.New("transport: message not found")
 )
 
 // Poison marks err as permanent: the message is dead-lettered at once with reason.

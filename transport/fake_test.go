@@ -34,6 +34,7 @@ type fakeDriver struct {
 	subs       []*fakeSub
 	subscribed chan *fakeSub
 	publishErr error
+	maxBody    int // > 0: a larger body fails with ErrTooLarge
 	closed     bool
 }
 
@@ -43,13 +44,18 @@ func newFakeDriver() *fakeDriver {
 
 func (d *fakeDriver) Publish(_ context.Context, stream string, msgs []transport.RawMessage) ([]string, error) {
 	d.mu.Lock()
-	err, closed := d.publishErr, d.closed
+	err, closed, maxBody := d.publishErr, d.closed, d.maxBody
 	d.mu.Unlock()
 	if closed {
 		return nil, transport.ErrClosed
 	}
 	if err != nil {
 		return nil, err
+	}
+	for _, m := range msgs {
+		if maxBody > 0 && len(m.Body) > maxBody {
+			return nil, fmt.Errorf("fake: %d bytes: %w", len(m.Body), transport.ErrTooLarge)
+		}
 	}
 	ids := make([]string, len(msgs))
 	for i := range ids {

@@ -2,11 +2,15 @@ package transport
 
 import (
 	"context"
+	"crypto/sha256"
+	"encoding/hex"
+	"encoding/json"
 	"errors"
 	"fmt"
 	"log/slog"
 	"runtime/debug"
 	"strconv"
+	"strings"
 	"sync"
 	"time"
 
@@ -107,6 +111,10 @@ type Subscription struct {
 
 	errMu   sync.Mutex
 	lastErr error
+
+	dlqMu       sync.Mutex
+	dlqFailures uint64
+	dlqLast     error
 
 	closeOnce sync.Once
 	closeErr  error
@@ -495,31 +503,99 @@ func (s *Subscription) nak(d *RawDelivery, delay time.Duration) {
 	}
 }
 
+// deadLetterRetries is how many deliveries past the attempt limit a dead letter that cannot
+// be written is tried again (with the retry backoff) before the original is settled anyway.
+const deadLetterRetries = 3
+
+// maxDeadLetterError bounds the error text a dead letter carries, in bytes.
+const maxDeadLetterError = 1024
+
+// DeadLetterFailureObserver is implemented by an Observer that counts dead letters that
+// could not be written (pulse_dlq_failures_total); settled is false while the message is
+// retried, true once it was settled without a dead letter. telemetry.Metrics does.
+type DeadLetterFailureObserver interface {
+	DeadLetterFailed(stream string, settled bool)
+}
+
 // deadLetter copies d, bytes unchanged, to the stream's DLQ with why, then terminates the
-// original. If the DLQ cannot be written, the original is retried later instead: nothing is
-// lost.
+// original. A copy too large for the broker is replaced by a pointer (DLQKeptIn): a small
+// record of where the original stays, which is acked and retained in its stream like any
+// other message. If the DLQ cannot be written at all, the original is retried later, up to
+// deadLetterRetries deliveries past the attempt limit; then it is settled anyway, staying in
+// its stream, and the failure is logged, counted and reported (DeadLetterFailures). No
+// delivery loops for ever and none is dropped without a trace.
 func (s *Subscription) deadLetter(d *RawDelivery, reason string, cause error, track string, outcome Outcome) {
 	ctx, cancel := s.settleCtx()
 	defer cancel()
-	dl := RawMessage{Body: d.Body, Headers: map[string]string{
+	why := cause.Error()
+	if len(why) > maxDeadLetterError {
+		why = strings.ToValidUTF8(why[:maxDeadLetterError-len("…")], "") + "…"
+	}
+	headers := map[string]string{
 		DLQOriginalID: d.TransportID,
 		DLQReason:     reason,
-		DLQError:      cause.Error(),
+		DLQError:      why,
 		DLQAttempts:   strconv.Itoa(d.Attempt),
 		DLQFailedAt:   time.Now().UTC().Format(time.RFC3339Nano),
 		DLQStream:     s.stream,
-	}}
-	if _, err := s.bus.drv.Publish(ctx, s.stream+DLQSuffix, []RawMessage{dl}); err != nil {
-		s.log.Error("dead-lettering failed; will retry the message", "transport_id", d.TransportID, "reason", reason, "err", err)
-		s.nak(d, s.bus.backoff(d.Attempt))
+	}
+	_, err := s.bus.drv.Publish(ctx, s.stream+DLQSuffix, []RawMessage{{Body: d.Body, Headers: headers}})
+	kept := false
+	if errors.Is(err, ErrTooLarge) {
+		kept = true
+		sum := sha256.Sum256(d.Body)
+		pointer, _ := json.Marshal(DeadLetterPointer{KeptIn: s.stream, OriginalID: d.TransportID, Size: len(d.Body), SHA256: hex.EncodeToString(sum[:])})
+		headers[DLQKeptIn] = s.stream
+		_, err = s.bus.drv.Publish(ctx, s.stream+DLQSuffix, []RawMessage{{Body: pointer, Headers: headers}})
+	}
+	if err != nil {
+		s.deadLetterFailed(ctx, d, reason, err, track, outcome)
 		return
 	}
 	// Counted once the copy is stored, before the original is terminated, so that whoever sees
 	// the original settled also sees it counted.
-	s.log.Warn("dead-lettered", "transport_id", d.TransportID, "reason", reason, "attempts", d.Attempt, "err", cause)
+	if kept {
+		s.log.Warn("dead-lettered a message too large to copy: the dead letter points at the original, which stays in its stream",
+			"transport_id", d.TransportID, "bytes", len(d.Body), "reason", reason, "attempts", d.Attempt, "err", cause)
+	} else {
+		s.log.Warn("dead-lettered", "transport_id", d.TransportID, "reason", reason, "attempts", d.Attempt, "err", cause)
+	}
 	s.bus.cfg.Observer.DeadLettered(s.stream, reason)
 	s.bus.cfg.Observer.Consumed(s.stream, track, outcome)
 	if err := s.ds.Term(ctx, d); err != nil {
 		s.log.Warn("terminating a dead-lettered message failed; it may be dead-lettered twice", "transport_id", d.TransportID, "err", err)
 	}
+}
+
+// deadLetterFailed handles a dead letter that could not be written: retry the original
+// later, or, past the last attempt, settle it where it is (see deadLetter).
+func (s *Subscription) deadLetterFailed(ctx context.Context, d *RawDelivery, reason string, err error, track string, outcome Outcome) {
+	s.dlqMu.Lock()
+	s.dlqFailures++
+	s.dlqLast = fmt.Errorf("%s %s (%s, attempt %d): %w", s.stream, d.TransportID, reason, d.Attempt, err)
+	s.dlqMu.Unlock()
+	settle := d.Attempt >= s.opts.MaxDeliveries+deadLetterRetries
+	if fo, ok := s.bus.cfg.Observer.(DeadLetterFailureObserver); ok {
+		fo.DeadLetterFailed(s.stream, settle)
+	}
+	if !settle {
+		s.log.Error("dead-lettering failed; will retry the message", "transport_id", d.TransportID, "reason", reason,
+			"attempt", d.Attempt, "settled_after_attempt", s.opts.MaxDeliveries+deadLetterRetries, "err", err)
+		s.nak(d, s.bus.backoff(d.Attempt))
+		return
+	}
+	s.log.Error("dead-lettering failed on the last attempt: the message is settled without a dead letter and stays in its stream until retention removes it",
+		"transport_id", d.TransportID, "position", d.Position.String(), "bytes", len(d.Body), "reason", reason, "attempts", d.Attempt, "err", err)
+	s.bus.cfg.Observer.Consumed(s.stream, track, outcome)
+	if err := s.ds.Term(ctx, d); err != nil {
+		s.log.Warn("terminating a message that could not be dead-lettered failed; it comes back after ack-wait", "transport_id", d.TransportID, "err", err)
+	}
+}
+
+// DeadLetterFailures reports how many dead letters this subscription could not write (each
+// retried, or at last settled without one; see deadLetter), and the last such failure.
+func (s *Subscription) DeadLetterFailures() (uint64, error) {
+	s.dlqMu.Lock()
+	defer s.dlqMu.Unlock()
+	return s.dlqFailures, s.dlqLast
 }

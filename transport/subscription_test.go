@@ -2,6 +2,8 @@ package transport_test
 
 import (
 	"context"
+	"crypto/sha256"
+	"encoding/hex"
 	"encoding/json"
 	"errors"
 	"fmt"
@@ -9,6 +11,7 @@ import (
 	"strings"
 	"testing"
 	"time"
+	"unicode/utf8"
 
 	"github.com/stretchr/testify/require"
 
@@ -547,4 +550,63 @@ func TestRejectedCountedUnderTheEnvelopesTrack(t *testing.T) {
 	require.Equal(t, "publish", drv.next(t).kind)
 	require.Equal(t, "term", drv.next(t).kind)
 	require.Equal(t, 1, rec.OutcomeTrack(stream, "unknown", transport.OutcomeRejected))
+}
+
+// TestDeadLetterTooLargeKeepsTheOriginal proves a dead letter whose copy the broker refuses
+// as too large is written as a pointer — the original's stream, id, size and SHA-256 — and
+// the original settled at once: it stays in its stream, and nothing spins.
+func TestDeadLetterTooLargeKeepsTheOriginal(t *testing.T) {
+	bus, drv, rec := newBus(t)
+	drv.maxBody = 200
+	_, fs := subscribe(t, bus, drv, ok)
+	big := []byte(`{"not an envelope":"` + strings.Repeat("x", 300) + `"}`)
+	fs.deliver(raw("7", 1, big))
+	c := drv.next(t)
+	require.Equal(t, "publish", c.kind)
+	require.Equal(t, stream+transport.DLQSuffix, c.stream)
+	require.Equal(t, stream, c.msgs[0].Headers[transport.DLQKeptIn])
+	require.Equal(t, "7", c.msgs[0].Headers[transport.DLQOriginalID])
+	require.Equal(t, "malformed", c.msgs[0].Headers[transport.DLQReason])
+	var p transport.DeadLetterPointer
+	require.NoError(t, json.Unmarshal(c.msgs[0].Body, &p))
+	sum := sha256.Sum256(big)
+	require.Equal(t, transport.DeadLetterPointer{KeptIn: stream, OriginalID: "7", Size: len(big), SHA256: hex.EncodeToString(sum[:])}, p)
+	require.Equal(t, call{kind: "term", stream: stream, tids: []string{"7"}}, drv.next(t))
+	require.Equal(t, 1, rec.DeadLetters(stream, "malformed"))
+}
+
+// TestDeadLetterThatCannotBeWrittenIsSettledAtLast proves the bound on a dead letter that
+// cannot be written for any other reason: the original is retried with backoff until
+// deadLetterRetries deliveries past the attempt limit, then settled without a dead letter,
+// the failures counted and reported.
+func TestDeadLetterThatCannotBeWrittenIsSettledAtLast(t *testing.T) {
+	bus, drv, rec := newBus(t) // MaxDeliveries 3
+	drv.setPublishErr(errors.New("dead-letter stream gone"))
+	sub, fs := subscribe(t, bus, drv, ok)
+	for attempt := 1; attempt < 6; attempt++ {
+		fs.deliver(raw("9", attempt, []byte("garbage")))
+		c := drv.next(t)
+		require.Equal(t, "nak", c.kind, "attempt %d", attempt)
+	}
+	fs.deliver(raw("9", 6, []byte("garbage"))) // 3 + deadLetterRetries
+	require.Equal(t, call{kind: "term", stream: stream, tids: []string{"9"}}, drv.next(t))
+	n, last := sub.DeadLetterFailures()
+	require.Equal(t, uint64(6), n)
+	require.ErrorContains(t, last, "dead-letter stream gone")
+	require.ErrorContains(t, last, "attempt 6")
+	require.Zero(t, rec.DeadLetters(stream, "malformed"), "no dead letter was written")
+	require.Equal(t, 1, rec.Outcome(stream, transport.OutcomeRejected), "settled once, counted once")
+}
+
+// TestDeadLetterErrorBounded proves a dead letter carries at most 1 KiB of error text.
+func TestDeadLetterErrorBounded(t *testing.T) {
+	bus, drv, _ := newBus(t)
+	_, fs := subscribe(t, bus, drv, func(context.Context, *transport.Delivery) error {
+		return transport.Poison("refused", errors.New(strings.Repeat("é", 5000)))
+	})
+	fs.deliver(raw("1", 1, body(t, bus, 1)))
+	c := drv.next(t)
+	require.Equal(t, "publish", c.kind)
+	require.LessOrEqual(t, len(c.msgs[0].Headers[transport.DLQError]), 1024)
+	require.True(t, utf8.ValidString(c.msgs[0].Headers[transport.DLQError]))
 }

@@ -384,14 +384,21 @@ func (a *App) ready(ctx context.Context) error {
 	return nil
 }
 
-// warnings are what /readyz and /state report beside readiness: a replica collision.
+// warnings are what /readyz reports beside readiness: a replica collision, dead letters
+// that could not be written.
 func (a *App) warnings() []string {
-	if c := a.consumer.Load(); c != nil {
-		if err := c.Collision(); err != nil {
-			return []string{err.Error()}
-		}
+	c := a.consumer.Load()
+	if c == nil {
+		return nil
 	}
-	return nil
+	var out []string
+	if err := c.Collision(); err != nil {
+		out = append(out, err.Error())
+	}
+	if n, last := c.DeadLetterFailures(); n > 0 {
+		out = append(out, fmt.Sprintf("%d dead letter(s) could not be written (retried, or settled with the original left in its stream); last: %v", n, last))
+	}
+	return out
 }
 
 // stateDoc is the /state document: the handler's state (providers and coordinators) and
@@ -412,6 +419,10 @@ type consumerDoc struct {
 	// Collision says why another live process reads as this replica (splitting the
 	// events between them), when one does.
 	Collision string `json:"collision,omitempty"`
+	// DeadLetterFailures counts dead letters that could not be written, and
+	// LastDeadLetterFailure says why the last one was not.
+	DeadLetterFailures    uint64 `json:"dead_letter_failures"`
+	LastDeadLetterFailure string `json:"last_dead_letter_failure,omitempty"`
 }
 
 // DefaultStateCoordinators is how many coordinators /state lists when not asked for
@@ -426,8 +437,14 @@ func (a *App) state(coordinators int) any {
 		Group:   a.Group(),
 		Name:    a.cfg.Bus.Consumer,
 	}}
-	if w := a.warnings(); len(w) > 0 {
-		doc.Consumer.Collision = w[0]
+	if c := a.consumer.Load(); c != nil {
+		if err := c.Collision(); err != nil {
+			doc.Consumer.Collision = err.Error()
+		}
+		var last error
+		if doc.Consumer.DeadLetterFailures, last = c.DeadLetterFailures(); last != nil {
+			doc.Consumer.LastDeadLetterFailure = last.Error()
+		}
 	}
 	if h := a.handler.Load(); h != nil {
 		doc.State = h.StateN(coordinators)

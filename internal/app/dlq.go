@@ -2,9 +2,13 @@ package app
 
 import (
 	"context"
+	"crypto/sha256"
+	"encoding/hex"
+	"encoding/json"
 	"errors"
 	"fmt"
 	"io"
+	"slices"
 	"strings"
 	"text/tabwriter"
 
@@ -75,6 +79,14 @@ func (q *DLQ) Replay(ctx context.Context, source string, limit int) (int, error)
 		if target == "" {
 			target = source
 		}
+		if kept := d.header(transport.DLQKeptIn); kept != "" {
+			// Too large to copy: the dead letter points at the original, still in its stream.
+			original, err := q.kept(ctx, d)
+			if err != nil {
+				return i, err
+			}
+			d.Body = original
+		}
 		// No producer id: a replay must be stored again, not dropped by the broker's
 		// duplicate window as a repeat of the original publish. Consumers still de-duplicate
 		// on the envelope's own id, which the failed original never recorded as done. The
@@ -101,6 +113,25 @@ func (q *DLQ) Count(ctx context.Context, source string) (int64, error) {
 	return info.Length, nil
 }
 
+// kept reads the original a pointer dead letter (transport.DLQKeptIn) stands for from the
+// stream it was kept in, checking it is the same bytes.
+func (q *DLQ) kept(ctx context.Context, d deadLetter) ([]byte, error) {
+	var p transport.DeadLetterPointer
+	if err := json.Unmarshal(d.Body, &p); err != nil || p.KeptIn == "" || p.OriginalID == "" {
+		return nil, fmt.Errorf("app: dead letter %s is marked %s but its body is no pointer (%s)", d.TransportID, transport.DLQKeptIn, oneLine(string(d.Body), 80))
+	}
+	m, err := q.admin.Get(ctx, p.KeptIn, p.OriginalID)
+	if err != nil {
+		return nil, fmt.Errorf("app: the original of dead letter %s, kept in %s at %s, cannot be read (retention may have removed it): %w", d.TransportID, p.KeptIn, p.OriginalID, err)
+	}
+	sum := sha256.Sum256(m.Body)
+	if len(m.Body) != p.Size || hex.EncodeToString(sum[:]) != p.SHA256 {
+		return nil, fmt.Errorf("app: the message at %s in %s is not the original of dead letter %s (%d bytes, SHA-256 %s; expected %d bytes, %s)",
+			p.OriginalID, p.KeptIn, d.TransportID, len(m.Body), hex.EncodeToString(sum[:]), p.Size, p.SHA256)
+	}
+	return slices.Clone(m.Body), nil
+}
+
 // Purge drops every dead letter of source and returns how many there were.
 func (q *DLQ) Purge(ctx context.Context, source string) (int64, error) {
 	_, dlq := dlqOf(source)
@@ -112,15 +143,20 @@ func (q *DLQ) Purge(ctx context.Context, source string) (int64, error) {
 }
 
 // printDeadLetters writes a table of dead letters: time, reason, attempts, original id,
-// the source stream, this entry's id and the error.
+// the source stream, this entry's id, the body (its size, or where a message too large to
+// copy was kept) and the error.
 func printDeadLetters(w io.Writer, letters []deadLetter) error {
 	tw := tabwriter.NewWriter(w, 0, 4, 2, ' ', 0)
-	fmt.Fprintln(tw, "FAILED_AT\tREASON\tATTEMPTS\tORIGINAL_ID\tSTREAM\tDLQ_ID\tERROR")
+	fmt.Fprintln(tw, "FAILED_AT\tREASON\tATTEMPTS\tORIGINAL_ID\tSTREAM\tDLQ_ID\tBODY\tERROR")
 	for _, d := range letters {
-		fmt.Fprintf(tw, "%s\t%s\t%s\t%s\t%s\t%s\t%s\n",
+		body := fmt.Sprintf("%d bytes", len(d.Body))
+		if kept := d.header(transport.DLQKeptIn); kept != "" {
+			body = "kept in " + kept
+		}
+		fmt.Fprintf(tw, "%s\t%s\t%s\t%s\t%s\t%s\t%s\t%s\n",
 			orDash(d.header(transport.DLQFailedAt)), orDash(d.header(transport.DLQReason)),
 			orDash(d.header(transport.DLQAttempts)), orDash(d.header(transport.DLQOriginalID)),
-			orDash(d.header(transport.DLQStream)), d.TransportID, orDash(oneLine(d.header(transport.DLQError), 80)))
+			orDash(d.header(transport.DLQStream)), d.TransportID, body, orDash(oneLine(d.header(transport.DLQError), 80)))
 	}
 	return tw.Flush()
 }

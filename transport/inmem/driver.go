@@ -220,6 +220,27 @@ func (d *Driver) Range(ctx context.Context, stream string, limit int, fn func(tr
 	return nil
 }
 
+// Get implements transport.StreamAdmin. The message aliases the stream's storage and must
+// not be modified.
+func (d *Driver) Get(_ context.Context, stream, transportID string) (transport.StoredMessage, error) {
+	if d.isClosed() {
+		return transport.StoredMessage{}, transport.ErrClosed
+	}
+	notFound := fmt.Errorf("inmem: %s has no message %s: %w", stream, transportID, transport.ErrMessageNotFound)
+	seq, err := strconv.ParseUint(transportID, 10, 64)
+	st := d.b.lookup(stream)
+	if err != nil || st == nil {
+		return transport.StoredMessage{}, notFound
+	}
+	st.mu.Lock()
+	defer st.mu.Unlock()
+	if seq < st.first || seq >= st.next || st.at(seq).deleted {
+		return transport.StoredMessage{}, notFound
+	}
+	e := st.at(seq)
+	return transport.StoredMessage{RawMessage: e.msg, TransportID: e.tid}, nil
+}
+
 // Delete implements transport.StreamAdmin. Deleted messages are no longer delivered to groups
 // that have not yet been given them; deliveries already pending are not affected.
 func (d *Driver) Delete(_ context.Context, stream string, transportIDs ...string) error {

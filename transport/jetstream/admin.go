@@ -202,3 +202,39 @@ func (d *Driver) Info(ctx context.Context, stream, group string) (transport.Stre
 	info.Unread = int64(ci.NumPending)
 	return info, nil
 }
+
+// Get implements transport.StreamAdmin: one direct get by stream sequence.
+func (d *Driver) Get(ctx context.Context, stream, transportID string) (transport.StoredMessage, error) {
+	if d.closed.Load() {
+		return transport.StoredMessage{}, transport.ErrClosed
+	}
+	if err := checkStream(stream); err != nil {
+		return transport.StoredMessage{}, err
+	}
+	seq, err := parseSeq(transportID)
+	if err != nil {
+		return transport.StoredMessage{}, err
+	}
+	notFound := fmt.Errorf("jetstream: %s has no message %s: %w", StreamName(d.cfg.Namespace, stream), transportID, transport.ErrMessageNotFound)
+	st, err := d.lookupStream(ctx, stream)
+	if err != nil {
+		return transport.StoredMessage{}, err
+	}
+	if st == nil {
+		return transport.StoredMessage{}, notFound
+	}
+	actx, cancel := apiCtx(ctx)
+	defer cancel()
+	raw, err := st.GetMsg(actx, seq)
+	if errors.Is(err, jetstream.ErrMsgNotFound) {
+		return transport.StoredMessage{}, notFound
+	}
+	if err != nil {
+		return transport.StoredMessage{}, d.wrap(ctx, "read "+StreamName(d.cfg.Namespace, stream), err)
+	}
+	sm := transport.StoredMessage{RawMessage: transport.RawMessage{Body: raw.Data}, TransportID: transportID}
+	if len(raw.Header) > 0 {
+		sm.ID, sm.Headers = fromHeader(raw.Header)
+	}
+	return sm, nil
+}

@@ -322,6 +322,9 @@ func (d *Driver) wrap(ctx context.Context, op string, err error) error {
 	if unavailable(err) {
 		return fmt.Errorf("jetstream: %s: %w: %w", op, transport.ErrUnavailable, err)
 	}
+	if errors.Is(err, nats.ErrMaxPayload) {
+		return fmt.Errorf("jetstream: %s: %w (the server takes at most %d bytes with headers): %w", op, transport.ErrTooLarge, d.nc.MaxPayload(), err)
+	}
 	return fmt.Errorf("jetstream: %s: %w", op, err)
 }
 

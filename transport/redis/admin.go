@@ -3,6 +3,7 @@ package redis
 import (
 	"context"
 	"errors"
+	"fmt"
 	"strings"
 
 	goredis "github.com/redis/go-redis/v9"
@@ -98,4 +99,20 @@ func (d *Driver) Info(ctx context.Context, stream, group string) (transport.Stre
 		}
 	}
 	return info, nil
+}
+
+// Get implements transport.StreamAdmin: XRANGE key id id.
+func (d *Driver) Get(ctx context.Context, stream, transportID string) (transport.StoredMessage, error) {
+	if d.isClosed() {
+		return transport.StoredMessage{}, transport.ErrClosed
+	}
+	key := d.key(stream)
+	msgs, err := d.client.XRangeN(ctx, key, transportID, transportID, 1).Result()
+	if err != nil {
+		return transport.StoredMessage{}, d.wrap("read "+key, err)
+	}
+	if len(msgs) == 0 {
+		return transport.StoredMessage{}, fmt.Errorf("redis: %s has no entry %s: %w", key, transportID, transport.ErrMessageNotFound)
+	}
+	return transport.StoredMessage{RawMessage: fromValues(msgs[0].Values), TransportID: msgs[0].ID}, nil
 }

@@ -200,6 +200,14 @@ func testStreamAdmin(e *env) {
 	}
 	require.Equal(e.t, "v", all[4].Headers["k"])
 
+	one, err := admin.Get(e.ctx(), e.stream, ids[4])
+	require.NoError(e.t, err)
+	require.Equal(e.t, ids[4], one.TransportID)
+	require.Equal(e.t, string(msgs[4].Body), string(one.Body))
+	require.Equal(e.t, "v", one.Headers["k"])
+	_, err = admin.Get(e.ctx(), e.stream+".none", ids[0])
+	require.ErrorIs(e.t, err, transport.ErrMessageNotFound, "a stream that does not exist")
+
 	n := 0
 	require.NoError(e.t, admin.Range(e.ctx(), e.stream, 3, func(transport.StoredMessage) error { n++; return nil }))
 	require.Equal(e.t, 3, n, "Range honours limit")
@@ -235,6 +243,8 @@ func testStreamAdmin(e *env) {
 	require.Len(e.t, all, 8)
 	require.Equal(e.t, ids[1], all[0].TransportID)
 	require.Equal(e.t, ids[8], all[7].TransportID)
+	_, err = admin.Get(e.ctx(), e.stream, ids[9])
+	require.ErrorIs(e.t, err, transport.ErrMessageNotFound, "a deleted message")
 
 	purged, err := admin.Purge(e.ctx(), e.stream)
 	require.NoError(e.t, err)
