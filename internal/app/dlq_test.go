@@ -137,6 +137,9 @@ func (d failingDriver) Purge(ctx context.Context, stream string) (int64, error) 
 func (d failingDriver) Info(ctx context.Context, stream, group string) (transport.StreamInfo, error) {
 	return d.Driver.(transport.StreamAdmin).Info(ctx, stream, group)
 }
+func (d failingDriver) Get(ctx context.Context, stream, id string) (transport.StoredMessage, error) {
+	return d.Driver.(transport.StreamAdmin).Get(ctx, stream, id)
+}
 
 var registerFailing sync.Once
 
