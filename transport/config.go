@@ -100,7 +100,19 @@ type Config struct {
 	// Backend settings.
 	RedisURL       string        // REDIS_URL
 	NATSURL        string        // NATS_URL; "" = the embedded server
-	NATSCredsFile  string        // PULSE_NATS_CREDS
+	NATSCredsFile  string        // PULSE_NATS_CREDS: a JWT + nkey seed credentials file
+	// NATSToken (PULSE_NATS_TOKEN, a secret) is the token the embedded server requires of
+	// every client and that clients present to the NATS server (unless NATS_URL carries
+	// credentials of its own).
+	NATSToken string
+	// NATSNKeyFile (PULSE_NATS_NKEY) is a file holding an nkey seed (SU…) to sign in with.
+	NATSNKeyFile string
+	// NATSTLSCA (PULSE_NATS_TLS_CA) is a PEM file of the CAs that sign the server's
+	// certificate; NATSTLSCert and NATSTLSKey (PULSE_NATS_TLS_CERT, PULSE_NATS_TLS_KEY) are
+	// the client's certificate and key, for servers that verify clients (mutual TLS).
+	NATSTLSCA   string
+	NATSTLSCert string
+	NATSTLSKey  string
 	NATSListen     string        // PULSE_NATS_LISTEN
 	DataDir        string        // PULSE_DATA_DIR
 	StreamMaxAge   time.Duration // PULSE_STREAM_MAX_AGE
@@ -248,6 +260,11 @@ func FromEnv(lookup func(string) (string, bool)) (Config, error) {
 	p.String("REDIS_URL", &c.RedisURL)
 	p.String("NATS_URL", &c.NATSURL)
 	p.String("PULSE_NATS_CREDS", &c.NATSCredsFile)
+	p.String("PULSE_NATS_TOKEN", &c.NATSToken)
+	p.String("PULSE_NATS_NKEY", &c.NATSNKeyFile)
+	p.String("PULSE_NATS_TLS_CA", &c.NATSTLSCA)
+	p.String("PULSE_NATS_TLS_CERT", &c.NATSTLSCert)
+	p.String("PULSE_NATS_TLS_KEY", &c.NATSTLSKey)
 	p.String("PULSE_NATS_LISTEN", &c.NATSListen)
 	p.String("PULSE_DATA_DIR", &c.DataDir)
 	p.Duration("PULSE_STREAM_MAX_AGE", &c.StreamMaxAge)

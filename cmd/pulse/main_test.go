@@ -509,9 +509,17 @@ func TestConfigRejectsEachBadVariable(t *testing.T) {
 		{"PULSE_LOG_LEVEL", "verbose", "debug, info, warn, error"},
 		{"PULSE_LOG_FORMAT", "xml", "text, json"},
 		{"PULSE_SHUTDOWN_TIMEOUT", "soon", "a positive duration"},
+		{"PULSE_NATS_CREDS", "/nonexistent.creds", "a readable NATS credentials file"},
+		{"PULSE_NATS_NKEY", "/nonexistent.nk", "a readable file holding a user nkey seed"},
+		{"PULSE_NATS_TLS_CA", "/nonexistent.pem", "a readable file of PEM CA certificates"},
+		{"PULSE_NATS_TLS_CERT", "/nonexistent.pem", "a client certificate and its key together"},
 	} {
 		t.Run(tc.name+"="+tc.value, func(t *testing.T) {
-			code, out, errOut := pulse(t, map[string]string{tc.name: tc.value}, "config")
+			env := map[string]string{tc.name: tc.value}
+			if tc.name == "REDIS_URL" { // a backend's own settings are checked when it is chosen
+				env["EVENT_BUS_BACKEND"] = "redis"
+			}
+			code, out, errOut := pulse(t, env, "config")
 			require.Equal(t, 2, code, "stdout: %s\nstderr: %s", out, errOut)
 			require.Contains(t, errOut, fmt.Sprintf("invalid %s=%q", tc.name, tc.value))
 			require.Contains(t, errOut, "accepted: ")

@@ -14,6 +14,7 @@ import (
 	"testing"
 	"time"
 
+	"github.com/nats-io/nats.go"
 	"github.com/stretchr/testify/require"
 
 	"github.com/pulse-bus/pulse/feedback"
@@ -120,4 +121,63 @@ func TestDisabledConsumerStartLine(t *testing.T) {
 	require.NotContains(t, s.start["bus"], "embedded on")
 	s.ready(t)
 	stoppedClean(t, s, syscall.SIGTERM)
+}
+
+// TestEmbeddedServerRequiresItsToken proves PULSE_NATS_TOKEN closes the embedded server: on
+// every interface with a token, a client without it is refused (it can neither publish a
+// hard event nor delete the stream), `pulse publish` given the token works, one without it
+// is told which setting it lacks, and the token shows nowhere.
+func TestEmbeddedServerRequiresItsToken(t *testing.T) {
+	const token = "e2e-nats-t0ken"
+	port := strconv.Itoa(freePort(t))
+	env := map[string]string{
+		"PULSE_NATS_LISTEN": "0.0.0.0:" + port,
+		"PULSE_NATS_TOKEN":  token,
+		"PULSE_HTTP_ADDR":   "127.0.0.1:0",
+		"PULSE_DATA_DIR":    t.TempDir(),
+	}
+	s := startRun(t, env)
+	s.ready(t)
+
+	_, err := nats.Connect("nats://127.0.0.1:"+port, nats.MaxReconnects(0))
+	require.ErrorIs(t, err, nats.ErrAuthorization, "an unauthenticated client is refused")
+	_, err = nats.Connect("nats://wrong@127.0.0.1:"+port, nats.MaxReconnects(0))
+	require.ErrorIs(t, err, nats.ErrAuthorization)
+	nc, err := nats.Connect("nats://127.0.0.1:"+port, nats.Token(token))
+	require.NoError(t, err, "the token opens it")
+	nc.Close()
+
+	client := map[string]string{"PULSE_NATS_LISTEN": "127.0.0.1:" + port}
+	code, _, errOut := pulse(t, client, "publish", "--coordinator", "c1", "--level", "hard")
+	require.Equal(t, 1, code)
+	require.Contains(t, errOut, "the server requires credentials: set PULSE_NATS_TOKEN")
+	require.Equal(t, 60.0, s.rate(t))
+
+	client["PULSE_NATS_TOKEN"] = token
+	code, _, errOut = pulse(t, client, "publish", "--coordinator", "c1", "--level", "hard")
+	require.Equal(t, 0, code, errOut)
+	s.waitRate(t, 1)
+
+	code, out, _ := pulse(t, env, "config")
+	require.Equal(t, 0, code)
+	require.Contains(t, out, "PULSE_NATS_TOKEN=xxxxx")
+	require.NotContains(t, out, token)
+	stoppedClean(t, s, syscall.SIGTERM)
+	require.NotContains(t, s.logs.String(), token)
+}
+
+// TestExposedEmbeddedServerNeedsAToken proves `pulse run` refuses to host the embedded server
+// on a non-loopback address without PULSE_NATS_TOKEN (exit 2, naming both variables), while
+// loopback needs no set-up.
+func TestExposedEmbeddedServerNeedsAToken(t *testing.T) {
+	for _, listen := range []string{"0.0.0.0:", ":", "[::]:"} {
+		env := map[string]string{"PULSE_NATS_LISTEN": listen + strconv.Itoa(freePort(t)), "PULSE_HTTP_ADDR": "127.0.0.1:0", "PULSE_DATA_DIR": t.TempDir()}
+		code, _, errOut := pulse(t, env, "run")
+		require.Equal(t, 2, code, "%s: %s", listen, errOut)
+		require.Contains(t, errOut, `invalid PULSE_NATS_LISTEN="`+env["PULSE_NATS_LISTEN"]+`"`)
+		require.Contains(t, errOut, "once PULSE_NATS_TOKEN is set")
+	}
+	code, _, errOut := pulse(t, map[string]string{"PULSE_NATS_LISTEN": "0.0.0.0:1", "PULSE_DATA_DIR": t.TempDir()}, "run", "--nats-listen", "0.0.0.0:1")
+	require.Equal(t, 2, code)
+	require.Contains(t, errOut, `invalid --nats-listen="0.0.0.0:1" (PULSE_NATS_LISTEN)`)
 }

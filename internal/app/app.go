@@ -118,7 +118,7 @@ func (a *App) start(ctx context.Context) error {
 
 	busCfg := a.cfg.Bus
 	if a.cfg.EmbeddedNATS() {
-		s, err := embedded.Start(ctx, embedded.Options{Listen: busCfg.NATSListen, DataDir: busCfg.DataDir, Logger: a.log})
+		s, err := embedded.Start(ctx, embedded.Options{Listen: busCfg.NATSListen, DataDir: busCfg.DataDir, Token: busCfg.NATSToken, Logger: a.log})
 		if err != nil {
 			return fmt.Errorf("app: embedded JetStream server on %s (PULSE_NATS_LISTEN) with store %s (PULSE_DATA_DIR): %w",
 				busCfg.NATSListen, busCfg.DataDir, err)

@@ -152,6 +152,10 @@ func cmdRun(ctx context.Context, args []string, env Env) int {
 	if !ok {
 		return code
 	}
+	if err := cfg.checkExposure(); err != nil {
+		fmt.Fprintf(env.Stderr, "pulse run: %v\n", err)
+		return ExitUsage
+	}
 	log := newLogger(cfg, env.Stderr)
 	a, err := New(cfg, log)
 	if err != nil {

@@ -7,7 +7,6 @@ import (
 	"io"
 	"log/slog"
 	"net"
-	"net/url"
 	"os"
 	"path/filepath"
 	"slices"
@@ -19,6 +18,8 @@ import (
 	"github.com/pulse-bus/pulse/feedback"
 	"github.com/pulse-bus/pulse/internal/envconf"
 	"github.com/pulse-bus/pulse/transport"
+	"github.com/pulse-bus/pulse/transport/jetstream"
+	"github.com/pulse-bus/pulse/transport/jetstream/embedded"
 	"github.com/pulse-bus/pulse/transport/redis"
 )
 
@@ -99,7 +100,12 @@ var settings = []setting{
 	{env: "EVENT_BUS_BACKEND", flag: "backend", usage: "bus backend: inmem, redis or jetstream", show: func(c *Config) string { return c.Bus.Backend }},
 	{env: "NATS_URL", flag: "nats-url", usage: "NATS server URL(s), comma-separated; unset: the embedded server", show: func(c *Config) string { return transport.RedactURLs(c.Bus.NATSURL) }},
 	{env: "PULSE_NATS_LISTEN", flag: "nats-listen", usage: "embedded JetStream server address (host:port)", show: func(c *Config) string { return c.Bus.NATSListen }},
-	{env: "PULSE_NATS_CREDS", flag: "nats-creds", usage: "NATS credentials file", show: func(c *Config) string { return c.Bus.NATSCredsFile }},
+	{env: "PULSE_NATS_TOKEN", usage: "", show: func(c *Config) string { return maskToken(c.Bus.NATSToken) }},
+	{env: "PULSE_NATS_CREDS", flag: "nats-creds", usage: "NATS credentials file (user JWT and nkey seed)", show: func(c *Config) string { return c.Bus.NATSCredsFile }},
+	{env: "PULSE_NATS_NKEY", flag: "nats-nkey", usage: "file holding a NATS user nkey seed", show: func(c *Config) string { return c.Bus.NATSNKeyFile }},
+	{env: "PULSE_NATS_TLS_CA", flag: "nats-tls-ca", usage: "PEM file of the CAs that sign the NATS server's certificate", show: func(c *Config) string { return c.Bus.NATSTLSCA }},
+	{env: "PULSE_NATS_TLS_CERT", flag: "nats-tls-cert", usage: "PEM client certificate for NATS servers that verify clients", show: func(c *Config) string { return c.Bus.NATSTLSCert }},
+	{env: "PULSE_NATS_TLS_KEY", flag: "nats-tls-key", usage: "PEM key of PULSE_NATS_TLS_CERT", show: func(c *Config) string { return c.Bus.NATSTLSKey }},
 	{env: "PULSE_DATA_DIR", flag: "data-dir", usage: "embedded JetStream server's store directory", show: func(c *Config) string { return c.Bus.DataDir }},
 	{env: "REDIS_URL", flag: "redis-url", usage: "redis:// or rediss:// URL", show: func(c *Config) string { return transport.RedactURLs(c.Bus.RedisURL) }},
 	{env: "MD_NAMESPACE", flag: "namespace", usage: "bus namespace ([a-z0-9_-]+)", show: func(c *Config) string { return c.Bus.Namespace }},
@@ -265,12 +271,14 @@ func (c *Config) validate() error {
 	if !slices.Contains(transport.Backends(), b.Backend) {
 		return &envconf.Error{Var: "EVENT_BUS_BACKEND", Value: b.Backend, Accepted: strings.Join(transport.Backends(), ", ")}
 	}
-	if _, err := redis.ParseURL(b.RedisURL); err != nil {
-		return err
-	}
-	if b.NATSURL != "" {
-		if err := checkURLs(b.NATSURL, "nats", "tls", "ws", "wss"); err != nil {
-			return &envconf.Error{Var: "NATS_URL", Value: transport.RedactURLs(b.NATSURL), Accepted: "unset (embedded server) or comma-separated nats://, tls://, ws:// or wss:// URLs (" + err.Error() + ")"}
+	switch b.Backend { // each backend's own settings, checked by its driver
+	case redis.Name:
+		if _, err := redis.ParseURL(b.RedisURL); err != nil {
+			return err
+		}
+	case jetstream.Name:
+		if err := jetstream.CheckConfig(*b); err != nil {
+			return err
 		}
 	}
 	if err := checkHostPort(b.NATSListen); err != nil {
@@ -287,21 +295,22 @@ func (c *Config) validate() error {
 
 func fmtFloat(f float64) string { return strconv.FormatFloat(f, 'g', -1, 64) }
 
-// checkURLs checks a comma-separated list of URLs with one of schemes and a host.
-func checkURLs(list string, schemes ...string) error {
-	for _, raw := range strings.Split(list, ",") {
-		u, err := url.Parse(strings.TrimSpace(raw))
-		if err != nil {
-			return errors.New("not a URL")
-		}
-		if !slices.Contains(schemes, u.Scheme) {
-			return fmt.Errorf("scheme %q", u.Scheme)
-		}
-		if u.Host == "" {
-			return errors.New("no host")
-		}
+// checkExposure refuses an embedded JetStream server listening beyond this machine without
+// PULSE_NATS_TOKEN: anyone who reaches it could publish a hard event, or delete the streams.
+func (c *Config) checkExposure() error {
+	if !c.Enabled || !c.EmbeddedNATS() || embedded.Loopback(c.Bus.NATSListen) {
+		return nil
 	}
-	return nil
+	if t := c.Bus.NATSToken; t != "" && t != "unset" {
+		return nil
+	}
+	ce := &ConfigError{Var: "PULSE_NATS_LISTEN", Value: c.Bus.NATSListen,
+		Accepted: "a loopback address such as 127.0.0.1:4223, or any address once PULSE_NATS_TOKEN is set: " +
+			"without a token the embedded server lets anyone who reaches it publish, consume and delete streams"}
+	if c.sources["PULSE_NATS_LISTEN"] == "flag" {
+		ce.Flag = flagFor(ce.Var)
+	}
+	return ce
 }
 
 func checkHostPort(addr string) error {

@@ -76,6 +76,7 @@ func TestConfigMasksSecrets(t *testing.T) {
 	require.Contains(t, out, "REDIS_URL=rediss://user:xxxxx@redis.example:6380/2")
 	require.Contains(t, out, "NATS_URL=nats://xxxxx@n1:4222,nats://u:xxxxx@n2:4222")
 
+	env["EVENT_BUS_BACKEND"] = "redis" // REDIS_URL is the redis backend's to check
 	for _, bad := range []string{"http://user:pw-SECRET-5@h/0", "redis://h:6379/0?password=pw-SECRET-6"} {
 		env["REDIS_URL"] = bad
 		code, _, errOut = runMain(t, env, "config")

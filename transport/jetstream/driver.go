@@ -6,7 +6,6 @@ import (
 	"fmt"
 	"log/slog"
 	"net/url"
-	"os"
 	"slices"
 	"strings"
 	"sync"
@@ -91,9 +90,11 @@ type Options struct {
 	InProcess nats.InProcessConnProvider
 }
 
-// Open connects to the NATS servers of cfg.NATSURL (comma-separated nats:// or tls:// URLs,
-// credentials in the URL or in cfg.NATSCredsFile) or, when it is empty, to the embedded
-// server's address nats://{cfg.NATSListen}. The connection reconnects forever. Open fails if
+// Open connects to the NATS servers of cfg.NATSURL (comma-separated nats:// or tls:// URLs)
+// or, when it is empty, to the embedded server's address nats://{cfg.NATSListen}. It signs in
+// with one of: the credentials in the URL, cfg.NATSToken, cfg.NATSCredsFile (JWT and nkey
+// seed) or cfg.NATSNKeyFile (an nkey seed), and trusts cfg.NATSTLSCA's CAs and presents
+// cfg.NATSTLSCert for TLS (see CheckConfig). The connection reconnects forever. Open fails if
 // no server answers or the server has no JetStream.
 func Open(ctx context.Context, cfg transport.Config) (*Driver, error) {
 	return OpenWith(ctx, cfg, Options{})
@@ -143,27 +144,17 @@ func OpenWith(ctx context.Context, cfg transport.Config, o Options) (*Driver, er
 			d.log.Warn("NATS asynchronous error", "subject", subj, "err", err)
 		}),
 	}
-	if cfg.NATSCredsFile != "" {
-		f, err := os.Open(cfg.NATSCredsFile)
-		if err != nil {
-			return nil, &transport.ConfigError{Var: "PULSE_NATS_CREDS", Value: cfg.NATSCredsFile, Accepted: "a readable NATS credentials file (.creds): " + err.Error()}
-		}
-		f.Close()
-		opts = append(opts, nats.UserCredentials(cfg.NATSCredsFile))
+	auth, err := authOptions(cfg, servers)
+	if err != nil {
+		return nil, err
 	}
+	opts = append(opts, auth...)
 	if o.InProcess != nil {
 		opts = append(opts, nats.InProcessServer(o.InProcess))
 	}
 	nc, err := nats.Connect(strings.Join(servers, ","), opts...)
-	if errors.Is(err, nats.ErrAuthorization) || errors.Is(err, nats.ErrAuthExpired) || errors.Is(err, nats.ErrAuthRevoked) {
-		return nil, fmt.Errorf("jetstream: connect to %s: credentials refused (check the user:password or token in NATS_URL, or PULSE_NATS_CREDS): %w", redactList(servers), err)
-	}
 	if err != nil {
-		hint := ""
-		if cfg.NATSURL == "" {
-			hint = " (NATS_URL is unset, so this is the embedded server's address PULSE_NATS_LISTEN: is `pulse run` up?)"
-		}
-		return nil, fmt.Errorf("jetstream: connect to %s%s: %w: %w", redactList(servers), hint, transport.ErrUnavailable, err)
+		return nil, connectError(cfg, servers, err)
 	}
 	d.nc = nc
 	d.conn.set(nc.IsConnected())

@@ -44,7 +44,12 @@ var ErrStart = errors.New("embedded: nats-server did not start")
 // DefaultListen with its store under DefaultDataDir.
 type Options struct {
 	// Listen is the client address, host:port; port 0 or -1 picks a free port (tests).
+	// Anything but a loopback address (Loopback) should come with a Token: without one the
+	// server lets every client that reaches it publish, consume and delete streams.
 	Listen string
+	// Token, when set, is required of every client (nats.Token, or nats://TOKEN@host), the
+	// in-process connections of this process included. Empty accepts anyone.
+	Token string
 	// DataDir is the root of the JetStream file store; the server writes DataDir/jetstream.
 	DataDir string
 	// MaxMemory and MaxStore cap what JetStream may use in memory and on disk, in bytes.
@@ -159,7 +164,8 @@ func (o Options) serverOptions() (*server.Options, error) {
 		JetStreamMaxStore:  o.MaxStore,
 		NoSigs:             true,
 		// Logging goes through SetLoggerV2; NoLog keeps the server from configuring its own.
-		NoLog: true,
+		NoLog:         true,
+		Authorization: o.Token,
 	}
 	if c := o.Cluster; c != nil {
 		if c.Name == "" || len(c.Routes) == 0 || o.ServerName == "" {
@@ -201,6 +207,21 @@ func (s *Server) waitReady(ctx context.Context, fatal <-chan string) error {
 		default:
 		}
 	}
+}
+
+// Loopback reports whether the host of listen (host:port) is a loopback address (127.0.0.0/8,
+// ::1 or localhost), so that only this machine can reach the server. An empty host, 0.0.0.0
+// and :: listen on every interface.
+func Loopback(listen string) bool {
+	host, _, err := net.SplitHostPort(listen)
+	if err != nil {
+		return false
+	}
+	if host == "localhost" {
+		return true
+	}
+	ip := net.ParseIP(host)
+	return ip != nil && ip.IsLoopback()
 }
 
 // ClientURL is the URL clients connect to, e.g. nats://127.0.0.1:4223.
