@@ -98,9 +98,9 @@ type Config struct {
 	SharedIdempotency bool
 
 	// Backend settings.
-	RedisURL       string        // REDIS_URL
-	NATSURL        string        // NATS_URL; "" = the embedded server
-	NATSCredsFile  string        // PULSE_NATS_CREDS: a JWT + nkey seed credentials file
+	RedisURL      string // REDIS_URL
+	NATSURL       string // NATS_URL; "" = the embedded server
+	NATSCredsFile string // PULSE_NATS_CREDS: a JWT + nkey seed credentials file
 	// NATSToken (PULSE_NATS_TOKEN, a secret) is the token the embedded server requires of
 	// every client and that clients present to the NATS server (unless NATS_URL carries
 	// credentials of its own).
@@ -110,9 +110,9 @@ type Config struct {
 	// NATSTLSCA (PULSE_NATS_TLS_CA) is a PEM file of the CAs that sign the server's
 	// certificate; NATSTLSCert and NATSTLSKey (PULSE_NATS_TLS_CERT, PULSE_NATS_TLS_KEY) are
 	// the client's certificate and key, for servers that verify clients (mutual TLS).
-	NATSTLSCA   string
-	NATSTLSCert string
-	NATSTLSKey  string
+	NATSTLSCA      string
+	NATSTLSCert    string
+	NATSTLSKey     string
 	NATSListen     string        // PULSE_NATS_LISTEN
 	DataDir        string        // PULSE_DATA_DIR
 	StreamMaxAge   time.Duration // PULSE_STREAM_MAX_AGE
