@@ -8,6 +8,7 @@ import (
 
 	"github.com/pulse-bus/pulse/envelope"
 	"github.com/pulse-bus/pulse/transport"
+	"github.com/pulse-bus/pulse/transport/driver"
 )
 
 // Pulse contenders open their bus by backend name through the registry, as an application
@@ -78,9 +79,9 @@ func pulseConsume(ctx context.Context, bus *transport.Bus, env *Env, stream stri
 }
 
 // pulseAcked waits until the driver reports no pending deliveries for the bench group, if the
-// driver implements transport.StreamAdmin.
+// driver implements driver.StreamAdmin.
 func pulseAcked(ctx context.Context, bus *transport.Bus, stream string) error {
-	adm, ok := bus.Driver().(transport.StreamAdmin)
+	adm, ok := bus.Driver().(driver.StreamAdmin)
 	if !ok {
 		return nil
 	}

@@ -14,6 +14,7 @@ import (
 	"github.com/pulse-bus/pulse/feedback"
 	"github.com/pulse-bus/pulse/internal/envconf"
 	"github.com/pulse-bus/pulse/transport"
+	"github.com/pulse-bus/pulse/transport/driver"
 	"github.com/pulse-bus/pulse/transport/inmem"
 )
 
@@ -118,11 +119,11 @@ func startPipeline(t *testing.T, bus *transport.Bus, pub feedback.Publisher, cfg
 }
 
 // stored reads every message retained on stream.
-func stored(t *testing.T, bus *transport.Bus, stream string) []transport.StoredMessage {
+func stored(t *testing.T, bus *transport.Bus, stream string) []driver.StoredMessage {
 	t.Helper()
-	var out []transport.StoredMessage
-	admin := bus.Driver().(transport.StreamAdmin)
-	require.NoError(t, admin.Range(context.Background(), stream, 0, func(m transport.StoredMessage) error {
+	var out []driver.StoredMessage
+	admin := bus.Driver().(driver.StreamAdmin)
+	require.NoError(t, admin.Range(context.Background(), stream, 0, func(m driver.StoredMessage) error {
 		out = append(out, m)
 		return nil
 	}))

@@ -8,13 +8,15 @@ import (
 	"time"
 
 	"github.com/pulse-bus/pulse/envelope"
+
+	"github.com/pulse-bus/pulse/transport/driver"
 )
 
 // Bus is the portable API over one driver: it encodes and publishes envelopes, and runs
 // subscriptions that decode, de-duplicate, hand deliveries to a Handler and settle them with
 // the policies of DESIGN.md. A Bus is safe for concurrent use.
 type Bus struct {
-	drv   Driver
+	drv   driver.Driver
 	cfg   Config
 	codec *envelope.Codec
 	idem  IdempotencyStore
@@ -26,7 +28,7 @@ type Bus struct {
 
 // New returns a Bus over an open driver, which it then owns (Close closes it). cfg is
 // completed with defaults and validated.
-func New(drv Driver, cfg Config) (*Bus, error) {
+func New(drv driver.Driver, cfg Config) (*Bus, error) {
 	cfg = cfg.withDefaults()
 	if err := cfg.Validate(); err != nil {
 		return nil, err
@@ -43,7 +45,7 @@ func New(drv Driver, cfg Config) (*Bus, error) {
 		subs: map[*Subscription]struct{}{},
 	}
 	if b.idem == nil && cfg.SharedIdempotency {
-		if p, ok := drv.(IdempotencyProvider); ok {
+		if p, ok := drv.(driver.IdempotencyProvider); ok {
 			store, err := p.IdempotencyStore(context.Background(), cfg.IdempotencyTTL)
 			if err != nil {
 				return nil, fmt.Errorf("transport: shared idempotency record: %w", err)
@@ -66,7 +68,7 @@ func (b *Bus) Config() Config { return b.cfg }
 func (b *Bus) Codec() *envelope.Codec { return b.codec }
 
 // Driver returns the underlying driver, for optional interfaces such as StreamAdmin.
-func (b *Bus) Driver() Driver { return b.drv }
+func (b *Bus) Driver() driver.Driver { return b.drv }
 
 func (b *Bus) isClosed() bool {
 	b.mu.Lock()
@@ -122,7 +124,7 @@ func (b *Bus) Ping(ctx context.Context) error {
 	if b.isClosed() {
 		return ErrClosed
 	}
-	if p, ok := b.drv.(Pinger); ok {
+	if p, ok := b.drv.(driver.Pinger); ok {
 		return p.Ping(ctx)
 	}
 	return nil

@@ -181,7 +181,8 @@ func (c Config) withDefaults() Config {
 // variable, the value and what is accepted.
 type ConfigError = envconf.Error
 
-// Validate checks the configuration; errors are *ConfigError.
+// Validate checks the configuration: the portable settings, then the settings of
+// c.Backend with the check its driver registered (see Register); errors are *ConfigError.
 func (c Config) Validate() error {
 	c = c.withDefaults()
 	switch {
@@ -208,7 +209,7 @@ func (c Config) Validate() error {
 	case c.StreamMaxLen < 0:
 		return &ConfigError{Var: "PULSE_STREAM_MAX_LEN", Value: strconv.FormatInt(c.StreamMaxLen, 10), Accepted: "0 (unlimited) or a positive number of messages"}
 	}
-	return nil
+	return checkBackend(c)
 }
 
 // validName accepts names that are safe as Redis group names, JetStream durable names and

@@ -4,6 +4,8 @@ import (
 	"sync"
 
 	"github.com/pulse-bus/pulse/envelope"
+
+	"github.com/pulse-bus/pulse/transport/driver"
 )
 
 // parallelDecodeMin is the smallest batch whose decoding a subscription shares with a helper
@@ -22,7 +24,7 @@ const parallelDecodeMin = 32
 // before it returns.
 type batchDecoder struct {
 	codec *envelope.Codec
-	batch []*RawDelivery
+	batch []*driver.Delivery
 
 	// Filled by the helper for the messages it claimed; read by get after done is closed.
 	envs []*envelope.Envelope
@@ -34,7 +36,7 @@ type batchDecoder struct {
 }
 
 // newBatchDecoder starts decoding batch, with a helper goroutine if it is large enough.
-func newBatchDecoder(codec *envelope.Codec, batch []*RawDelivery) *batchDecoder {
+func newBatchDecoder(codec *envelope.Codec, batch []*driver.Delivery) *batchDecoder {
 	b := &batchDecoder{codec: codec, batch: batch}
 	if len(batch) >= parallelDecodeMin {
 		b.envs = make([]*envelope.Envelope, len(batch))

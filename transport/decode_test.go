@@ -8,6 +8,8 @@ import (
 	"github.com/stretchr/testify/require"
 
 	"github.com/pulse-bus/pulse/envelope"
+
+	"github.com/pulse-bus/pulse/transport/driver"
 )
 
 // TestBatchDecoder: whatever the batch size, the handler's pace and where it stops, get
@@ -24,9 +26,9 @@ func TestBatchDecoder(t *testing.T) {
 		return b
 	}
 	for _, n := range []int{0, 1, parallelDecodeMin - 1, parallelDecodeMin, 100, 256} {
-		batch := make([]*RawDelivery, n)
+		batch := make([]*driver.Delivery, n)
 		for i := range batch {
-			batch[i] = &RawDelivery{RawMessage: RawMessage{Body: body(i)}}
+			batch[i] = &driver.Delivery{Message: RawMessage{Body: body(i)}}
 		}
 		for _, stopAt := range []int{n, n / 2, 0} {
 			for _, slow := range []bool{false, true} {

@@ -12,6 +12,7 @@ import (
 	"go.uber.org/goleak"
 
 	"github.com/pulse-bus/pulse/transport"
+	"github.com/pulse-bus/pulse/transport/driver"
 )
 
 func TestMain(m *testing.M) { goleak.VerifyTestMain(m) }
@@ -70,8 +71,8 @@ func (d *fakeDriver) Publish(_ context.Context, stream string, msgs []transport.
 	return ids, nil
 }
 
-func (d *fakeDriver) Subscribe(_ context.Context, stream string, opts transport.DriverSubscribeOptions) (transport.DriverSubscription, error) {
-	s := &fakeSub{d: d, stream: stream, opts: opts, batches: make(chan []*transport.RawDelivery, 10),
+func (d *fakeDriver) Subscribe(_ context.Context, stream string, opts driver.SubscribeOptions) (driver.Subscription, error) {
+	s := &fakeSub{d: d, stream: stream, opts: opts, batches: make(chan []*driver.Delivery, 10),
 		recvErr: make(chan error, 10), done: make(chan struct{})}
 	d.mu.Lock()
 	d.subs = append(d.subs, s)
@@ -121,8 +122,8 @@ func (d *fakeDriver) nextSub(t *testing.T) *fakeSub {
 type fakeSub struct {
 	d         *fakeDriver
 	stream    string
-	opts      transport.DriverSubscribeOptions
-	batches   chan []*transport.RawDelivery
+	opts      driver.SubscribeOptions
+	batches   chan []*driver.Delivery
 	recvErr   chan error
 	done      chan struct{}
 	closeOnce sync.Once
@@ -131,7 +132,7 @@ type fakeSub struct {
 	ackGate chan struct{}
 }
 
-func (s *fakeSub) Receive(ctx context.Context, _ int) ([]*transport.RawDelivery, error) {
+func (s *fakeSub) Receive(ctx context.Context, _ int) ([]*driver.Delivery, error) {
 	select {
 	case b := <-s.batches:
 		return b, nil
@@ -144,7 +145,7 @@ func (s *fakeSub) Receive(ctx context.Context, _ int) ([]*transport.RawDelivery,
 	}
 }
 
-func tidsOf(ds []*transport.RawDelivery) []string {
+func tidsOf(ds []*driver.Delivery) []string {
 	out := make([]string, len(ds))
 	for i, d := range ds {
 		out[i] = d.TransportID
@@ -152,7 +153,7 @@ func tidsOf(ds []*transport.RawDelivery) []string {
 	return out
 }
 
-func (s *fakeSub) Ack(_ context.Context, ds []*transport.RawDelivery) error {
+func (s *fakeSub) Ack(_ context.Context, ds []*driver.Delivery) error {
 	s.d.calls <- call{kind: "ack", stream: s.stream, tids: tidsOf(ds)}
 	if s.ackGate != nil {
 		<-s.ackGate
@@ -160,12 +161,12 @@ func (s *fakeSub) Ack(_ context.Context, ds []*transport.RawDelivery) error {
 	return nil
 }
 
-func (s *fakeSub) Nak(_ context.Context, d *transport.RawDelivery, delay time.Duration) error {
+func (s *fakeSub) Nak(_ context.Context, d *driver.Delivery, delay time.Duration) error {
 	s.d.calls <- call{kind: "nak", stream: s.stream, tids: []string{d.TransportID}, delay: delay}
 	return nil
 }
 
-func (s *fakeSub) Term(_ context.Context, d *transport.RawDelivery) error {
+func (s *fakeSub) Term(_ context.Context, d *driver.Delivery) error {
 	s.d.calls <- call{kind: "term", stream: s.stream, tids: []string{d.TransportID}}
 	return nil
 }
@@ -176,10 +177,10 @@ func (s *fakeSub) Close() error {
 }
 
 // deliver hands one batch to the subscription.
-func (s *fakeSub) deliver(ds ...*transport.RawDelivery) { s.batches <- ds }
+func (s *fakeSub) deliver(ds ...*driver.Delivery) { s.batches <- ds }
 
-func raw(tid string, attempt int, body []byte) *transport.RawDelivery {
-	return &transport.RawDelivery{RawMessage: transport.RawMessage{Body: body}, TransportID: tid, Attempt: attempt}
+func raw(tid string, attempt int, body []byte) *driver.Delivery {
+	return &driver.Delivery{Message: transport.RawMessage{Body: body}, TransportID: tid, Attempt: attempt}
 }
 
 // errIdem is an idempotency store that always fails.

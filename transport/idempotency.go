@@ -7,16 +7,6 @@ import (
 	"time"
 )
 
-// IdempotencyStore records which messages a group has handled. Keys are recorded with Done
-// only after the handler succeeded, so a failed attempt is retried rather than skipped.
-// Implementations are safe for concurrent use.
-type IdempotencyStore interface {
-	// Seen reports whether key was recorded as done (and has not expired).
-	Seen(ctx context.Context, key string) (bool, error)
-	// Done records key as done.
-	Done(ctx context.Context, key string) error
-}
-
 // MemoryIdempotency is a bounded record of handled keys, private to one process. Each key is
 // kept for ttl after it was recorded, and the record always holds the size keys recorded last
 // (with the size before them, at most 2×size in all): keys go into a current generation, and

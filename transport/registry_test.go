@@ -9,6 +9,7 @@ import (
 	"github.com/stretchr/testify/require"
 
 	"github.com/pulse-bus/pulse/transport"
+	"github.com/pulse-bus/pulse/transport/driver"
 )
 
 // fakeProvider is a driver whose shared idempotency record cannot be had.
@@ -19,15 +20,15 @@ func (fakeProvider) IdempotencyStore(context.Context, time.Duration) (transport.
 }
 
 func init() {
-	transport.Register("unit-fake", func(context.Context, transport.Config) (transport.Driver, error) {
+	transport.Register("unit-fake", func(context.Context, transport.Config) (driver.Driver, error) {
 		return newFakeDriver(), nil
-	})
-	transport.Register("unit-failing", func(context.Context, transport.Config) (transport.Driver, error) {
+	}, nil)
+	transport.Register("unit-failing", func(context.Context, transport.Config) (driver.Driver, error) {
 		return nil, errors.New("cannot connect")
-	})
-	transport.Register("unit-provider", func(context.Context, transport.Config) (transport.Driver, error) {
+	}, nil)
+	transport.Register("unit-provider", func(context.Context, transport.Config) (driver.Driver, error) {
 		return lastProvider.set(fakeProvider{newFakeDriver()}), nil
-	})
+	}, nil)
 }
 
 // lastProvider remembers the driver the unit-provider backend opened last.
@@ -57,10 +58,10 @@ func TestRegistryBackendsSorted(t *testing.T) {
 // TestRegisterPanicsOnMisuse proves that an empty name, a nil OpenFunc and a name registered
 // twice are caught at start-up.
 func TestRegisterPanicsOnMisuse(t *testing.T) {
-	open := func(context.Context, transport.Config) (transport.Driver, error) { return nil, nil }
-	require.Panics(t, func() { transport.Register("", open) })
-	require.Panics(t, func() { transport.Register("unit-nil", nil) })
-	require.Panics(t, func() { transport.Register("unit-fake", open) })
+	open := func(context.Context, transport.Config) (driver.Driver, error) { return nil, nil }
+	require.Panics(t, func() { transport.Register("", open, nil) })
+	require.Panics(t, func() { transport.Register("unit-nil", nil, nil) })
+	require.Panics(t, func() { transport.Register("unit-fake", open, nil) })
 }
 
 // TestOpen proves that Open validates the configuration before opening anything, returns the

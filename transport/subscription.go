@@ -17,6 +17,8 @@ import (
 	"golang.org/x/sync/errgroup"
 
 	"github.com/pulse-bus/pulse/envelope"
+
+	"github.com/pulse-bus/pulse/transport/driver"
 )
 
 // settleTimeout bounds one ack, nak, term or dead-letter publish. Settling uses its own
@@ -93,7 +95,7 @@ type Subscription struct {
 	stream string
 	opts   SubscribeOptions
 	h      Handler
-	ds     DriverSubscription
+	ds     driver.Subscription
 	log    *slog.Logger
 	// keyPrefix is "stream/group/", the start of every idempotency key.
 	keyPrefix string
@@ -105,8 +107,8 @@ type Subscription struct {
 	stopWatch    func() bool
 	done         chan struct{}
 
-	localAcks bool                // the driver's Ack does not wait for the broker: ack inline
-	acks      chan []*RawDelivery // a batch's successes, to the acker; sent and closed by run
+	localAcks bool                    // the driver's Ack does not wait for the broker: ack inline
+	acks      chan []*driver.Delivery // a batch's successes, to the acker; sent and closed by run
 	ackerDone chan struct{}
 
 	errMu   sync.Mutex
@@ -140,7 +142,7 @@ func (b *Bus) Subscribe(ctx context.Context, stream string, h Handler, opts Subs
 		return nil, ErrClosed
 	}
 	b.mu.Unlock()
-	ds, err := b.drv.Subscribe(ctx, stream, DriverSubscribeOptions{
+	ds, err := b.drv.Subscribe(ctx, stream, driver.SubscribeOptions{
 		Group:         opts.Group,
 		Consumer:      opts.Consumer,
 		AckWait:       opts.AckWait,
@@ -158,12 +160,12 @@ func (b *Bus) Subscribe(ctx context.Context, stream string, h Handler, opts Subs
 		ds:        ds,
 		log:       b.cfg.Logger.With("stream", stream, "group", opts.Group, "consumer", opts.Consumer),
 		done:      make(chan struct{}),
-		acks:      make(chan []*RawDelivery),
+		acks:      make(chan []*driver.Delivery),
 		ackerDone: make(chan struct{}),
 
 		keyPrefix: stream + "/" + opts.Group + "/",
 	}
-	if la, ok := ds.(LocalAcker); ok {
+	if la, ok := ds.(driver.LocalAcker); ok {
 		s.localAcks = la.AcksAreLocal()
 	}
 	s.fetchCtx, s.cancelFetch = context.WithCancel(ctx)
@@ -313,8 +315,8 @@ func sleepCtx(ctx context.Context, d time.Duration) bool {
 
 // process handles one batch and acks its successes in one call. The batch's lag is measured
 // against one reading of the clock, taken when it arrives.
-func (s *Subscription) process(batch []*RawDelivery) {
-	acks := make([]*RawDelivery, 0, len(batch))
+func (s *Subscription) process(batch []*driver.Delivery) {
+	acks := make([]*driver.Delivery, 0, len(batch))
 	dels := make([]Delivery, len(batch)) // one allocation for the batch's deliveries
 	received := time.Now()
 	if s.opts.Concurrency == 1 {
@@ -373,7 +375,7 @@ func (s *Subscription) acker() {
 
 // ack settles a batch's successes with one driver call (an Ack that does not wait for the
 // broker needs no deadline).
-func (s *Subscription) ack(acks []*RawDelivery) {
+func (s *Subscription) ack(acks []*driver.Delivery) {
 	var err error
 	if s.localAcks {
 		err = s.ds.Ack(context.WithoutCancel(s.handleCtx), acks)
@@ -396,7 +398,7 @@ func (s *Subscription) settleCtx() (context.Context, context.CancelFunc) {
 // decodeErr), filling del (its slot in the batch) for the handler; received is when the batch
 // arrived. It reports whether the delivery is to be acked; every other settlement (nak,
 // dead-letter) is done here.
-func (s *Subscription) handleOne(d *RawDelivery, env *envelope.Envelope, decodeErr error, del *Delivery, received time.Time) (ack bool) {
+func (s *Subscription) handleOne(d *driver.Delivery, env *envelope.Envelope, decodeErr error, del *Delivery, received time.Time) (ack bool) {
 	obs := s.bus.cfg.Observer
 	if d.Attempt > 1 {
 		obs.Redelivered(s.stream)
@@ -495,7 +497,7 @@ func (s *Subscription) callHandler(d *Delivery) (err error) {
 	return s.h(s.handleCtx, d)
 }
 
-func (s *Subscription) nak(d *RawDelivery, delay time.Duration) {
+func (s *Subscription) nak(d *driver.Delivery, delay time.Duration) {
 	ctx, cancel := s.settleCtx()
 	defer cancel()
 	if err := s.ds.Nak(ctx, d, delay); err != nil {
@@ -524,7 +526,7 @@ type DeadLetterFailureObserver interface {
 // deadLetterRetries deliveries past the attempt limit; then it is settled anyway, staying in
 // its stream, and the failure is logged, counted and reported (DeadLetterFailures). No
 // delivery loops for ever and none is dropped without a trace.
-func (s *Subscription) deadLetter(d *RawDelivery, reason string, cause error, track string, outcome Outcome) {
+func (s *Subscription) deadLetter(d *driver.Delivery, reason string, cause error, track string, outcome Outcome) {
 	ctx, cancel := s.settleCtx()
 	defer cancel()
 	why := cause.Error()
@@ -569,7 +571,7 @@ func (s *Subscription) deadLetter(d *RawDelivery, reason string, cause error, tr
 
 // deadLetterFailed handles a dead letter that could not be written: retry the original
 // later, or, past the last attempt, settle it where it is (see deadLetter).
-func (s *Subscription) deadLetterFailed(ctx context.Context, d *RawDelivery, reason string, err error, track string, outcome Outcome) {
+func (s *Subscription) deadLetterFailed(ctx context.Context, d *driver.Delivery, reason string, err error, track string, outcome Outcome) {
 	s.dlqMu.Lock()
 	s.dlqFailures++
 	s.dlqLast = fmt.Errorf("%s %s (%s, attempt %d): %w", s.stream, d.TransportID, reason, d.Attempt, err)

@@ -17,6 +17,7 @@ import (
 
 	"github.com/pulse-bus/pulse/envelope"
 	"github.com/pulse-bus/pulse/transport"
+	"github.com/pulse-bus/pulse/transport/driver"
 	"github.com/pulse-bus/pulse/transport/transporttest"
 )
 
@@ -154,7 +155,7 @@ func TestLocalAcksInline(t *testing.T) {
 // localDriver hands out localSubs.
 type localDriver struct{ *fakeDriver }
 
-func (d localDriver) Subscribe(ctx context.Context, stream string, opts transport.DriverSubscribeOptions) (transport.DriverSubscription, error) {
+func (d localDriver) Subscribe(ctx context.Context, stream string, opts driver.SubscribeOptions) (driver.Subscription, error) {
 	ds, err := d.fakeDriver.Subscribe(ctx, stream, opts)
 	if err != nil {
 		return nil, err
@@ -499,7 +500,7 @@ func TestConcurrentHandlersAckTogether(t *testing.T) {
 	require.NoError(t, err)
 	t.Cleanup(func() { _ = sub.Close() })
 	fs := drv.nextSub(t)
-	batch := make([]*transport.RawDelivery, n)
+	batch := make([]*driver.Delivery, n)
 	for i := range batch {
 		batch[i] = raw(strconv.Itoa(i), 1, body(t, bus, i))
 	}

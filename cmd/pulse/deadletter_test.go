@@ -17,6 +17,7 @@ import (
 
 	"github.com/pulse-bus/pulse/feedback"
 	"github.com/pulse-bus/pulse/transport"
+	"github.com/pulse-bus/pulse/transport/driver"
 	"github.com/pulse-bus/pulse/transport/jetstream"
 )
 
@@ -28,9 +29,9 @@ func poisonOfSize(n int) []byte {
 }
 
 // groupInfo is the feedback stream's state for group.
-func groupInfo(t *testing.T, bus *transport.Bus, group string) transport.StreamInfo {
+func groupInfo(t *testing.T, bus *transport.Bus, group string) driver.StreamInfo {
 	t.Helper()
-	info, err := bus.Driver().(transport.StreamAdmin).Info(context.Background(), feedback.StreamFeedback, group)
+	info, err := bus.Driver().(driver.StreamAdmin).Info(context.Background(), feedback.StreamFeedback, group)
 	require.NoError(t, err)
 	return info
 }
@@ -65,15 +66,15 @@ func TestOversizedPoisonOnJetStream(t *testing.T) {
 	code, list, errOut := pulse(t, env, "dlq", "list")
 	require.Equal(t, 0, code, errOut)
 	require.Contains(t, list, "kept in telemetry.feedback")
-	kept, err := bus.Driver().(transport.StreamAdmin).Get(context.Background(), feedback.StreamFeedback, ids[0])
+	kept, err := bus.Driver().(driver.StreamAdmin).Get(context.Background(), feedback.StreamFeedback, ids[0])
 	require.NoError(t, err)
 	require.Equal(t, sha256.Sum256(body), sha256.Sum256(kept.Body), "the original stays, byte for byte")
 
 	code, out, errOut := pulse(t, env, "dlq", "replay")
 	require.Equal(t, 0, code, errOut)
 	require.Contains(t, out, "replayed 1 dead letter(s)")
-	var replayed transport.StoredMessage
-	require.NoError(t, bus.Driver().(transport.StreamAdmin).Range(context.Background(), feedback.StreamFeedback, 0, func(m transport.StoredMessage) error {
+	var replayed driver.StoredMessage
+	require.NoError(t, bus.Driver().(driver.StreamAdmin).Range(context.Background(), feedback.StreamFeedback, 0, func(m driver.StoredMessage) error {
 		replayed = m
 		return nil
 	}))
@@ -97,8 +98,8 @@ func TestBigPoisonOnRedis(t *testing.T) {
 	require.NoError(t, err)
 	s.waitMetric(t, `pulse_dlq_total{reason="invalid_payload",stream="telemetry.feedback"}`, 1)
 	eventually(t, "nothing pending", func() bool { return groupInfo(t, bus, s.start["group"].(string)).Pending == 0 })
-	var letter transport.StoredMessage
-	require.NoError(t, bus.Driver().(transport.StreamAdmin).Range(context.Background(), feedback.StreamFeedback+transport.DLQSuffix, 0, func(m transport.StoredMessage) error {
+	var letter driver.StoredMessage
+	require.NoError(t, bus.Driver().(driver.StreamAdmin).Range(context.Background(), feedback.StreamFeedback+transport.DLQSuffix, 0, func(m driver.StoredMessage) error {
 		letter = m
 		return nil
 	}))
@@ -146,7 +147,7 @@ func TestUnwritableDeadLetterSettled(t *testing.T) {
 	require.Equal(t, uint64(5), st.Consumer.Failures)
 	require.Contains(t, st.Consumer.Last, "stream name collision")
 	require.Contains(t, s.logs.String(), "settled without a dead letter and stays in its stream")
-	kept, err := bus.Driver().(transport.StreamAdmin).Get(context.Background(), feedback.StreamFeedback, ids[0])
+	kept, err := bus.Driver().(driver.StreamAdmin).Get(context.Background(), feedback.StreamFeedback, ids[0])
 	require.NoError(t, err)
 	require.Equal(t, "{not json", string(kept.Body), "the original is still there")
 	s.waitMetric(t, `pulse_consume_total{outcome="rejected",stream="telemetry.feedback",track="unknown"}`, 1)

@@ -19,6 +19,7 @@ import (
 	"github.com/pulse-bus/pulse/envelope"
 	"github.com/pulse-bus/pulse/feedback"
 	"github.com/pulse-bus/pulse/transport"
+	"github.com/pulse-bus/pulse/transport/driver"
 	"github.com/pulse-bus/pulse/transport/jetstream/embedded"
 )
 
@@ -338,7 +339,7 @@ func takeAndDie(t *testing.T, b loopBus, group string, ackWait time.Duration) {
 	bus, err := transport.Open(ctx, b.cfg)
 	require.NoError(t, err)
 	defer bus.Close()
-	ghost, err := bus.Driver().Subscribe(ctx, feedback.StreamFeedback, transport.DriverSubscribeOptions{
+	ghost, err := bus.Driver().Subscribe(ctx, feedback.StreamFeedback, driver.SubscribeOptions{
 		Group: group, Consumer: "ghost", AckWait: ackWait, MaxDeliveries: 5, BatchSize: 1})
 	require.NoError(t, err)
 	rctx, cancel := context.WithTimeout(ctx, waitTimeout)
@@ -364,8 +365,8 @@ func TestCapturedSignedEventReplayedAfterRestart(t *testing.T) {
 			s.waitRate(t, 1)
 
 			var captured []byte
-			admin := signer.Driver().(transport.StreamAdmin)
-			require.NoError(t, admin.Range(context.Background(), feedback.StreamFeedback, 0, func(m transport.StoredMessage) error {
+			admin := signer.Driver().(driver.StreamAdmin)
+			require.NoError(t, admin.Range(context.Background(), feedback.StreamFeedback, 0, func(m driver.StoredMessage) error {
 				captured = append([]byte(nil), m.Body...)
 				return nil
 			}))
@@ -471,8 +472,8 @@ func TestHostileCoordinatorIDsBounded(t *testing.T) {
 			_, letters, _ := pulse(t, env, "dlq", "list", "--limit", "1")
 			require.Contains(t, letters, "invalid_payload")
 			var why string
-			require.NoError(t, bus.Driver().(transport.StreamAdmin).Range(context.Background(), feedback.StreamFeedback+transport.DLQSuffix, 1,
-				func(m transport.StoredMessage) error { why = m.Headers[transport.DLQError]; return nil }))
+			require.NoError(t, bus.Driver().(driver.StreamAdmin).Range(context.Background(), feedback.StreamFeedback+transport.DLQSuffix, 1,
+				func(m driver.StoredMessage) error { why = m.Headers[transport.DLQError]; return nil }))
 			require.Contains(t, why, "coordinator_id of 10001 bytes (accepted: a non-empty string of at most 256 bytes)")
 
 			publishMany(valid, func(i int) string { return fmt.Sprintf("store-%06d-%s", i, strings.Repeat("y", 200)) })

@@ -30,6 +30,7 @@ import (
 	"github.com/pulse-bus/pulse/internal/redistest"
 	"github.com/pulse-bus/pulse/internal/testutil"
 	"github.com/pulse-bus/pulse/transport"
+	"github.com/pulse-bus/pulse/transport/driver"
 	_ "github.com/pulse-bus/pulse/transport/jetstream"
 	"github.com/pulse-bus/pulse/transport/jetstream/embedded"
 	_ "github.com/pulse-bus/pulse/transport/redis"
@@ -333,7 +334,7 @@ func requireNothingUnacked(t *testing.T, cfg transport.Config, group string, wan
 	b, err := transport.Open(context.Background(), cfg)
 	require.NoError(t, err)
 	defer b.Close()
-	info, err := b.Driver().(transport.StreamAdmin).Info(context.Background(), feedback.StreamFeedback, group)
+	info, err := b.Driver().(driver.StreamAdmin).Info(context.Background(), feedback.StreamFeedback, group)
 	require.NoError(t, err)
 	require.Equal(t, wantLen, info.Length)
 	require.Zero(t, info.Pending, "nothing left unacked")
@@ -414,7 +415,7 @@ func TestRunExternalNATSWithAuthAndDLQ(t *testing.T) {
 	b, err := transport.Open(context.Background(), cfg)
 	require.NoError(t, err)
 	defer b.Close()
-	admin := b.Driver().(transport.StreamAdmin)
+	admin := b.Driver().(driver.StreamAdmin)
 	info, err := admin.Info(context.Background(), feedback.StreamFeedback, "")
 	require.NoError(t, err)
 	require.Equal(t, int64(3), info.Length, "the dead letter is back on its source stream")
@@ -646,7 +647,7 @@ func TestRunDrainsAndResumes(t *testing.T) {
 			t.Logf("the first run applied %d of %d events before it stopped", len(first), burst)
 
 			group := s.start["group"].(string)
-			admin := b.Driver().(transport.StreamAdmin)
+			admin := b.Driver().(driver.StreamAdmin)
 			s2 := startRun(t, env)
 			require.Equal(t, group, s2.start["group"], "a restarted replica resumes its own group")
 			// The child's log reaches s2.logs through a pipe, a little after the child wrote it:
@@ -661,7 +662,7 @@ func TestRunDrainsAndResumes(t *testing.T) {
 				}
 				return true
 			})
-			var info transport.StreamInfo
+			var info driver.StreamInfo
 			eventually(t, "the restarted consumer to settle the rest", func() bool {
 				info, err = admin.Info(context.Background(), feedback.StreamFeedback, group)
 				return err == nil && info.Unread <= 0 && info.Pending == 0

@@ -20,6 +20,7 @@ import (
 	"github.com/pulse-bus/pulse/feedback"
 	"github.com/pulse-bus/pulse/internal/testutil"
 	"github.com/pulse-bus/pulse/transport"
+	"github.com/pulse-bus/pulse/transport/driver"
 	"github.com/pulse-bus/pulse/transport/jetstream/embedded"
 )
 
@@ -97,7 +98,7 @@ func TestDLQPurgeAsksOnATerminal(t *testing.T) {
 		return 0, string(out)
 	}
 	length := func() int64 {
-		info, err := b.Driver().(transport.StreamAdmin).Info(context.Background(), feedback.StreamFeedback+transport.DLQSuffix, "")
+		info, err := b.Driver().(driver.StreamAdmin).Info(context.Background(), feedback.StreamFeedback+transport.DLQSuffix, "")
 		require.NoError(t, err)
 		return info.Length
 	}

@@ -15,6 +15,7 @@ import (
 	"github.com/pulse-bus/pulse/feedback"
 	"github.com/pulse-bus/pulse/internal/natstest"
 	"github.com/pulse-bus/pulse/transport"
+	"github.com/pulse-bus/pulse/transport/driver"
 	"github.com/pulse-bus/pulse/transport/jetstream/embedded"
 )
 
@@ -62,7 +63,7 @@ func TestAppAppliesFeedbackAndServesHTTP(t *testing.T) {
 				`pulse_consume_total{outcome="success",stream="telemetry.feedback",track="`+testTrack()+`"} 1`,
 				`pulse_publish_total{outcome="success",stream="telemetry.rate_adjustment",track="`+testTrack()+`"} 1`)
 
-			admin := b.Driver().(transport.StreamAdmin)
+			admin := b.Driver().(driver.StreamAdmin)
 			require.Eventually(t, func() bool {
 				info, err := admin.Info(context.Background(), DefaultRateStream, "")
 				return err == nil && info.Length == 1
@@ -95,16 +96,16 @@ func TestAppPublisherAuthentication(t *testing.T) {
 				a := startApp(t, env)
 				b := clientBus(t, env, tc.publisherToken)
 				publishEvent(t, b, DefaultFeedbackStream, "c1", feedback.LevelHard)
-				admin := b.Driver().(transport.StreamAdmin)
+				admin := b.Driver().(driver.StreamAdmin)
 				base := "http://" + a.HTTPAddr()
 				if tc.applies {
 					require.Eventually(t, func() bool { return a.Rates().Rate("ibkr") == 1 }, waitTimeout, 5*time.Millisecond)
 					return
 				}
-				var letters []transport.StoredMessage
+				var letters []driver.StoredMessage
 				require.Eventually(t, func() bool {
 					letters = letters[:0]
-					err := admin.Range(context.Background(), DefaultFeedbackStream+transport.DLQSuffix, 0, func(m transport.StoredMessage) error {
+					err := admin.Range(context.Background(), DefaultFeedbackStream+transport.DLQSuffix, 0, func(m driver.StoredMessage) error {
 						letters = append(letters, m)
 						return nil
 					})

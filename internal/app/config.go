@@ -18,9 +18,7 @@ import (
 	"github.com/pulse-bus/pulse/feedback"
 	"github.com/pulse-bus/pulse/internal/envconf"
 	"github.com/pulse-bus/pulse/transport"
-	"github.com/pulse-bus/pulse/transport/jetstream"
 	"github.com/pulse-bus/pulse/transport/jetstream/embedded"
-	"github.com/pulse-bus/pulse/transport/redis"
 )
 
 // Defaults of the settings that belong to the service rather than to the bus or the feedback
@@ -263,23 +261,13 @@ func replicaName(dataDir, httpAddr string) string {
 	return feedback.ReplicaName(host, dataDir, httpAddr)
 }
 
-// validate checks what transport.FromEnv leaves to the drivers, so that a bad value stops
-// start-up with its name rather than failing later in a connection attempt.
+// validate checks the service's own settings; the bus's, backend settings included, were
+// checked by transport.FromEnv (each backend's by the check its driver registered).
 func (c *Config) validate() error {
 	c.Bus = c.Bus.WithDefaults()
 	b := &c.Bus
 	if !slices.Contains(transport.Backends(), b.Backend) {
 		return &envconf.Error{Var: "EVENT_BUS_BACKEND", Value: b.Backend, Accepted: strings.Join(transport.Backends(), ", ")}
-	}
-	switch b.Backend { // each backend's own settings, checked by its driver
-	case redis.Name:
-		if _, err := redis.ParseURL(b.RedisURL); err != nil {
-			return err
-		}
-	case jetstream.Name:
-		if err := jetstream.CheckConfig(*b); err != nil {
-			return err
-		}
 	}
 	if err := checkHostPort(b.NATSListen); err != nil {
 		return &envconf.Error{Var: "PULSE_NATS_LISTEN", Value: b.NATSListen, Accepted: "host:port, e.g. 127.0.0.1:4223 (port 0 picks a free one) (" + err.Error() + ")"}

@@ -13,6 +13,7 @@ import (
 	"github.com/pulse-bus/pulse/feedback"
 	"github.com/pulse-bus/pulse/internal/app/demo"
 	"github.com/pulse-bus/pulse/transport"
+	"github.com/pulse-bus/pulse/transport/driver"
 )
 
 // demoSettings are the configuration variables `pulse demo` takes flags for: the bus kind,
@@ -154,7 +155,7 @@ func RunDemo(ctx context.Context, cfg Config, p demo.Params, out io.Writer, log 
 		return nil, fmt.Errorf("app: demo Store's bus: %w", err)
 	}
 	defer store.Close()
-	admin, ok := store.Driver().(transport.StreamAdmin)
+	admin, ok := store.Driver().(driver.StreamAdmin)
 	if !ok {
 		return nil, fmt.Errorf("%w: %s", ErrNoStreamAdmin, cfg.Bus.Backend)
 	}

@@ -13,14 +13,15 @@ import (
 	"text/tabwriter"
 
 	"github.com/pulse-bus/pulse/transport"
+	"github.com/pulse-bus/pulse/transport/driver"
 )
 
 // ErrNoStreamAdmin is returned when the configured backend cannot inspect streams.
-var ErrNoStreamAdmin = errors.New("app: backend cannot inspect streams (no transport.StreamAdmin)")
+var ErrNoStreamAdmin = errors.New("app: backend cannot inspect streams (no driver.StreamAdmin)")
 
 // deadLetter is one message of a dead-letter stream.
 type deadLetter struct {
-	transport.StoredMessage
+	driver.StoredMessage
 }
 
 func (d deadLetter) header(k string) string { return d.Headers[k] }
@@ -29,13 +30,13 @@ func (d deadLetter) header(k string) string { return d.Headers[k] }
 // source stream. It is safe for concurrent use as far as the bus and the driver are.
 type DLQ struct {
 	bus   *transport.Bus
-	admin transport.StreamAdmin
+	admin driver.StreamAdmin
 }
 
 // NewDLQ returns the tooling over bus, or ErrNoStreamAdmin when its driver cannot inspect
 // streams.
 func NewDLQ(bus *transport.Bus) (*DLQ, error) {
-	admin, ok := bus.Driver().(transport.StreamAdmin)
+	admin, ok := bus.Driver().(driver.StreamAdmin)
 	if !ok {
 		return nil, fmt.Errorf("%w: %s", ErrNoStreamAdmin, bus.Config().Backend)
 	}
@@ -52,7 +53,7 @@ func dlqOf(stream string) (source, dlq string) {
 func (q *DLQ) List(ctx context.Context, source string, limit int) ([]deadLetter, error) {
 	_, dlq := dlqOf(source)
 	var out []deadLetter
-	err := q.admin.Range(ctx, dlq, limit, func(m transport.StoredMessage) error {
+	err := q.admin.Range(ctx, dlq, limit, func(m driver.StoredMessage) error {
 		out = append(out, deadLetter{m})
 		return nil
 	})

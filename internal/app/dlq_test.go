@@ -12,6 +12,7 @@ import (
 
 	"github.com/pulse-bus/pulse/internal/envconf"
 	"github.com/pulse-bus/pulse/transport"
+	"github.com/pulse-bus/pulse/transport/driver"
 )
 
 // runMain runs the pulse command line in process and returns its exit status, stdout and
@@ -49,10 +50,10 @@ func writeDeadLetter(t *testing.T, b *transport.Bus, stream, body, originalID, r
 	require.NoError(t, err)
 }
 
-func rangeAll(t *testing.T, b *transport.Bus, stream string) []transport.StoredMessage {
+func rangeAll(t *testing.T, b *transport.Bus, stream string) []driver.StoredMessage {
 	t.Helper()
-	var out []transport.StoredMessage
-	require.NoError(t, b.Driver().(transport.StreamAdmin).Range(context.Background(), stream, 0, func(m transport.StoredMessage) error {
+	var out []driver.StoredMessage
+	require.NoError(t, b.Driver().(driver.StreamAdmin).Range(context.Background(), stream, 0, func(m driver.StoredMessage) error {
 		out = append(out, m)
 		return nil
 	}))
@@ -114,7 +115,7 @@ func TestDLQListReplayPurge(t *testing.T) {
 
 // failingDriver wraps an inmem driver and fails every publish to a stream that is not a
 // dead-letter stream: the replay's publish is refused.
-type failingDriver struct{ transport.Driver }
+type failingDriver struct{ driver.Driver }
 
 var errRefused = errors.New("refused by test")
 
@@ -125,20 +126,20 @@ func (d failingDriver) Publish(ctx context.Context, stream string, msgs []transp
 	return d.Driver.Publish(ctx, stream, msgs)
 }
 
-func (d failingDriver) Range(ctx context.Context, stream string, limit int, fn func(transport.StoredMessage) error) error {
-	return d.Driver.(transport.StreamAdmin).Range(ctx, stream, limit, fn)
+func (d failingDriver) Range(ctx context.Context, stream string, limit int, fn func(driver.StoredMessage) error) error {
+	return d.Driver.(driver.StreamAdmin).Range(ctx, stream, limit, fn)
 }
 func (d failingDriver) Delete(ctx context.Context, stream string, ids ...string) error {
-	return d.Driver.(transport.StreamAdmin).Delete(ctx, stream, ids...)
+	return d.Driver.(driver.StreamAdmin).Delete(ctx, stream, ids...)
 }
 func (d failingDriver) Purge(ctx context.Context, stream string) (int64, error) {
-	return d.Driver.(transport.StreamAdmin).Purge(ctx, stream)
+	return d.Driver.(driver.StreamAdmin).Purge(ctx, stream)
 }
-func (d failingDriver) Info(ctx context.Context, stream, group string) (transport.StreamInfo, error) {
-	return d.Driver.(transport.StreamAdmin).Info(ctx, stream, group)
+func (d failingDriver) Info(ctx context.Context, stream, group string) (driver.StreamInfo, error) {
+	return d.Driver.(driver.StreamAdmin).Info(ctx, stream, group)
 }
-func (d failingDriver) Get(ctx context.Context, stream, id string) (transport.StoredMessage, error) {
-	return d.Driver.(transport.StreamAdmin).Get(ctx, stream, id)
+func (d failingDriver) Get(ctx context.Context, stream, id string) (driver.StoredMessage, error) {
+	return d.Driver.(driver.StreamAdmin).Get(ctx, stream, id)
 }
 
 var registerFailing sync.Once
@@ -147,11 +148,11 @@ var registerFailing sync.Once
 // broker confirmed its publish: a refused publish leaves it in the DLQ and exits 1.
 func TestDLQReplayKeepsWhatItCouldNotPublish(t *testing.T) {
 	registerFailing.Do(func() {
-		transport.Register("apptest-failing", func(ctx context.Context, cfg transport.Config) (transport.Driver, error) {
+		transport.Register("apptest-failing", func(ctx context.Context, cfg transport.Config) (driver.Driver, error) {
 			cfg.Backend = "inmem"
 			d, err := transport.OpenDriver(ctx, cfg)
 			return failingDriver{d}, err
-		})
+		}, nil)
 	})
 	env := baseEnv(t, "inmem")
 	b := clientBus(t, env, "")

@@ -8,6 +8,7 @@ import (
 
 	"github.com/pulse-bus/pulse/envelope"
 	"github.com/pulse-bus/pulse/transport"
+	"github.com/pulse-bus/pulse/transport/driver"
 	"github.com/pulse-bus/pulse/transport/inmem"
 )
 
@@ -46,16 +47,16 @@ func BenchmarkDriver(b *testing.B) {
 	drv := inmem.New(inmem.NewBroker(inmem.BrokerOptions{}), inmem.Options{})
 	defer drv.Close()
 	ctx := context.Background()
-	sub, err := drv.Subscribe(ctx, "bench", transport.DriverSubscribeOptions{
+	sub, err := drv.Subscribe(ctx, "bench", driver.SubscribeOptions{
 		Group: "g", Consumer: "c", AckWait: transport.DefaultAckWait, MaxDeliveries: 5, BatchSize: benchBatch,
 	})
 	if err != nil {
 		b.Fatal(err)
 	}
 	defer sub.Close()
-	msgs := make([]transport.RawMessage, benchBatch)
+	msgs := make([]driver.Message, benchBatch)
 	for i := range msgs {
-		msgs[i] = transport.RawMessage{Body: body}
+		msgs[i] = driver.Message{Body: body}
 	}
 	b.SetBytes(int64(len(body)))
 	b.ReportAllocs()

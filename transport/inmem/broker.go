@@ -54,6 +54,7 @@ import (
 	"time"
 
 	"github.com/pulse-bus/pulse/transport"
+	"github.com/pulse-bus/pulse/transport/driver"
 )
 
 // Defaults of a Broker.
@@ -203,7 +204,7 @@ type stream struct {
 }
 
 type entry struct {
-	msg     transport.RawMessage
+	msg     driver.Message
 	tid     string
 	seq     uint64
 	stored  int64 // unix nanoseconds
@@ -287,7 +288,7 @@ func (st *stream) group(name string) *group {
 // publish appends msgs, whose bodies are already copied, waiting for retention room as
 // needed. It returns the ids of the messages stored, and ctx.Err() or ErrClosed if it gave up
 // waiting.
-func (st *stream) publish(ctx context.Context, msgs []transport.RawMessage, closed <-chan struct{}) ([]string, error) {
+func (st *stream) publish(ctx context.Context, msgs []driver.Message, closed <-chan struct{}) ([]string, error) {
 	ids := make([]string, 0, len(msgs))
 	var sb strings.Builder
 	st.mu.Lock()
@@ -369,17 +370,17 @@ func digits(v uint64) int {
 
 // copyMessages copies the caller's bodies into one allocation (each sub-slice capped, so an
 // append by a reader cannot spill into its neighbour) and clones headers.
-func copyMessages(msgs []transport.RawMessage) []transport.RawMessage {
+func copyMessages(msgs []driver.Message) []driver.Message {
 	total := 0
 	for i := range msgs {
 		total += len(msgs[i].Body)
 	}
 	block := make([]byte, total)
-	out := make([]transport.RawMessage, len(msgs))
+	out := make([]driver.Message, len(msgs))
 	off := 0
 	for i, m := range msgs {
 		n := copy(block[off:], m.Body)
-		out[i] = transport.RawMessage{Body: block[off : off+n : off+n], ID: m.ID}
+		out[i] = driver.Message{Body: block[off : off+n : off+n], ID: m.ID}
 		if m.Headers != nil {
 			out[i].Headers = maps.Clone(m.Headers)
 		}
@@ -401,7 +402,7 @@ type group struct {
 // the log never loses it.
 type pendingEntry struct {
 	g        *group
-	msg      transport.RawMessage
+	msg      driver.Message
 	tid      string
 	seq      uint64
 	stored   int64 // unix nanoseconds

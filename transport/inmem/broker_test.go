@@ -10,15 +10,16 @@ import (
 
 	"github.com/pulse-bus/pulse/envelope"
 	"github.com/pulse-bus/pulse/transport"
+	"github.com/pulse-bus/pulse/transport/driver"
 	"github.com/pulse-bus/pulse/transport/inmem"
 )
 
 const wait = 5 * time.Second
 
-func msgs(from, n int) []transport.RawMessage {
-	out := make([]transport.RawMessage, n)
+func msgs(from, n int) []driver.Message {
+	out := make([]driver.Message, n)
 	for i := range out {
-		out[i] = transport.RawMessage{Body: []byte(fmt.Sprintf("m%d", from+i))}
+		out[i] = driver.Message{Body: []byte(fmt.Sprintf("m%d", from+i))}
 	}
 	return out
 }
@@ -30,9 +31,9 @@ func newDriver(t *testing.T, b *inmem.Broker) *inmem.Driver {
 	return d
 }
 
-func sub(t *testing.T, d *inmem.Driver, stream, group string, ackWait time.Duration) transport.DriverSubscription {
+func sub(t *testing.T, d *inmem.Driver, stream, group string, ackWait time.Duration) driver.Subscription {
 	t.Helper()
-	s, err := d.Subscribe(t.Context(), stream, transport.DriverSubscribeOptions{
+	s, err := d.Subscribe(t.Context(), stream, driver.SubscribeOptions{
 		Group: group, Consumer: "c", AckWait: ackWait, MaxDeliveries: 5, BatchSize: 100,
 	})
 	require.NoError(t, err)
@@ -40,7 +41,7 @@ func sub(t *testing.T, d *inmem.Driver, stream, group string, ackWait time.Durat
 	return s
 }
 
-func receive(t *testing.T, s transport.DriverSubscription, max int) []*transport.RawDelivery {
+func receive(t *testing.T, s driver.Subscription, max int) []*driver.Delivery {
 	t.Helper()
 	ctx, cancel := context.WithTimeout(t.Context(), wait)
 	defer cancel()
@@ -49,7 +50,7 @@ func receive(t *testing.T, s transport.DriverSubscription, max int) []*transport
 	return ds
 }
 
-func bodies(ds []*transport.RawDelivery) []string {
+func bodies(ds []*driver.Delivery) []string {
 	out := make([]string, len(ds))
 	for i, d := range ds {
 		out[i] = string(d.Body)
@@ -60,7 +61,7 @@ func bodies(ds []*transport.RawDelivery) []string {
 func rangeBodies(t *testing.T, d *inmem.Driver, stream string) []string {
 	t.Helper()
 	var out []string
-	require.NoError(t, d.Range(t.Context(), stream, 0, func(m transport.StoredMessage) error {
+	require.NoError(t, d.Range(t.Context(), stream, 0, func(m driver.StoredMessage) error {
 		out = append(out, string(m.Body))
 		return nil
 	}))
@@ -163,7 +164,7 @@ func TestTrimmedPendingStillRedelivered(t *testing.T) {
 		for _, dl := range receive(t, s, 10) {
 			got[string(dl.Body)] = dl.Attempt
 			if string(dl.Body) != "m0" {
-				require.NoError(t, s.Ack(t.Context(), []*transport.RawDelivery{dl}))
+				require.NoError(t, s.Ack(t.Context(), []*driver.Delivery{dl}))
 			}
 		}
 	}
@@ -186,7 +187,7 @@ func TestMaxAckPendingBoundsAGroup(t *testing.T) {
 	require.ErrorIs(t, err, context.DeadlineExceeded)
 	require.Empty(t, ds)
 
-	got := make(chan []*transport.RawDelivery, 1)
+	got := make(chan []*driver.Delivery, 1)
 	go func() {
 		ctx, cancel := context.WithTimeout(context.Background(), wait)
 		defer cancel()
@@ -236,11 +237,11 @@ func TestStaleSettlement(t *testing.T) {
 	defer cancel()
 	ds, _ := b.Receive(short, 1)
 	require.Empty(t, ds, "a stale Nak must not hand the message out again")
-	require.NoError(t, a.Ack(t.Context(), []*transport.RawDelivery{old}))
+	require.NoError(t, a.Ack(t.Context(), []*driver.Delivery{old}))
 	info, err = d.Info(t.Context(), "s", "g")
 	require.NoError(t, err)
 	require.Zero(t, info.Pending)
-	require.NoError(t, b.Ack(t.Context(), []*transport.RawDelivery{cur}), "settling twice is harmless")
+	require.NoError(t, b.Ack(t.Context(), []*driver.Delivery{cur}), "settling twice is harmless")
 }
 
 // TestForeignDeliveryRejected proves that settling a delivery of another group (or driver)
@@ -255,8 +256,8 @@ func TestForeignDeliveryRejected(t *testing.T) {
 	require.ErrorContains(t, g2.Ack(t.Context(), ds), "not received by group g2")
 	require.Error(t, g2.Nak(t.Context(), ds[0], 0))
 	require.Error(t, g2.Term(t.Context(), ds[0]))
-	foreign := &transport.RawDelivery{TransportID: "1", Attempt: 1}
-	require.Error(t, g1.Ack(t.Context(), []*transport.RawDelivery{foreign}))
+	foreign := &driver.Delivery{TransportID: "1", Attempt: 1}
+	require.Error(t, g1.Ack(t.Context(), []*driver.Delivery{foreign}))
 }
 
 // TestDeleteAndPurge proves that a deleted message is skipped by groups that have not read
@@ -276,7 +277,7 @@ func TestDeleteAndPurge(t *testing.T) {
 	require.EqualValues(t, 2, n)
 	info, err := d.Info(t.Context(), "s", "g")
 	require.NoError(t, err)
-	require.Equal(t, transport.StreamInfo{}, info)
+	require.Equal(t, driver.StreamInfo{}, info)
 	require.NoError(t, s.Ack(t.Context(), ds), "acking purged deliveries is a no-op")
 	_, err = d.Publish(t.Context(), "s", msgs(3, 1))
 	require.NoError(t, err)
@@ -324,11 +325,11 @@ func TestRegistrySharesABrokerPerNamespace(t *testing.T) {
 	}
 	require.NoError(t, a.Publish(t.Context(), "shared", env(1), env(2), env(3)))
 	require.NoError(t, a.Close())
-	admin := b.Driver().(transport.StreamAdmin)
+	admin := b.Driver().(driver.StreamAdmin)
 	info, err := admin.Info(t.Context(), "shared", "")
 	require.NoError(t, err)
 	require.EqualValues(t, 2, info.Length, "retention from StreamMaxLen of the driver that created the stream")
-	info, err = other.Driver().(transport.StreamAdmin).Info(t.Context(), "shared", "")
+	info, err = other.Driver().(driver.StreamAdmin).Info(t.Context(), "shared", "")
 	require.NoError(t, err)
 	require.Zero(t, info.Length, "namespaces do not share streams")
 	require.Same(t, inmem.SharedBroker("reg-a"), b.Driver().(*inmem.Driver).Broker())

@@ -10,6 +10,7 @@ import (
 	"time"
 
 	"github.com/pulse-bus/pulse/transport"
+	"github.com/pulse-bus/pulse/transport/driver"
 )
 
 // Name is the registry name of this driver (EVENT_BUS_BACKEND=inmem).
@@ -19,9 +20,9 @@ const Name = "inmem"
 const DefaultAckWait = transport.DefaultAckWait
 
 func init() {
-	transport.Register(Name, func(_ context.Context, cfg transport.Config) (transport.Driver, error) {
+	transport.Register(Name, func(_ context.Context, cfg transport.Config) (driver.Driver, error) {
 		return New(SharedBroker(cfg.Namespace), Options{StreamMaxLen: clampInt(cfg.StreamMaxLen)}), nil
-	})
+	}, nil)
 }
 
 func clampInt(v int64) int {
@@ -38,8 +39,8 @@ type Options struct {
 	StreamMaxLen int
 }
 
-// Driver is a transport.Driver over a Broker; it also implements transport.Pinger,
-// transport.StreamAdmin and transport.IdempotencyProvider. It is safe for concurrent use.
+// Driver is a driver.Driver over a Broker; it also implements driver.Pinger,
+// driver.StreamAdmin and driver.IdempotencyProvider. It is safe for concurrent use.
 // After Close every method returns transport.ErrClosed; the broker and its messages stay.
 type Driver struct {
 	b    *Broker
@@ -52,11 +53,11 @@ type Driver struct {
 }
 
 var (
-	_ transport.Driver              = (*Driver)(nil)
-	_ transport.Pinger              = (*Driver)(nil)
-	_ transport.StreamAdmin         = (*Driver)(nil)
-	_ transport.IdempotencyProvider = (*Driver)(nil)
-	_ transport.KeyValueProvider    = (*Driver)(nil)
+	_ driver.Driver              = (*Driver)(nil)
+	_ driver.Pinger              = (*Driver)(nil)
+	_ driver.StreamAdmin         = (*Driver)(nil)
+	_ driver.IdempotencyProvider = (*Driver)(nil)
+	_ driver.KeyValueProvider    = (*Driver)(nil)
 )
 
 // New returns a driver over b. Several drivers may share one broker; each is like a separate
@@ -77,11 +78,11 @@ func (d *Driver) isClosed() bool {
 	}
 }
 
-// Publish implements transport.Driver. The bodies and headers are copied; the caller keeps
+// Publish implements driver.Driver. The bodies and headers are copied; the caller keeps
 // msgs. It blocks only while the stream is full and its oldest message is still needed by a
 // group (see the package doc), and then returns ctx.Err() or ErrClosed with the ids of the
 // messages already stored.
-func (d *Driver) Publish(ctx context.Context, stream string, msgs []transport.RawMessage) ([]string, error) {
+func (d *Driver) Publish(ctx context.Context, stream string, msgs []driver.Message) ([]string, error) {
 	if d.isClosed() {
 		return nil, transport.ErrClosed
 	}
@@ -98,9 +99,9 @@ func (d *Driver) Publish(ctx context.Context, stream string, msgs []transport.Ra
 	return st.publish(ctx, copyMessages(msgs), d.done)
 }
 
-// Subscribe implements transport.Driver: it joins group opts.Group of stream (creating the
+// Subscribe implements driver.Driver: it joins group opts.Group of stream (creating the
 // group at the start of the retained stream) as a new member.
-func (d *Driver) Subscribe(ctx context.Context, stream string, opts transport.DriverSubscribeOptions) (transport.DriverSubscription, error) {
+func (d *Driver) Subscribe(ctx context.Context, stream string, opts driver.SubscribeOptions) (driver.Subscription, error) {
 	if err := ctx.Err(); err != nil {
 		return nil, err
 	}
@@ -137,7 +138,7 @@ func (d *Driver) Subscribe(ctx context.Context, stream string, opts transport.Dr
 	return s, nil
 }
 
-// Close implements transport.Driver: it closes the driver's subscriptions (their pending
+// Close implements driver.Driver: it closes the driver's subscriptions (their pending
 // deliveries are redelivered after AckWait) and wakes its blocked calls with ErrClosed. The
 // broker is left as it is. Idempotent.
 func (d *Driver) Close() error {
@@ -157,7 +158,7 @@ func (d *Driver) Close() error {
 	return nil
 }
 
-// Ping implements transport.Pinger: nil until the driver is closed.
+// Ping implements driver.Pinger: nil until the driver is closed.
 func (d *Driver) Ping(context.Context) error {
 	if d.isClosed() {
 		return transport.ErrClosed
@@ -165,10 +166,10 @@ func (d *Driver) Ping(context.Context) error {
 	return nil
 }
 
-// IdempotencyStore implements transport.IdempotencyProvider with a record shared by every
+// IdempotencyStore implements driver.IdempotencyProvider with a record shared by every
 // driver of the broker (so by every Bus of the namespace in this process), bounded to
 // transport.DefaultIdempotencySize keys.
-func (d *Driver) IdempotencyStore(_ context.Context, ttl time.Duration) (transport.IdempotencyStore, error) {
+func (d *Driver) IdempotencyStore(_ context.Context, ttl time.Duration) (driver.IdempotencyStore, error) {
 	if d.isClosed() {
 		return nil, transport.ErrClosed
 	}
@@ -178,10 +179,10 @@ func (d *Driver) IdempotencyStore(_ context.Context, ttl time.Duration) (transpo
 // rangeChunk is how many entries Range copies per lock hold.
 const rangeChunk = 256
 
-// Range implements transport.StreamAdmin. fn runs without the broker's lock held, so it may
+// Range implements driver.StreamAdmin. fn runs without the broker's lock held, so it may
 // use the driver. The messages passed to fn alias the stream's storage and must not be
 // modified.
-func (d *Driver) Range(ctx context.Context, stream string, limit int, fn func(transport.StoredMessage) error) error {
+func (d *Driver) Range(ctx context.Context, stream string, limit int, fn func(driver.StoredMessage) error) error {
 	if d.isClosed() {
 		return transport.ErrClosed
 	}
@@ -192,7 +193,7 @@ func (d *Driver) Range(ctx context.Context, stream string, limit int, fn func(tr
 	if limit <= 0 {
 		limit = math.MaxInt
 	}
-	chunk := make([]transport.StoredMessage, 0, min(limit, rangeChunk))
+	chunk := make([]driver.StoredMessage, 0, min(limit, rangeChunk))
 	var seq uint64
 	for limit > 0 {
 		if err := ctx.Err(); err != nil {
@@ -203,7 +204,7 @@ func (d *Driver) Range(ctx context.Context, stream string, limit int, fn func(tr
 		seq = max(seq, st.first)
 		for ; seq < st.next && len(chunk) < min(limit, rangeChunk); seq++ {
 			if e := st.at(seq); !e.deleted {
-				chunk = append(chunk, transport.StoredMessage{RawMessage: e.msg, TransportID: e.tid})
+				chunk = append(chunk, driver.StoredMessage{Message: e.msg, TransportID: e.tid})
 			}
 		}
 		st.mu.Unlock()
@@ -220,28 +221,28 @@ func (d *Driver) Range(ctx context.Context, stream string, limit int, fn func(tr
 	return nil
 }
 
-// Get implements transport.StreamAdmin. The message aliases the stream's storage and must
+// Get implements driver.StreamAdmin. The message aliases the stream's storage and must
 // not be modified.
-func (d *Driver) Get(_ context.Context, stream, transportID string) (transport.StoredMessage, error) {
+func (d *Driver) Get(_ context.Context, stream, transportID string) (driver.StoredMessage, error) {
 	if d.isClosed() {
-		return transport.StoredMessage{}, transport.ErrClosed
+		return driver.StoredMessage{}, transport.ErrClosed
 	}
 	notFound := fmt.Errorf("inmem: %s has no message %s: %w", stream, transportID, transport.ErrMessageNotFound)
 	seq, err := strconv.ParseUint(transportID, 10, 64)
 	st := d.b.lookup(stream)
 	if err != nil || st == nil {
-		return transport.StoredMessage{}, notFound
+		return driver.StoredMessage{}, notFound
 	}
 	st.mu.Lock()
 	defer st.mu.Unlock()
 	if seq < st.first || seq >= st.next || st.at(seq).deleted {
-		return transport.StoredMessage{}, notFound
+		return driver.StoredMessage{}, notFound
 	}
 	e := st.at(seq)
-	return transport.StoredMessage{RawMessage: e.msg, TransportID: e.tid}, nil
+	return driver.StoredMessage{Message: e.msg, TransportID: e.tid}, nil
 }
 
-// Delete implements transport.StreamAdmin. Deleted messages are no longer delivered to groups
+// Delete implements driver.StreamAdmin. Deleted messages are no longer delivered to groups
 // that have not yet been given them; deliveries already pending are not affected.
 func (d *Driver) Delete(_ context.Context, stream string, transportIDs ...string) error {
 	if d.isClosed() {
@@ -275,7 +276,7 @@ func (d *Driver) Delete(_ context.Context, stream string, transportIDs ...string
 	return nil
 }
 
-// Purge implements transport.StreamAdmin: it drops every retained message and every group's
+// Purge implements driver.StreamAdmin: it drops every retained message and every group's
 // pending deliveries (settling them later is a no-op), and moves every group's cursor to the
 // end.
 func (d *Driver) Purge(_ context.Context, stream string) (int64, error) {
@@ -302,19 +303,19 @@ func (d *Driver) Purge(_ context.Context, stream string) (int64, error) {
 	return n, nil
 }
 
-// Info implements transport.StreamAdmin. An unknown stream has length 0; an unknown group has
+// Info implements driver.StreamAdmin. An unknown stream has length 0; an unknown group has
 // nothing pending and would read every retained message.
-func (d *Driver) Info(_ context.Context, stream, group string) (transport.StreamInfo, error) {
+func (d *Driver) Info(_ context.Context, stream, group string) (driver.StreamInfo, error) {
 	if d.isClosed() {
-		return transport.StreamInfo{}, transport.ErrClosed
+		return driver.StreamInfo{}, transport.ErrClosed
 	}
 	st := d.b.lookup(stream)
 	if st == nil {
-		return transport.StreamInfo{}, nil
+		return driver.StreamInfo{}, nil
 	}
 	st.mu.Lock()
 	defer st.mu.Unlock()
-	info := transport.StreamInfo{Length: int64(st.length() - st.tombstones)}
+	info := driver.StreamInfo{Length: int64(st.length() - st.tombstones)}
 	if group != "" {
 		if g, ok := st.groups[group]; ok {
 			info.Pending = int64(g.pending)
@@ -342,7 +343,7 @@ type subscription struct {
 
 // delivery is a RawDelivery with what settling it needs; its Handle points to itself.
 type delivery struct {
-	transport.RawDelivery
+	driver.Delivery
 	pe *pendingEntry
 }
 
@@ -355,12 +356,12 @@ func (s *subscription) isClosed() bool {
 	}
 }
 
-// Receive implements transport.DriverSubscription. It returns up to max deliveries (max < 1
+// Receive implements transport.Subscription. It returns up to max deliveries (max < 1
 // means the subscription's BatchSize): first those of the group whose ack-wait or Nak delay
 // has passed, then messages the group has not been given. It blocks until one is available,
 // ctx is done (ctx.Err()) or the subscription or driver is closed (ErrClosed). The returned
 // bodies alias the broker's storage and must not be modified.
-func (s *subscription) Receive(ctx context.Context, max int) ([]*transport.RawDelivery, error) {
+func (s *subscription) Receive(ctx context.Context, max int) ([]*driver.Delivery, error) {
 	if max < 1 {
 		max = s.batch
 	}
@@ -417,7 +418,7 @@ func (s *subscription) Receive(ctx context.Context, max int) ([]*transport.RawDe
 }
 
 // take hands out up to max deliveries. st.mu is held.
-func (s *subscription) take(now int64, max int) []*transport.RawDelivery {
+func (s *subscription) take(now int64, max int) []*driver.Delivery {
 	g, st := s.g, s.st
 	// Redeliveries first: pop the expired entries (up to max); they go back into the heap
 	// below with their new deadline.
@@ -443,7 +444,7 @@ func (s *subscription) take(now int64, max int) []*transport.RawDelivery {
 		pe.attempts++
 		pe.deadline = deadline
 		g.push(pe)
-		ds = append(ds, delivery{RawDelivery: pe.rawDelivery(), pe: pe})
+		ds = append(ds, delivery{Delivery: pe.rawDelivery(), pe: pe})
 	}
 	clear(expired)
 	s.expired = expired[:0]
@@ -460,35 +461,35 @@ func (s *subscription) take(now int64, max int) []*transport.RawDelivery {
 			pe := &pes[len(pes)-1]
 			g.push(pe)
 			g.pending++
-			ds = append(ds, delivery{RawDelivery: pe.rawDelivery(), pe: pe})
+			ds = append(ds, delivery{Delivery: pe.rawDelivery(), pe: pe})
 		}
 		st.wakePublishers()
 	}
 	if len(ds) == 0 {
 		return nil
 	}
-	out := make([]*transport.RawDelivery, len(ds))
+	out := make([]*driver.Delivery, len(ds))
 	for i := range ds {
 		ds[i].Handle = &ds[i]
-		out[i] = &ds[i].RawDelivery
+		out[i] = &ds[i].Delivery
 	}
 	return out
 }
 
 // rawDelivery is the delivery of pe on its current attempt.
-func (pe *pendingEntry) rawDelivery() transport.RawDelivery {
-	return transport.RawDelivery{
-		RawMessage:  pe.msg,
+func (pe *pendingEntry) rawDelivery() driver.Delivery {
+	return driver.Delivery{
+		Message:     pe.msg,
 		TransportID: pe.tid,
 		Attempt:     pe.attempts,
-		Position:    transport.Position{Seq: pe.seq},
+		Position:    driver.Position{Seq: pe.seq},
 		StoredAt:    time.Unix(0, pe.stored),
 	}
 }
 
 // pendingOf returns the pending entry of a delivery this group handed out, or an error for a
 // delivery of another driver or group.
-func (s *subscription) pendingOf(d *transport.RawDelivery) (*delivery, error) {
+func (s *subscription) pendingOf(d *driver.Delivery) (*delivery, error) {
 	h, ok := d.Handle.(*delivery)
 	if !ok || h.pe == nil || h.pe.g != s.g {
 		return nil, fmt.Errorf("inmem: delivery %s was not received by group %s of stream %s", d.TransportID, s.g.name, s.st.name)
@@ -496,12 +497,12 @@ func (s *subscription) pendingOf(d *transport.RawDelivery) (*delivery, error) {
 	return h, nil
 }
 
-// AcksAreLocal implements transport.LocalAcker: acks settle in memory.
+// AcksAreLocal implements driver.LocalAcker: acks settle in memory.
 func (s *subscription) AcksAreLocal() bool { return true }
 
-// Ack implements transport.DriverSubscription. Acking a delivery that was since redelivered
+// Ack implements transport.Subscription. Acking a delivery that was since redelivered
 // still settles the message (its work is done); acking one already settled does nothing.
-func (s *subscription) Ack(_ context.Context, ds []*transport.RawDelivery) error {
+func (s *subscription) Ack(_ context.Context, ds []*driver.Delivery) error {
 	if s.isClosed() {
 		return transport.ErrClosed
 	}
@@ -519,10 +520,10 @@ func (s *subscription) Ack(_ context.Context, ds []*transport.RawDelivery) error
 	return errors.Join(errs...)
 }
 
-// Nak implements transport.DriverSubscription: d is redelivered once delay has passed. A Nak
+// Nak implements transport.Subscription: d is redelivered once delay has passed. A Nak
 // of a delivery that was since redelivered to another member is ignored (that member owns
 // it now).
-func (s *subscription) Nak(_ context.Context, d *transport.RawDelivery, delay time.Duration) error {
+func (s *subscription) Nak(_ context.Context, d *driver.Delivery, delay time.Duration) error {
 	if s.isClosed() {
 		return transport.ErrClosed
 	}
@@ -545,9 +546,9 @@ func (s *subscription) Nak(_ context.Context, d *transport.RawDelivery, delay ti
 	return nil
 }
 
-// Term implements transport.DriverSubscription: the message is settled and not delivered
+// Term implements transport.Subscription: the message is settled and not delivered
 // again.
-func (s *subscription) Term(_ context.Context, d *transport.RawDelivery) error {
+func (s *subscription) Term(_ context.Context, d *driver.Delivery) error {
 	if s.isClosed() {
 		return transport.ErrClosed
 	}
@@ -561,7 +562,7 @@ func (s *subscription) Term(_ context.Context, d *transport.RawDelivery) error {
 	return nil
 }
 
-// Close implements transport.DriverSubscription: the member leaves; its unsettled deliveries
+// Close implements transport.Subscription: the member leaves; its unsettled deliveries
 // are redelivered to other members after their ack-wait. Idempotent.
 func (s *subscription) Close() error {
 	s.close()

@@ -7,6 +7,7 @@ import (
 	"go.uber.org/goleak"
 
 	"github.com/pulse-bus/pulse/transport"
+	"github.com/pulse-bus/pulse/transport/driver"
 	"github.com/pulse-bus/pulse/transport/inmem"
 	"github.com/pulse-bus/pulse/transport/transporttest"
 )
@@ -18,7 +19,7 @@ func TestMain(m *testing.M) { goleak.VerifyTestMain(m) }
 func TestConformance(t *testing.T) {
 	broker := inmem.NewBroker(inmem.BrokerOptions{})
 	transporttest.Run(t, transporttest.Harness{
-		Open: func(_ context.Context, cfg transport.Config) (transport.Driver, error) {
+		Open: func(_ context.Context, cfg transport.Config) (driver.Driver, error) {
 			return inmem.New(broker, inmem.Options{}), nil
 		},
 		Config: transport.Config{Backend: inmem.Name},

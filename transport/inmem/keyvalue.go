@@ -6,12 +6,13 @@ import (
 	"sync"
 
 	"github.com/pulse-bus/pulse/transport"
+	"github.com/pulse-bus/pulse/transport/driver"
 )
 
-// KeyValue implements transport.KeyValueProvider: buckets live in the broker, so every
+// KeyValue implements driver.KeyValueProvider: buckets live in the broker, so every
 // driver of the broker (every Bus of the process, for the shared broker) sees them, and
 // nothing outlives the process.
-func (d *Driver) KeyValue(_ context.Context, name string) (transport.KeyValue, error) {
+func (d *Driver) KeyValue(_ context.Context, name string) (driver.KeyValue, error) {
 	if d.isClosed() {
 		return nil, transport.ErrClosed
 	}
@@ -46,17 +47,17 @@ type kvValue struct {
 	rev   uint64
 }
 
-func (kb *kvBucket) Get(ctx context.Context, key string) (transport.KVEntry, error) {
+func (kb *kvBucket) Get(ctx context.Context, key string) (driver.KVEntry, error) {
 	if err := kvCheck(ctx, key); err != nil {
-		return transport.KVEntry{}, err
+		return driver.KVEntry{}, err
 	}
 	kb.mu.Lock()
 	defer kb.mu.Unlock()
 	v, ok := kb.entries[key]
 	if !ok {
-		return transport.KVEntry{}, transport.ErrKeyNotFound
+		return driver.KVEntry{}, transport.ErrKeyNotFound
 	}
-	return transport.KVEntry{Key: key, Value: slices.Clone(v.value), Revision: v.rev}, nil
+	return driver.KVEntry{Key: key, Value: slices.Clone(v.value), Revision: v.rev}, nil
 }
 
 // write stores value under key if cond(the current value, whether there is one) holds.
@@ -101,14 +102,14 @@ func (kb *kvBucket) Delete(ctx context.Context, key string, revision uint64) err
 	return nil
 }
 
-func (kb *kvBucket) Range(ctx context.Context, fn func(transport.KVEntry) error) error {
+func (kb *kvBucket) Range(ctx context.Context, fn func(driver.KVEntry) error) error {
 	if err := ctx.Err(); err != nil {
 		return err
 	}
 	kb.mu.Lock()
-	all := make([]transport.KVEntry, 0, len(kb.entries))
+	all := make([]driver.KVEntry, 0, len(kb.entries))
 	for k, v := range kb.entries {
-		all = append(all, transport.KVEntry{Key: k, Value: slices.Clone(v.value), Revision: v.rev})
+		all = append(all, driver.KVEntry{Key: k, Value: slices.Clone(v.value), Revision: v.rev})
 	}
 	kb.mu.Unlock()
 	for _, e := range all {
@@ -123,5 +124,5 @@ func kvCheck(ctx context.Context, key string) error {
 	if err := ctx.Err(); err != nil {
 		return err
 	}
-	return transport.CheckKey(key)
+	return driver.CheckKey(key)
 }

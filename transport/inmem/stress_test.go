@@ -9,7 +9,7 @@ import (
 
 	"github.com/stretchr/testify/require"
 
-	"github.com/pulse-bus/pulse/transport"
+	"github.com/pulse-bus/pulse/transport/driver"
 	"github.com/pulse-bus/pulse/transport/inmem"
 )
 
@@ -61,7 +61,7 @@ func TestStressRandomSettlement(t *testing.T) {
 					if err != nil {
 						return
 					}
-					var acks []*transport.RawDelivery
+					var acks []*driver.Delivery
 					for _, dl := range ds {
 						k := key{g, dl.TransportID}
 						mu.Lock()

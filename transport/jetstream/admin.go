@@ -11,12 +11,13 @@ import (
 	"github.com/nats-io/nats.go/jetstream"
 
 	"github.com/pulse-bus/pulse/transport"
+	"github.com/pulse-bus/pulse/transport/driver"
 )
 
-// Range implements transport.StreamAdmin. It reads the stream's messages by sequence (direct
+// Range implements driver.StreamAdmin. It reads the stream's messages by sequence (direct
 // get, next message on the stream's subject), one request each, without consuming them. A
 // stream that does not exist yet has no messages.
-func (d *Driver) Range(ctx context.Context, stream string, limit int, fn func(transport.StoredMessage) error) error {
+func (d *Driver) Range(ctx context.Context, stream string, limit int, fn func(driver.StoredMessage) error) error {
 	if d.closed.Load() {
 		return transport.ErrClosed
 	}
@@ -39,8 +40,8 @@ func (d *Driver) Range(ctx context.Context, stream string, limit int, fn func(tr
 		if err != nil {
 			return d.wrap(ctx, "read "+StreamName(d.cfg.Namespace, stream), err)
 		}
-		sm := transport.StoredMessage{
-			RawMessage:  transport.RawMessage{Body: raw.Data},
+		sm := driver.StoredMessage{
+			Message:     driver.Message{Body: raw.Data},
 			TransportID: strconv.FormatUint(raw.Sequence, 10),
 		}
 		if len(raw.Header) > 0 {
@@ -62,7 +63,7 @@ func parseSeq(id string) (uint64, error) {
 	return seq, nil
 }
 
-// Delete implements transport.StreamAdmin: transport ids are stream sequences.
+// Delete implements driver.StreamAdmin: transport ids are stream sequences.
 func (d *Driver) Delete(ctx context.Context, stream string, transportIDs ...string) error {
 	if d.closed.Load() {
 		return transport.ErrClosed
@@ -146,7 +147,7 @@ func missingMsg(err error) bool {
 	return false
 }
 
-// Purge implements transport.StreamAdmin, with the count the server reports.
+// Purge implements driver.StreamAdmin, with the count the server reports.
 func (d *Driver) Purge(ctx context.Context, stream string) (int64, error) {
 	if d.closed.Load() {
 		return 0, transport.ErrClosed
@@ -169,21 +170,21 @@ func (d *Driver) Purge(ctx context.Context, stream string) (int64, error) {
 	return int64(pr.Purged), nil
 }
 
-// Info implements transport.StreamAdmin. Pending is the group's unacknowledged deliveries
+// Info implements driver.StreamAdmin. Pending is the group's unacknowledged deliveries
 // and Unread the messages it has not been given yet; a group that does not exist yet would
 // be given the whole stream. A stream that does not exist yet is empty.
-func (d *Driver) Info(ctx context.Context, stream, group string) (transport.StreamInfo, error) {
+func (d *Driver) Info(ctx context.Context, stream, group string) (driver.StreamInfo, error) {
 	if d.closed.Load() {
-		return transport.StreamInfo{}, transport.ErrClosed
+		return driver.StreamInfo{}, transport.ErrClosed
 	}
 	if err := checkStream(stream); err != nil {
-		return transport.StreamInfo{}, err
+		return driver.StreamInfo{}, err
 	}
 	st, err := d.lookupStream(ctx, stream)
 	if err != nil || st == nil {
-		return transport.StreamInfo{}, err
+		return driver.StreamInfo{}, err
 	}
-	info := transport.StreamInfo{Length: int64(st.CachedInfo().State.Msgs)}
+	info := driver.StreamInfo{Length: int64(st.CachedInfo().State.Msgs)}
 	if group == "" {
 		return info, nil
 	}
@@ -195,7 +196,7 @@ func (d *Driver) Info(ctx context.Context, stream, group string) (transport.Stre
 		return info, nil
 	}
 	if err != nil {
-		return transport.StreamInfo{}, d.wrap(ctx, "consumer "+DurableName(group), err)
+		return driver.StreamInfo{}, d.wrap(ctx, "consumer "+DurableName(group), err)
 	}
 	ci := cons.CachedInfo()
 	info.Pending = int64(ci.NumAckPending)
@@ -203,36 +204,36 @@ func (d *Driver) Info(ctx context.Context, stream, group string) (transport.Stre
 	return info, nil
 }
 
-// Get implements transport.StreamAdmin: one direct get by stream sequence.
-func (d *Driver) Get(ctx context.Context, stream, transportID string) (transport.StoredMessage, error) {
+// Get implements driver.StreamAdmin: one direct get by stream sequence.
+func (d *Driver) Get(ctx context.Context, stream, transportID string) (driver.StoredMessage, error) {
 	if d.closed.Load() {
-		return transport.StoredMessage{}, transport.ErrClosed
+		return driver.StoredMessage{}, transport.ErrClosed
 	}
 	if err := checkStream(stream); err != nil {
-		return transport.StoredMessage{}, err
+		return driver.StoredMessage{}, err
 	}
 	seq, err := parseSeq(transportID)
 	if err != nil {
-		return transport.StoredMessage{}, err
+		return driver.StoredMessage{}, err
 	}
 	notFound := fmt.Errorf("jetstream: %s has no message %s: %w", StreamName(d.cfg.Namespace, stream), transportID, transport.ErrMessageNotFound)
 	st, err := d.lookupStream(ctx, stream)
 	if err != nil {
-		return transport.StoredMessage{}, err
+		return driver.StoredMessage{}, err
 	}
 	if st == nil {
-		return transport.StoredMessage{}, notFound
+		return driver.StoredMessage{}, notFound
 	}
 	actx, cancel := apiCtx(ctx)
 	defer cancel()
 	raw, err := st.GetMsg(actx, seq)
 	if errors.Is(err, jetstream.ErrMsgNotFound) {
-		return transport.StoredMessage{}, notFound
+		return driver.StoredMessage{}, notFound
 	}
 	if err != nil {
-		return transport.StoredMessage{}, d.wrap(ctx, "read "+StreamName(d.cfg.Namespace, stream), err)
+		return driver.StoredMessage{}, d.wrap(ctx, "read "+StreamName(d.cfg.Namespace, stream), err)
 	}
-	sm := transport.StoredMessage{RawMessage: transport.RawMessage{Body: raw.Data}, TransportID: transportID}
+	sm := driver.StoredMessage{Message: driver.Message{Body: raw.Data}, TransportID: transportID}
 	if len(raw.Header) > 0 {
 		sm.ID, sm.Headers = fromHeader(raw.Header)
 	}

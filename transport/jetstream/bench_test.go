@@ -16,6 +16,7 @@ import (
 
 	"github.com/pulse-bus/pulse/envelope"
 	"github.com/pulse-bus/pulse/transport"
+	"github.com/pulse-bus/pulse/transport/driver"
 	"github.com/pulse-bus/pulse/transport/jetstream"
 )
 
@@ -156,11 +157,11 @@ func pulsePublishTrial(b *testing.B, url string, n int, m publishMode) float64 {
 	defer deleteStream(b, url, ns)
 	ctx := context.Background()
 	envs := make([]*envelope.Envelope, n)
-	raws := make([]transport.RawMessage, n)
+	raws := make([]driver.Message, n)
 	body := benchBody(b)
 	for i := range envs {
 		envs[i] = benchEnvelope(i)
-		raws[i] = transport.RawMessage{Body: body}
+		raws[i] = driver.Message{Body: body}
 	}
 	if err := bus.Publish(ctx, "bench", benchEnvelope(-1)); err != nil { // creates the stream
 		b.Fatal(err)
@@ -243,7 +244,7 @@ func driverConsumeTrial(b *testing.B, url string, n int) float64 {
 	defer d.Close()
 	ctx := context.Background()
 	elapsed := startTrial(b)
-	sub, err := d.Subscribe(ctx, "bench", transport.DriverSubscribeOptions{Group: "g", AckWait: 30 * time.Second, BatchSize: benchBatch})
+	sub, err := d.Subscribe(ctx, "bench", driver.SubscribeOptions{Group: "g", AckWait: 30 * time.Second, BatchSize: benchBatch})
 	if err != nil {
 		b.Fatal(err)
 	}

@@ -7,6 +7,7 @@ import (
 
 	"github.com/pulse-bus/pulse/internal/natstest"
 	"github.com/pulse-bus/pulse/transport"
+	"github.com/pulse-bus/pulse/transport/driver"
 	"github.com/pulse-bus/pulse/transport/jetstream"
 	"github.com/pulse-bus/pulse/transport/transporttest"
 )
@@ -17,7 +18,7 @@ import (
 func TestConformance(t *testing.T) {
 	srv := natsSrv.Server(t)
 	transporttest.Run(t, transporttest.Harness{
-		Open: func(ctx context.Context, cfg transport.Config) (transport.Driver, error) {
+		Open: func(ctx context.Context, cfg transport.Config) (driver.Driver, error) {
 			return jetstream.Open(ctx, cfg)
 		},
 		Config:      config(srv.ClientURL(), "conf"),

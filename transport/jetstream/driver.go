@@ -16,6 +16,7 @@ import (
 	"github.com/nats-io/nats.go/jetstream"
 
 	"github.com/pulse-bus/pulse/transport"
+	"github.com/pulse-bus/pulse/transport/driver"
 )
 
 // Name is the name the driver registers under (EVENT_BUS_BACKEND=jetstream).
@@ -48,13 +49,13 @@ const (
 )
 
 func init() {
-	transport.Register(Name, func(ctx context.Context, cfg transport.Config) (transport.Driver, error) {
+	transport.Register(Name, func(ctx context.Context, cfg transport.Config) (driver.Driver, error) {
 		return Open(ctx, cfg)
-	})
+	}, CheckConfig)
 }
 
-// Driver is the JetStream transport.Driver. It also implements transport.Pinger,
-// transport.StreamAdmin and transport.IdempotencyProvider. It is safe for concurrent use;
+// Driver is the JetStream driver.Driver. It also implements driver.Pinger,
+// driver.StreamAdmin and driver.IdempotencyProvider. It is safe for concurrent use;
 // after Close every method returns transport.ErrClosed.
 type Driver struct {
 	cfg transport.Config

@@ -13,6 +13,7 @@ import (
 
 	"github.com/pulse-bus/pulse/internal/natstest"
 	"github.com/pulse-bus/pulse/transport"
+	"github.com/pulse-bus/pulse/transport/driver"
 )
 
 // blackHole subscribes to subject on url with a plain NATS subscriber that never answers: a
@@ -85,7 +86,7 @@ func TestLostPubAcksReclaimed(t *testing.T) {
 	require.True(t, errors.Is(err, jetstream.ErrAsyncPublishTimeout), "%v", err)
 	require.Zero(t, d.js.PublishAsyncPending(), "the lost publishes were reclaimed")
 
-	ids, err := d.Publish(context.Background(), "after", []transport.RawMessage{{Body: []byte(`{"ok":1}`)}})
+	ids, err := d.Publish(context.Background(), "after", []driver.Message{{Body: []byte(`{"ok":1}`)}})
 	require.NoError(t, err)
 	require.Equal(t, []string{"1"}, ids)
 }

@@ -15,6 +15,7 @@ import (
 	"github.com/pulse-bus/pulse/internal/natstest"
 	"github.com/pulse-bus/pulse/internal/testutil"
 	"github.com/pulse-bus/pulse/transport"
+	"github.com/pulse-bus/pulse/transport/driver"
 	"github.com/pulse-bus/pulse/transport/jetstream"
 )
 
@@ -66,7 +67,7 @@ func TestRoundTrip(t *testing.T) {
 	srv := natsSrv.Server(t)
 	d := open(t, config(srv.ClientURL(), uniqueNS("rt")))
 	ctx := context.Background()
-	msgs := []transport.RawMessage{
+	msgs := []driver.Message{
 		{Body: []byte(`{"a":1}`), ID: "id-1"},
 		{Body: []byte(`{"a":2}`), Headers: map[string]string{"reason": "boom", "error": "line1\nline2"}},
 		{Body: []byte(`{"a":3}`)},
@@ -75,10 +76,10 @@ func TestRoundTrip(t *testing.T) {
 	require.NoError(t, err)
 	require.Equal(t, []string{"1", "2", "3"}, ids)
 
-	sub, err := d.Subscribe(ctx, "s.one", transport.DriverSubscribeOptions{Group: "g", Consumer: "c", AckWait: 5 * time.Second, BatchSize: 8})
+	sub, err := d.Subscribe(ctx, "s.one", driver.SubscribeOptions{Group: "g", Consumer: "c", AckWait: 5 * time.Second, BatchSize: 8})
 	require.NoError(t, err)
 	defer sub.Close()
-	var got []*transport.RawDelivery
+	var got []*driver.Delivery
 	for len(got) < 3 {
 		rctx, cancel := context.WithTimeout(ctx, 5*time.Second)
 		batch, err := sub.Receive(rctx, 8)
@@ -113,10 +114,10 @@ func TestPublishDedupe(t *testing.T) {
 	srv := natsSrv.Server(t)
 	d := open(t, config(srv.ClientURL(), uniqueNS("dedupe")))
 	ctx := context.Background()
-	m := transport.RawMessage{Body: []byte(`{"x":1}`), ID: "01JABCDEFGHJKMNPQRSTVWXYZ0"}
-	first, err := d.Publish(ctx, "s", []transport.RawMessage{m})
+	m := driver.Message{Body: []byte(`{"x":1}`), ID: "01JABCDEFGHJKMNPQRSTVWXYZ0"}
+	first, err := d.Publish(ctx, "s", []driver.Message{m})
 	require.NoError(t, err)
-	again, err := d.Publish(ctx, "s", []transport.RawMessage{m, {Body: []byte(`{"x":2}`), ID: "other"}})
+	again, err := d.Publish(ctx, "s", []driver.Message{m, {Body: []byte(`{"x":2}`), ID: "other"}})
 	require.NoError(t, err)
 	require.Equal(t, first[0], again[0])
 	require.NotEqual(t, first[0], again[1])
@@ -131,12 +132,12 @@ func TestNakDelay(t *testing.T) {
 	srv := natsSrv.Server(t)
 	d := open(t, config(srv.ClientURL(), uniqueNS("nak")))
 	ctx := context.Background()
-	_, err := d.Publish(ctx, "s", []transport.RawMessage{{Body: []byte("x")}})
+	_, err := d.Publish(ctx, "s", []driver.Message{{Body: []byte("x")}})
 	require.NoError(t, err)
-	sub, err := d.Subscribe(ctx, "s", transport.DriverSubscribeOptions{Group: "g", AckWait: 10 * time.Second, BatchSize: 4})
+	sub, err := d.Subscribe(ctx, "s", driver.SubscribeOptions{Group: "g", AckWait: 10 * time.Second, BatchSize: 4})
 	require.NoError(t, err)
 	defer sub.Close()
-	recv := func() *transport.RawDelivery {
+	recv := func() *driver.Delivery {
 		rctx, cancel := context.WithTimeout(ctx, 5*time.Second)
 		defer cancel()
 		b, err := sub.Receive(rctx, 4)
@@ -163,13 +164,13 @@ func TestCloseHandsBackBuffered(t *testing.T) {
 	d := open(t, config(srv.ClientURL(), uniqueNS("handback")))
 	ctx := context.Background()
 	const n = 50
-	msgs := make([]transport.RawMessage, n)
+	msgs := make([]driver.Message, n)
 	for i := range msgs {
-		msgs[i] = transport.RawMessage{Body: []byte(strconv.Itoa(i))}
+		msgs[i] = driver.Message{Body: []byte(strconv.Itoa(i))}
 	}
 	_, err := d.Publish(ctx, "s", msgs)
 	require.NoError(t, err)
-	opts := transport.DriverSubscribeOptions{Group: "g", AckWait: 30 * time.Second, BatchSize: 16}
+	opts := driver.SubscribeOptions{Group: "g", AckWait: 30 * time.Second, BatchSize: 16}
 	a, err := d.Subscribe(ctx, "s", opts)
 	require.NoError(t, err)
 	rctx, cancel := context.WithTimeout(ctx, 5*time.Second)
@@ -211,7 +212,7 @@ func TestCloseHandsBackBuffered(t *testing.T) {
 func TestReceiveHonoursContext(t *testing.T) {
 	srv := natsSrv.Server(t)
 	d := open(t, config(srv.ClientURL(), uniqueNS("ctx")))
-	sub, err := d.Subscribe(context.Background(), "s", transport.DriverSubscribeOptions{Group: "g", AckWait: time.Second, BatchSize: 4})
+	sub, err := d.Subscribe(context.Background(), "s", driver.SubscribeOptions{Group: "g", AckWait: time.Second, BatchSize: 4})
 	require.NoError(t, err)
 	defer sub.Close()
 	ctx, cancel := context.WithCancel(context.Background())
@@ -238,7 +239,7 @@ func TestInProcess(t *testing.T) {
 	require.NoError(t, err)
 	defer d.Close()
 	require.NoError(t, d.Ping(ctx))
-	ids, err := d.Publish(ctx, "s", []transport.RawMessage{{Body: []byte("x")}})
+	ids, err := d.Publish(ctx, "s", []driver.Message{{Body: []byte("x")}})
 	require.NoError(t, err)
 	require.Equal(t, []string{"1"}, ids)
 	srv.Shutdown()
@@ -256,12 +257,12 @@ func TestConsumerDeletedRecreated(t *testing.T) {
 	cfg := config(srv.ClientURL(), ns)
 	cfg.Logger = slog.New(slog.NewTextHandler(&logs, nil))
 	d := open(t, cfg)
-	sub, err := d.Subscribe(ctx, "s", transport.DriverSubscribeOptions{Group: "g", AckWait: 5 * time.Second, BatchSize: 4})
+	sub, err := d.Subscribe(ctx, "s", driver.SubscribeOptions{Group: "g", AckWait: 5 * time.Second, BatchSize: 4})
 	require.NoError(t, err)
 	defer sub.Close()
-	receive := func() []*transport.RawDelivery {
+	receive := func() []*driver.Delivery {
 		t.Helper()
-		var got []*transport.RawDelivery
+		var got []*driver.Delivery
 		require.Eventually(t, func() bool {
 			rctx, cancel := context.WithTimeout(ctx, 200*time.Millisecond)
 			defer cancel()
@@ -274,12 +275,12 @@ func TestConsumerDeletedRecreated(t *testing.T) {
 		}, 15*time.Second, time.Millisecond)
 		return got
 	}
-	_, err = d.Publish(ctx, "s", []transport.RawMessage{{Body: []byte("one")}})
+	_, err = d.Publish(ctx, "s", []driver.Message{{Body: []byte("one")}})
 	require.NoError(t, err)
 	require.Equal(t, "one", string(receive()[0].Body))
 
 	require.NoError(t, d.JetStream().DeleteConsumer(ctx, jetstream.StreamName(ns, "s"), "g"))
-	_, err = d.Publish(ctx, "s", []transport.RawMessage{{Body: []byte("two")}})
+	_, err = d.Publish(ctx, "s", []driver.Message{{Body: []byte("two")}})
 	require.NoError(t, err)
 	var bodies []string
 	for !slicesContains(bodies, "two") {
@@ -313,7 +314,7 @@ func TestStreamAndConsumerConfig(t *testing.T) {
 	cfg.StreamMaxBytes = 1 << 20
 	cfg.StreamMaxLen = 500
 	d := open(t, cfg)
-	sub, err := d.Subscribe(ctx, "telemetry.feedback", transport.DriverSubscribeOptions{Group: "pipeline", AckWait: 7 * time.Second, BatchSize: 16})
+	sub, err := d.Subscribe(ctx, "telemetry.feedback", driver.SubscribeOptions{Group: "pipeline", AckWait: 7 * time.Second, BatchSize: 16})
 	require.NoError(t, err)
 	defer sub.Close()
 	st, err := d.JetStream().Stream(ctx, jetstream.StreamName(ns, "telemetry.feedback"))
@@ -377,7 +378,7 @@ func TestPositionsSurviveStreamRecreation(t *testing.T) {
 	cfg := config(srv.ClientURL(), uniqueNS("epoch"))
 	d := open(t, cfg)
 	ctx := context.Background()
-	receiveOne := func(s transport.DriverSubscription) *transport.RawDelivery {
+	receiveOne := func(s driver.Subscription) *driver.Delivery {
 		t.Helper()
 		rctx, cancel := context.WithTimeout(ctx, 10*time.Second)
 		defer cancel()
@@ -386,14 +387,14 @@ func TestPositionsSurviveStreamRecreation(t *testing.T) {
 		require.NoError(t, s.Ack(ctx, ds))
 		return ds[0]
 	}
-	s, err := d.Subscribe(ctx, "s", transport.DriverSubscribeOptions{Group: "g", Consumer: "c", AckWait: time.Second, BatchSize: 4})
+	s, err := d.Subscribe(ctx, "s", driver.SubscribeOptions{Group: "g", Consumer: "c", AckWait: time.Second, BatchSize: 4})
 	require.NoError(t, err)
 	defer s.Close()
 	for range 3 {
-		_, err := d.Publish(ctx, "s", []transport.RawMessage{{Body: []byte(`{}`)}})
+		_, err := d.Publish(ctx, "s", []driver.Message{{Body: []byte(`{}`)}})
 		require.NoError(t, err)
 	}
-	var old *transport.RawDelivery
+	var old *driver.Delivery
 	for range 3 {
 		old = receiveOne(s)
 	}
@@ -402,9 +403,9 @@ func TestPositionsSurviveStreamRecreation(t *testing.T) {
 	require.NoError(t, d.JetStream().DeleteStream(ctx, jetstream.StreamName(cfg.Namespace, "s")))
 	// The subscription notices its consumer is gone and creates both again; publish until the
 	// new stream has a message it can read.
-	var fresh *transport.RawDelivery
+	var fresh *driver.Delivery
 	require.Eventually(t, func() bool {
-		if _, err := d.Publish(ctx, "s", []transport.RawMessage{{Body: []byte(`{}`)}}); err != nil {
+		if _, err := d.Publish(ctx, "s", []driver.Message{{Body: []byte(`{}`)}}); err != nil {
 			return false
 		}
 		rctx, cancel := context.WithTimeout(ctx, 500*time.Millisecond)
@@ -416,7 +417,7 @@ func TestPositionsSurviveStreamRecreation(t *testing.T) {
 		fresh = ds[0]
 		return true
 	}, 20*time.Second, 50*time.Millisecond)
-	require.NoError(t, s.Ack(ctx, []*transport.RawDelivery{fresh}))
+	require.NoError(t, s.Ack(ctx, []*driver.Delivery{fresh}))
 	require.Less(t, fresh.Position.Seq, old.Position.Seq+10, "the sequence started over")
 	require.Equal(t, 1, fresh.Position.Compare(old.Position), "new %v after old %v", fresh.Position, old.Position)
 }

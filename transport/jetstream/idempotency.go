@@ -9,13 +9,14 @@ import (
 	"github.com/nats-io/nats.go/jetstream"
 
 	"github.com/pulse-bus/pulse/transport"
+	"github.com/pulse-bus/pulse/transport/driver"
 )
 
-// IdempotencyStore implements transport.IdempotencyProvider with the key-value bucket
+// IdempotencyStore implements driver.IdempotencyProvider with the key-value bucket
 // IdempotencyBucket(namespace), created or updated with ttl as its entries' max age and the
 // configured replicas. The record is shared by every replica and survives restarts. Each Seen
 // and Done is one request to the server.
-func (d *Driver) IdempotencyStore(ctx context.Context, ttl time.Duration) (transport.IdempotencyStore, error) {
+func (d *Driver) IdempotencyStore(ctx context.Context, ttl time.Duration) (driver.IdempotencyStore, error) {
 	if d.closed.Load() {
 		return nil, transport.ErrClosed
 	}

@@ -14,6 +14,7 @@ import (
 	"github.com/pulse-bus/pulse/envelope"
 	"github.com/pulse-bus/pulse/internal/natstest"
 	"github.com/pulse-bus/pulse/transport"
+	"github.com/pulse-bus/pulse/transport/driver"
 	"github.com/pulse-bus/pulse/transport/jetstream"
 )
 
@@ -63,7 +64,7 @@ func TestPythonV1ViaCorePublish(t *testing.T) {
 		t.Fatal("the core-published v1 message was not consumed")
 	}
 	require.Eventually(t, func() bool {
-		info, err := bus.Driver().(transport.StreamAdmin).Info(context.Background(), "telemetry.feedback", transport.DefaultGroup)
+		info, err := bus.Driver().(driver.StreamAdmin).Info(context.Background(), "telemetry.feedback", transport.DefaultGroup)
 		return err == nil && info.Pending == 0 && info.Unread == 0
 	}, 5*time.Second, 10*time.Millisecond, "the message is acked")
 }
@@ -114,7 +115,7 @@ func TestSharedIdempotency(t *testing.T) {
 	// would be stored again): simulate with a raw copy on another stream sequence.
 	body, err := pub.Codec().Encode(env)
 	require.NoError(t, err)
-	_, err = pub.PublishRaw(ctx, "s", transport.RawMessage{Body: body})
+	_, err = pub.PublishRaw(ctx, "s", driver.Message{Body: body})
 	require.NoError(t, err)
 	second := openBus(t, cfg)
 	s2, err := second.Subscribe(ctx, "s", h, transport.SubscribeOptions{Group: "g1"})
@@ -138,17 +139,17 @@ func TestAdminMissingStream(t *testing.T) {
 	ctx := context.Background()
 	d := open(t, config(srv.ClientURL(), uniqueNS("missing")))
 	n := 0
-	require.NoError(t, d.Range(ctx, "never.dlq", 0, func(transport.StoredMessage) error { n++; return nil }))
+	require.NoError(t, d.Range(ctx, "never.dlq", 0, func(driver.StoredMessage) error { n++; return nil }))
 	require.Zero(t, n)
 	info, err := d.Info(ctx, "never.dlq", "g")
 	require.NoError(t, err)
-	require.Equal(t, transport.StreamInfo{}, info)
+	require.Equal(t, driver.StreamInfo{}, info)
 	purged, err := d.Purge(ctx, "never.dlq")
 	require.NoError(t, err)
 	require.Zero(t, purged)
 	require.NoError(t, d.Delete(ctx, "never.dlq", "1"))
 	require.ErrorContains(t, d.Delete(ctx, "never.dlq", "1-0"), "stream sequence")
-	_, err = d.Publish(ctx, "s", []transport.RawMessage{{Body: []byte("x")}})
+	_, err = d.Publish(ctx, "s", []driver.Message{{Body: []byte("x")}})
 	require.NoError(t, err)
 	require.NoError(t, d.Delete(ctx, "s", "7"), "a sequence past the end is not an error")
 	require.NoError(t, d.Delete(ctx, "s", "1"))
@@ -161,9 +162,9 @@ func TestNameCollision(t *testing.T) {
 	srv := natsSrv.Server(t)
 	ctx := context.Background()
 	d := open(t, config(srv.ClientURL(), uniqueNS("coll")))
-	_, err := d.Publish(ctx, "a.b", []transport.RawMessage{{Body: []byte("x")}})
+	_, err := d.Publish(ctx, "a.b", []driver.Message{{Body: []byte("x")}})
 	require.NoError(t, err)
-	_, err = d.Publish(ctx, "a_b", []transport.RawMessage{{Body: []byte("y")}})
+	_, err = d.Publish(ctx, "a_b", []driver.Message{{Body: []byte("y")}})
 	require.ErrorIs(t, err, jetstream.ErrNameCollision)
 	require.True(t, errors.Is(err, jetstream.ErrNameCollision))
 }
@@ -176,9 +177,9 @@ func TestClosedDriver(t *testing.T) {
 	require.NoError(t, err)
 	require.NoError(t, d.Close())
 	require.NoError(t, d.Close())
-	_, err = d.Publish(ctx, "s", []transport.RawMessage{{Body: []byte("x")}})
+	_, err = d.Publish(ctx, "s", []driver.Message{{Body: []byte("x")}})
 	require.ErrorIs(t, err, transport.ErrClosed)
-	_, err = d.Subscribe(ctx, "s", transport.DriverSubscribeOptions{Group: "g"})
+	_, err = d.Subscribe(ctx, "s", driver.SubscribeOptions{Group: "g"})
 	require.ErrorIs(t, err, transport.ErrClosed)
 	require.ErrorIs(t, d.Ping(ctx), transport.ErrClosed)
 	_, err = d.Info(ctx, "s", "")

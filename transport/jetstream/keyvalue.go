@@ -9,6 +9,7 @@ import (
 	"github.com/nats-io/nats.go/jetstream"
 
 	"github.com/pulse-bus/pulse/transport"
+	"github.com/pulse-bus/pulse/transport/driver"
 )
 
 // KeyValueBucket is the JetStream key-value bucket of the KeyValue bucket name in namespace
@@ -18,11 +19,11 @@ func KeyValueBucket(ns, name string) string {
 	return strings.ToUpper(ns + "_PULSE_KV_" + name)
 }
 
-// KeyValue implements transport.KeyValueProvider with a JetStream key-value bucket
+// KeyValue implements driver.KeyValueProvider with a JetStream key-value bucket
 // (KeyValueBucket), created or updated with one revision per key, file storage and the
 // configured replicas. Revisions are the bucket stream's sequences; compare-and-set is the
 // server's own (expected last subject sequence).
-func (d *Driver) KeyValue(ctx context.Context, name string) (transport.KeyValue, error) {
+func (d *Driver) KeyValue(ctx context.Context, name string) (driver.KeyValue, error) {
 	if d.closed.Load() {
 		return nil, transport.ErrClosed
 	}
@@ -87,7 +88,7 @@ func (b *kvBucket) check(ctx context.Context, key string) error {
 	if err := ctx.Err(); err != nil {
 		return err
 	}
-	return transport.CheckKey(key)
+	return driver.CheckKey(key)
 }
 
 // err maps the client's key-value errors to transport's.
@@ -103,17 +104,17 @@ func (b *kvBucket) err(ctx context.Context, op string, err error) error {
 	return b.d.wrap(ctx, op+" "+b.name, err)
 }
 
-func (b *kvBucket) Get(ctx context.Context, key string) (transport.KVEntry, error) {
+func (b *kvBucket) Get(ctx context.Context, key string) (driver.KVEntry, error) {
 	if err := b.check(ctx, key); err != nil {
-		return transport.KVEntry{}, err
+		return driver.KVEntry{}, err
 	}
 	actx, cancel := apiCtx(ctx)
 	defer cancel()
 	e, err := b.kv.Get(actx, encodeKey(key))
 	if err != nil {
-		return transport.KVEntry{}, b.err(ctx, "get from", err)
+		return driver.KVEntry{}, b.err(ctx, "get from", err)
 	}
-	return transport.KVEntry{Key: key, Value: e.Value(), Revision: e.Revision()}, nil
+	return driver.KVEntry{Key: key, Value: e.Value(), Revision: e.Revision()}, nil
 }
 
 func (b *kvBucket) Put(ctx context.Context, key string, value []byte) (uint64, error) {
@@ -169,7 +170,7 @@ func (b *kvBucket) Delete(ctx context.Context, key string, revision uint64) erro
 
 // Range reads every key's latest value through one watcher (one ordered consumer), not a
 // request per key.
-func (b *kvBucket) Range(ctx context.Context, fn func(transport.KVEntry) error) error {
+func (b *kvBucket) Range(ctx context.Context, fn func(driver.KVEntry) error) error {
 	if b.d.closed.Load() {
 		return transport.ErrClosed
 	}
@@ -193,11 +194,11 @@ func (b *kvBucket) Range(ctx context.Context, fn func(transport.KVEntry) error) 
 			if err != nil {
 				return err
 			}
-			if err := fn(transport.KVEntry{Key: key, Value: e.Value(), Revision: e.Revision()}); err != nil {
+			if err := fn(driver.KVEntry{Key: key, Value: e.Value(), Revision: e.Revision()}); err != nil {
 				return err
 			}
 		}
 	}
 }
 
-var _ transport.KeyValueProvider = (*Driver)(nil)
+var _ driver.KeyValueProvider = (*Driver)(nil)

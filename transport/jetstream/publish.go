@@ -14,6 +14,7 @@ import (
 	"github.com/nats-io/nats.go/jetstream"
 
 	"github.com/pulse-bus/pulse/transport"
+	"github.com/pulse-bus/pulse/transport/driver"
 )
 
 // maxHeaderValue bounds one header value (a dead letter's error text can hold a stack trace).
@@ -44,7 +45,7 @@ const (
 // large batches or several concurrent callers (see the package benchmarks). The bodies in msgs
 // must not change while Publish runs, nor after an early return on ctx or Close (the client
 // may still resend a message it has in flight).
-func (d *Driver) Publish(ctx context.Context, stream string, msgs []transport.RawMessage) ([]string, error) {
+func (d *Driver) Publish(ctx context.Context, stream string, msgs []driver.Message) ([]string, error) {
 	if d.closed.Load() {
 		return nil, transport.ErrClosed
 	}
@@ -295,7 +296,7 @@ func (d *Driver) reclaimPending() {
 
 // toNATS builds the NATS message of m. Headers are set directly (NATS header names are case
 // sensitive and kept as given).
-func toNATS(subject string, m transport.RawMessage) (*nats.Msg, error) {
+func toNATS(subject string, m driver.Message) (*nats.Msg, error) {
 	nm := &nats.Msg{Subject: subject, Data: m.Body}
 	if m.ID == "" && len(m.Headers) == 0 {
 		return nm, nil

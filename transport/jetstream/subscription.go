@@ -14,6 +14,7 @@ import (
 	"github.com/nats-io/nats.go/jetstream"
 
 	"github.com/pulse-bus/pulse/transport"
+	"github.com/pulse-bus/pulse/transport/driver"
 )
 
 // Client-side buffering of one subscription, derived from its BatchSize B (see bufferSizes).
@@ -48,7 +49,7 @@ func bufferSizes(batch int) (pull, queue, maxAckPending int) {
 // stream (a group created after publishing still gets the earlier messages), explicit acks,
 // the subscription's AckWait, and no delivery limit — the Bus dead-letters on the last attempt
 // itself and then terminates the message, so the server must not give up first.
-func consumerConfig(opts transport.DriverSubscribeOptions) jetstream.ConsumerConfig {
+func consumerConfig(opts driver.SubscribeOptions) jetstream.ConsumerConfig {
 	_, _, maxAck := bufferSizes(opts.BatchSize)
 	return jetstream.ConsumerConfig{
 		Durable:       DurableName(opts.Group),
@@ -64,7 +65,7 @@ func consumerConfig(opts transport.DriverSubscribeOptions) jetstream.ConsumerCon
 
 // ensureConsumer creates or updates the group's durable consumer (and the stream), and
 // returns it with the stream's creation time.
-func (d *Driver) ensureConsumer(ctx context.Context, stream string, opts transport.DriverSubscribeOptions) (jetstream.Consumer, time.Time, error) {
+func (d *Driver) ensureConsumer(ctx context.Context, stream string, opts driver.SubscribeOptions) (jetstream.Consumer, time.Time, error) {
 	for attempt := 0; ; attempt++ {
 		st, err := d.ensureStream(ctx, stream)
 		if err != nil {
@@ -84,9 +85,9 @@ func (d *Driver) ensureConsumer(ctx context.Context, stream string, opts transpo
 	}
 }
 
-// Subscribe implements transport.Driver: it creates or updates the stream and the group's
+// Subscribe implements driver.Driver: it creates or updates the stream and the group's
 // durable consumer, and starts pulling.
-func (d *Driver) Subscribe(ctx context.Context, stream string, opts transport.DriverSubscribeOptions) (transport.DriverSubscription, error) {
+func (d *Driver) Subscribe(ctx context.Context, stream string, opts driver.SubscribeOptions) (driver.Subscription, error) {
 	if d.closed.Load() {
 		return nil, transport.ErrClosed
 	}
@@ -133,7 +134,7 @@ func (d *Driver) Subscribe(ctx context.Context, stream string, opts transport.Dr
 type subscription struct {
 	d      *Driver
 	stream string
-	opts   transport.DriverSubscribeOptions
+	opts   driver.SubscribeOptions
 	log    *slog.Logger
 	pull   int
 	queue  *msgQueue
@@ -215,11 +216,11 @@ func (s *subscription) consuming(ctx context.Context) (<-chan struct{}, error) {
 	return s.ccDone, nil
 }
 
-// Receive implements transport.DriverSubscription. It blocks until a message is buffered,
+// Receive implements transport.Subscription. It blocks until a message is buffered,
 // ctx is done (ctx.Err() is returned) or the subscription is closed (ErrClosed). While the
 // connection is down and nothing is buffered it returns an error wrapping
 // transport.ErrUnavailable at once; consuming resumes by itself after reconnecting.
-func (s *subscription) Receive(ctx context.Context, limit int) ([]*transport.RawDelivery, error) {
+func (s *subscription) Receive(ctx context.Context, limit int) ([]*driver.Delivery, error) {
 	limit = max(limit, 1)
 	for {
 		if err := ctx.Err(); err != nil {
@@ -248,8 +249,8 @@ func (s *subscription) Receive(ctx context.Context, limit int) ([]*transport.Raw
 				continue
 			}
 		}
-		out := make([]*transport.RawDelivery, 0, len(taken))
-		slab := make([]transport.RawDelivery, len(taken)) // one allocation for the batch
+		out := make([]*driver.Delivery, 0, len(taken))
+		slab := make([]driver.Delivery, len(taken)) // one allocation for the batch
 		now := time.Now()
 		for i, q := range taken {
 			out = s.appendDelivery(out, &slab[i], q, now)
@@ -264,7 +265,7 @@ func (s *subscription) Receive(ctx context.Context, limit int) ([]*transport.Raw
 
 // appendDelivery fills rd from q and appends it to out, unless q has no JetStream metadata.
 // now is when the batch is handed out.
-func (s *subscription) appendDelivery(out []*transport.RawDelivery, rd *transport.RawDelivery, q queued, now time.Time) []*transport.RawDelivery {
+func (s *subscription) appendDelivery(out []*driver.Delivery, rd *driver.Delivery, q queued, now time.Time) []*driver.Delivery {
 	am, ok := ackFields(q.msg.Reply())
 	if !ok { // a form of ack subject this reader does not know: ask nats.go
 		meta, err := q.msg.Metadata()
@@ -277,11 +278,11 @@ func (s *subscription) appendDelivery(out []*transport.RawDelivery, rd *transpor
 	if now.Sub(q.at) > s.opts.AckWait/2 {
 		_ = q.msg.InProgress() // buffered long: give its handler a whole AckWait
 	}
-	*rd = transport.RawDelivery{
-		RawMessage:  transport.RawMessage{Body: q.msg.Data()},
+	*rd = driver.Delivery{
+		Message:     driver.Message{Body: q.msg.Data()},
 		TransportID: strconv.FormatUint(am.streamSeq, 10),
 		Attempt:     int(am.delivered),
-		Position:    transport.Position{Epoch: s.epoch.Load(), Seq: am.streamSeq},
+		Position:    driver.Position{Epoch: s.epoch.Load(), Seq: am.streamSeq},
 		StoredAt:    time.Unix(0, am.stored),
 		Handle:      q.msg,
 	}
@@ -332,7 +333,7 @@ func ackFields(reply string) (m ackMeta, ok bool) {
 	return ackMeta{delivered: delivered, streamSeq: streamSeq, stored: stored}, true
 }
 
-func handle(d *transport.RawDelivery) (jetstream.Msg, error) {
+func handle(d *driver.Delivery) (jetstream.Msg, error) {
 	m, ok := d.Handle.(jetstream.Msg)
 	if !ok || m == nil {
 		return nil, fmt.Errorf("jetstream: delivery %s was not received by this driver", d.TransportID)
@@ -340,12 +341,12 @@ func handle(d *transport.RawDelivery) (jetstream.Msg, error) {
 	return m, nil
 }
 
-// AcksAreLocal implements transport.LocalAcker: Ack only queues +ACKs on the connection.
+// AcksAreLocal implements driver.LocalAcker: Ack only queues +ACKs on the connection.
 func (s *subscription) AcksAreLocal() bool { return true }
 
-// Ack implements transport.DriverSubscription with one fire-and-forget +ACK per delivery
+// Ack implements transport.Subscription with one fire-and-forget +ACK per delivery
 // (they share the connection's write buffer); Close flushes them.
-func (s *subscription) Ack(ctx context.Context, ds []*transport.RawDelivery) error {
+func (s *subscription) Ack(ctx context.Context, ds []*driver.Delivery) error {
 	var errs []error
 	for _, d := range ds {
 		m, err := handle(d)
@@ -362,8 +363,8 @@ func (s *subscription) Ack(ctx context.Context, ds []*transport.RawDelivery) err
 	return nil
 }
 
-// Nak implements transport.DriverSubscription: NakWithDelay, or a bare Nak when delay ≤ 0.
-func (s *subscription) Nak(ctx context.Context, d *transport.RawDelivery, delay time.Duration) error {
+// Nak implements transport.Subscription: NakWithDelay, or a bare Nak when delay ≤ 0.
+func (s *subscription) Nak(ctx context.Context, d *driver.Delivery, delay time.Duration) error {
 	m, err := handle(d)
 	if err != nil {
 		return err
@@ -376,8 +377,8 @@ func (s *subscription) Nak(ctx context.Context, d *transport.RawDelivery, delay 
 	return s.d.wrap(ctx, "nak "+d.TransportID, err)
 }
 
-// Term implements transport.DriverSubscription.
-func (s *subscription) Term(ctx context.Context, d *transport.RawDelivery) error {
+// Term implements transport.Subscription.
+func (s *subscription) Term(ctx context.Context, d *driver.Delivery) error {
 	m, err := handle(d)
 	if err != nil {
 		return err
@@ -385,7 +386,7 @@ func (s *subscription) Term(ctx context.Context, d *transport.RawDelivery) error
 	return s.d.wrap(ctx, "term "+d.TransportID, m.Term())
 }
 
-// Close implements transport.DriverSubscription: it stops pulling, hands every buffered
+// Close implements transport.Subscription: it stops pulling, hands every buffered
 // delivery back (Nak, so another member gets it without waiting for AckWait), and flushes
 // the acks sent so far. Deliveries handed out by Receive and not settled are redelivered after
 // AckWait. It is idempotent.

@@ -25,6 +25,7 @@ import (
 	"github.com/stretchr/testify/require"
 
 	"github.com/pulse-bus/pulse/transport"
+	"github.com/pulse-bus/pulse/transport/driver"
 	"github.com/pulse-bus/pulse/transport/jetstream"
 )
 
@@ -92,9 +93,9 @@ func requireWorks(t *testing.T, cfg transport.Config) {
 	b, err := transport.Open(context.Background(), cfg)
 	require.NoError(t, err)
 	defer b.Close()
-	_, err = b.PublishRaw(context.Background(), "auth.check", transport.RawMessage{Body: []byte(`{}`)})
+	_, err = b.PublishRaw(context.Background(), "auth.check", driver.Message{Body: []byte(`{}`)})
 	require.NoError(t, err)
-	info, err := b.Driver().(transport.StreamAdmin).Info(context.Background(), "auth.check", "")
+	info, err := b.Driver().(driver.StreamAdmin).Info(context.Background(), "auth.check", "")
 	require.NoError(t, err)
 	require.EqualValues(t, 1, info.Length)
 }

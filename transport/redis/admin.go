@@ -9,6 +9,7 @@ import (
 	goredis "github.com/redis/go-redis/v9"
 
 	"github.com/pulse-bus/pulse/transport"
+	"github.com/pulse-bus/pulse/transport/driver"
 )
 
 // rangePage is how many entries Range reads per XRANGE.
@@ -17,7 +18,7 @@ const rangePage = 256
 // Range calls fn for each retained entry of stream, oldest first (XRANGE in pages), without
 // consuming anything: the `data` field is the body, every other field a header (a dead
 // letter's original_id, reason, …). limit ≤ 0 means all. fn's error is returned as is.
-func (d *Driver) Range(ctx context.Context, stream string, limit int, fn func(transport.StoredMessage) error) error {
+func (d *Driver) Range(ctx context.Context, stream string, limit int, fn func(driver.StoredMessage) error) error {
 	if d.isClosed() {
 		return transport.ErrClosed
 	}
@@ -33,7 +34,7 @@ func (d *Driver) Range(ctx context.Context, stream string, limit int, fn func(tr
 			return d.wrap("range "+key, err)
 		}
 		for _, m := range msgs {
-			if err := fn(transport.StoredMessage{RawMessage: fromValues(m.Values), TransportID: m.ID}); err != nil {
+			if err := fn(driver.StoredMessage{Message: fromValues(m.Values), TransportID: m.ID}); err != nil {
 				return err
 			}
 		}
@@ -75,22 +76,22 @@ func (d *Driver) Purge(ctx context.Context, stream string) (int64, error) {
 // e.g. after entries were deleted). A stream that does not exist has length 0; a group that
 // does not exist has nothing pending and, as it would be created from the start of the stream,
 // every retained entry unread.
-func (d *Driver) Info(ctx context.Context, stream, group string) (transport.StreamInfo, error) {
+func (d *Driver) Info(ctx context.Context, stream, group string) (driver.StreamInfo, error) {
 	if d.isClosed() {
-		return transport.StreamInfo{}, transport.ErrClosed
+		return driver.StreamInfo{}, transport.ErrClosed
 	}
 	key := d.key(stream)
 	n, err := d.client.XLen(ctx, key).Result()
 	if err != nil {
-		return transport.StreamInfo{}, d.wrap("info "+key, err)
+		return driver.StreamInfo{}, d.wrap("info "+key, err)
 	}
-	info := transport.StreamInfo{Length: n, Unread: -1}
+	info := driver.StreamInfo{Length: n, Unread: -1}
 	if group == "" {
 		return info, nil
 	}
 	groups, err := d.client.XInfoGroups(ctx, key).Result()
 	if err != nil && !errors.Is(err, goredis.Nil) && !strings.Contains(err.Error(), "no such key") {
-		return transport.StreamInfo{}, d.wrap("info "+key, err)
+		return driver.StreamInfo{}, d.wrap("info "+key, err)
 	}
 	info.Unread = n
 	for _, g := range groups {
@@ -101,18 +102,18 @@ func (d *Driver) Info(ctx context.Context, stream, group string) (transport.Stre
 	return info, nil
 }
 
-// Get implements transport.StreamAdmin: XRANGE key id id.
-func (d *Driver) Get(ctx context.Context, stream, transportID string) (transport.StoredMessage, error) {
+// Get implements driver.StreamAdmin: XRANGE key id id.
+func (d *Driver) Get(ctx context.Context, stream, transportID string) (driver.StoredMessage, error) {
 	if d.isClosed() {
-		return transport.StoredMessage{}, transport.ErrClosed
+		return driver.StoredMessage{}, transport.ErrClosed
 	}
 	key := d.key(stream)
 	msgs, err := d.client.XRangeN(ctx, key, transportID, transportID, 1).Result()
 	if err != nil {
-		return transport.StoredMessage{}, d.wrap("read "+key, err)
+		return driver.StoredMessage{}, d.wrap("read "+key, err)
 	}
 	if len(msgs) == 0 {
-		return transport.StoredMessage{}, fmt.Errorf("redis: %s has no entry %s: %w", key, transportID, transport.ErrMessageNotFound)
+		return driver.StoredMessage{}, fmt.Errorf("redis: %s has no entry %s: %w", key, transportID, transport.ErrMessageNotFound)
 	}
-	return transport.StoredMessage{RawMessage: fromValues(msgs[0].Values), TransportID: msgs[0].ID}, nil
+	return driver.StoredMessage{Message: fromValues(msgs[0].Values), TransportID: msgs[0].ID}, nil
 }

@@ -14,6 +14,7 @@ import (
 
 	"github.com/pulse-bus/pulse/envelope"
 	"github.com/pulse-bus/pulse/transport"
+	"github.com/pulse-bus/pulse/transport/driver"
 )
 
 // The benchmarks compare Pulse on Redis with what a careful hand-written go-redis client does
@@ -114,7 +115,7 @@ func BenchmarkPublish(b *testing.B) {
 		d := openDriver(b, cfg)
 		cleanupNS(b, rawClient(b, cfg.RedisURL), cfg.Namespace)
 		_, bodies := benchEnvelopes(b, benchBatch)
-		msgs := make([]transport.RawMessage, len(bodies))
+		msgs := make([]driver.Message, len(bodies))
 		for i := range msgs {
 			msgs[i].Body = bodies[i]
 		}
@@ -211,7 +212,7 @@ func BenchmarkConsume(b *testing.B) {
 		d := openDriver(b, cfg)
 		ctx := context.Background()
 		report := startClock(b)
-		s, err := d.Subscribe(ctx, "bench", transport.DriverSubscribeOptions{Group: "g", Consumer: "c", AckWait: transport.DefaultAckWait})
+		s, err := d.Subscribe(ctx, "bench", driver.SubscribeOptions{Group: "g", Consumer: "c", AckWait: transport.DefaultAckWait})
 		if err != nil {
 			b.Fatal(err)
 		}

@@ -16,6 +16,7 @@ import (
 
 	"github.com/pulse-bus/pulse/envelope"
 	"github.com/pulse-bus/pulse/transport"
+	"github.com/pulse-bus/pulse/transport/driver"
 )
 
 // fixtureDir holds the byte-exact messages the Python market-data-core writes (a copy of
@@ -94,7 +95,7 @@ func TestPythonFixturesConsumed(t *testing.T) {
 			require.Equal(t, "ok", p["level"])
 		}
 	}
-	info, err := b.Driver().(transport.StreamAdmin).Info(ctx, "mdp.telemetry.feedback", transport.DefaultGroup)
+	info, err := b.Driver().(driver.StreamAdmin).Info(ctx, "mdp.telemetry.feedback", transport.DefaultGroup)
 	require.NoError(t, err)
 	require.Zero(t, info.Pending, "everything consumed was acknowledged")
 }
@@ -133,7 +134,7 @@ func TestPoisonDeadLetterEntry(t *testing.T) {
 	require.NoError(t, err)
 	require.Len(t, v, 7, "data plus the six dead-letter fields, nothing else")
 	require.Eventually(t, func() bool {
-		info, err := b.Driver().(transport.StreamAdmin).Info(ctx, "telemetry.feedback", transport.DefaultGroup)
+		info, err := b.Driver().(driver.StreamAdmin).Info(ctx, "telemetry.feedback", transport.DefaultGroup)
 		return err == nil && info.Pending == 0
 	}, waitFor, 10*time.Millisecond, "the original is acknowledged once dead-lettered")
 }
@@ -173,11 +174,11 @@ func TestAttemptsSurviveMembers(t *testing.T) {
 		require.NoError(t, b.Close()) // leaves; its waiting retry goes back to the group
 	}
 
-	var dl []transport.StoredMessage
-	admin := pub.Driver().(transport.StreamAdmin)
+	var dl []driver.StoredMessage
+	admin := pub.Driver().(driver.StreamAdmin)
 	require.Eventually(t, func() bool {
 		dl = dl[:0]
-		err := admin.Range(ctx, "s.dlq", 0, func(m transport.StoredMessage) error { dl = append(dl, m); return nil })
+		err := admin.Range(ctx, "s.dlq", 0, func(m driver.StoredMessage) error { dl = append(dl, m); return nil })
 		return err == nil && len(dl) == 1
 	}, waitFor, 10*time.Millisecond)
 	require.Equal(t, "3", dl[0].Headers["attempts"])

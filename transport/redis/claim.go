@@ -7,14 +7,14 @@ import (
 
 	goredis "github.com/redis/go-redis/v9"
 
-	"github.com/pulse-bus/pulse/transport"
+	"github.com/pulse-bus/pulse/transport/driver"
 )
 
 // claimIdle claims up to count entries of the group idle for at least AckWait, whichever
 // member holds them, with XAUTOCLAIM; the delivery counts come from XPENDING in the same
 // script. The scan resumes where the last one stopped; a completed scan waits claimEvery
 // before the next.
-func (s *subscription) claimIdle(ctx context.Context, now time.Time, count int) ([]*transport.RawDelivery, error) {
+func (s *subscription) claimIdle(ctx context.Context, now time.Time, count int) ([]*driver.Delivery, error) {
 	res, err := autoClaimScript.Run(ctx, s.d.client, []string{s.key},
 		s.group, s.consumer, s.ackWait.Milliseconds(), s.claimCursor, count).Slice()
 	if err != nil {
@@ -50,7 +50,7 @@ func (s *subscription) claimIdle(ctx context.Context, now time.Time, count int) 
 // counting the attempt) and returns them. Entries no longer pending under this consumer
 // (taken over by another member, or settled) are dropped; entries deleted from the stream
 // are logged as lost. On error the entries stay scheduled.
-func (s *subscription) redeliverDue(ctx context.Context, now time.Time, count int) ([]*transport.RawDelivery, error) {
+func (s *subscription) redeliverDue(ctx context.Context, now time.Time, count int) ([]*driver.Delivery, error) {
 	s.delayMu.Lock()
 	ids := s.delayed.popDue(now, count)
 	s.delayMu.Unlock()

@@ -6,6 +6,7 @@ import (
 	"time"
 
 	"github.com/pulse-bus/pulse/transport"
+	"github.com/pulse-bus/pulse/transport/driver"
 	"github.com/pulse-bus/pulse/transport/transporttest"
 )
 
@@ -13,7 +14,7 @@ import (
 // every driver the harness opens is a new client of it, as another process would be.
 func TestConformance(t *testing.T) {
 	transporttest.Run(t, transporttest.Harness{
-		Open: func(ctx context.Context, cfg transport.Config) (transport.Driver, error) {
+		Open: func(ctx context.Context, cfg transport.Config) (driver.Driver, error) {
 			return Open(ctx, cfg)
 		},
 		Config:  transport.Config{Backend: Name, RedisURL: redisSrv.Server(t).URL(), Namespace: "conf"},

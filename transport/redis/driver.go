@@ -17,6 +17,7 @@ import (
 	goredis "github.com/redis/go-redis/v9"
 
 	"github.com/pulse-bus/pulse/transport"
+	"github.com/pulse-bus/pulse/transport/driver"
 )
 
 // Name is the backend name the driver registers under (EVENT_BUS_BACKEND=redis).
@@ -32,8 +33,11 @@ const DataField = "data"
 const IdempotencyKeyInfix = ":idem:"
 
 func init() {
-	transport.Register(Name, func(ctx context.Context, cfg transport.Config) (transport.Driver, error) {
+	transport.Register(Name, func(ctx context.Context, cfg transport.Config) (driver.Driver, error) {
 		return Open(ctx, cfg)
+	}, func(cfg transport.Config) error {
+		_, err := ParseURL(cfg.RedisURL)
+		return err
 	})
 }
 
@@ -61,11 +65,11 @@ type Driver struct {
 }
 
 var (
-	_ transport.Driver              = (*Driver)(nil)
-	_ transport.Pinger              = (*Driver)(nil)
-	_ transport.StreamAdmin         = (*Driver)(nil)
-	_ transport.IdempotencyProvider = (*Driver)(nil)
-	_ transport.KeyValueProvider    = (*Driver)(nil)
+	_ driver.Driver              = (*Driver)(nil)
+	_ driver.Pinger              = (*Driver)(nil)
+	_ driver.StreamAdmin         = (*Driver)(nil)
+	_ driver.IdempotencyProvider = (*Driver)(nil)
+	_ driver.KeyValueProvider    = (*Driver)(nil)
 )
 
 // Open connects to the Redis of cfg.RedisURL (`redis://` or `rediss://`, with user, password
@@ -154,7 +158,7 @@ func (d *Driver) Ping(ctx context.Context) error {
 // (sorted by name). The same round trip trims the stream as the retention settings say (see
 // the package documentation). It returns the entry ids; on error, the ids of the leading entries
 // that were stored. While Redis is away the error wraps transport.ErrUnavailable.
-func (d *Driver) Publish(ctx context.Context, stream string, msgs []transport.RawMessage) ([]string, error) {
+func (d *Driver) Publish(ctx context.Context, stream string, msgs []driver.Message) ([]string, error) {
 	if d.isClosed() {
 		return nil, transport.ErrClosed
 	}
@@ -224,7 +228,7 @@ func (d *Driver) Publish(ctx context.Context, stream string, msgs []transport.Ra
 // (XGROUP CREATE … 0 MKSTREAM: from the start of the retained stream, so nothing published
 // before the group existed is missed; BUSYGROUP means it exists and is success).
 // opts.MaxDeliveries is not enforced here: the Bus dead-letters on the last attempt.
-func (d *Driver) Subscribe(ctx context.Context, stream string, opts transport.DriverSubscribeOptions) (transport.DriverSubscription, error) {
+func (d *Driver) Subscribe(ctx context.Context, stream string, opts driver.SubscribeOptions) (driver.Subscription, error) {
 	if d.isClosed() {
 		return nil, transport.ErrClosed
 	}
@@ -283,7 +287,7 @@ func (d *Driver) Close() error {
 // IdempotencyStore returns the shared record of handled ids: one key per id,
 // `{ns}:idem:{key}`, written with SET NX PX ttl, so that every replica and every restart sees
 // it until it expires. It lives as long as the driver.
-func (d *Driver) IdempotencyStore(_ context.Context, ttl time.Duration) (transport.IdempotencyStore, error) {
+func (d *Driver) IdempotencyStore(_ context.Context, ttl time.Duration) (driver.IdempotencyStore, error) {
 	if d.isClosed() {
 		return nil, transport.ErrClosed
 	}

@@ -15,12 +15,13 @@ import (
 	"github.com/stretchr/testify/require"
 
 	"github.com/pulse-bus/pulse/transport"
+	"github.com/pulse-bus/pulse/transport/driver"
 )
 
 // sub subscribes on d and closes the subscription at cleanup.
-func sub(t *testing.T, d *Driver, stream, group, consumer string, ackWait time.Duration) transport.DriverSubscription {
+func sub(t *testing.T, d *Driver, stream, group, consumer string, ackWait time.Duration) driver.Subscription {
 	t.Helper()
-	s, err := d.Subscribe(context.Background(), stream, transport.DriverSubscribeOptions{
+	s, err := d.Subscribe(context.Background(), stream, driver.SubscribeOptions{
 		Group: group, Consumer: consumer, AckWait: ackWait, MaxDeliveries: 5, BatchSize: 16,
 	})
 	require.NoError(t, err)
@@ -29,7 +30,7 @@ func sub(t *testing.T, d *Driver, stream, group, consumer string, ackWait time.D
 }
 
 // receive calls Receive with a deadline and fails the test on error.
-func receive(t *testing.T, s transport.DriverSubscription, limit int) []*transport.RawDelivery {
+func receive(t *testing.T, s driver.Subscription, limit int) []*driver.Delivery {
 	t.Helper()
 	ctx, cancel := context.WithTimeout(context.Background(), waitFor)
 	defer cancel()
@@ -40,9 +41,9 @@ func receive(t *testing.T, s transport.DriverSubscription, limit int) []*transpo
 }
 
 // receiveN receives until it has n deliveries.
-func receiveN(t *testing.T, s transport.DriverSubscription, n int) []*transport.RawDelivery {
+func receiveN(t *testing.T, s driver.Subscription, n int) []*driver.Delivery {
 	t.Helper()
-	var all []*transport.RawDelivery
+	var all []*driver.Delivery
 	for len(all) < n {
 		all = append(all, receive(t, s, n-len(all))...)
 	}
@@ -61,7 +62,7 @@ func pendingCount(t *testing.T, c *goredis.Client, key, group, id string) int64 
 }
 
 // publish publishes msgs to stream on d and returns their entry ids; an error fails the test.
-func publish(t *testing.T, d *Driver, stream string, msgs []transport.RawMessage) []string {
+func publish(t *testing.T, d *Driver, stream string, msgs []driver.Message) []string {
 	t.Helper()
 	ids, err := d.Publish(context.Background(), stream, msgs)
 	require.NoError(t, err)
@@ -77,17 +78,17 @@ func pendingEntry(ctx context.Context, c *goredis.Client, key, group, id string)
 func storedIDs(t *testing.T, d *Driver, stream string, limit int) []string {
 	t.Helper()
 	var ids []string
-	require.NoError(t, d.Range(context.Background(), stream, limit, func(m transport.StoredMessage) error {
+	require.NoError(t, d.Range(context.Background(), stream, limit, func(m driver.StoredMessage) error {
 		ids = append(ids, m.TransportID)
 		return nil
 	}))
 	return ids
 }
 
-func bodies(n int) []transport.RawMessage {
-	msgs := make([]transport.RawMessage, n)
+func bodies(n int) []driver.Message {
+	msgs := make([]driver.Message, n)
 	for i := range msgs {
-		msgs[i] = transport.RawMessage{Body: []byte(fmt.Sprintf(`{"n":%d}`, i))}
+		msgs[i] = driver.Message{Body: []byte(fmt.Sprintf(`{"n":%d}`, i))}
 	}
 	return msgs
 }
@@ -126,7 +127,7 @@ func TestPublishLayoutAndReceive(t *testing.T) {
 	require.NoError(t, s.Ack(ctx, ds))
 	info, err := d.Info(ctx, "telemetry.feedback", "g")
 	require.NoError(t, err)
-	require.Equal(t, transport.StreamInfo{Length: 3, Pending: 0, Unread: 0}, info)
+	require.Equal(t, driver.StreamInfo{Length: 3, Pending: 0, Unread: 0}, info)
 }
 
 // TestDeadLetterLayout proves that headers travel as extra entry fields beside `data` (how
@@ -139,7 +140,7 @@ func TestDeadLetterLayout(t *testing.T) {
 	ctx := context.Background()
 	body := []byte(`{"not": "an envelope"}`)
 	hdr := map[string]string{"original_id": "1-1", "reason": "malformed", "attempts": "1", "failed_at": "2025-01-01T00:00:00Z", "stream": "telemetry.feedback", "error": "boom"}
-	publish(t, d, "telemetry.feedback.dlq", []transport.RawMessage{{Body: body, Headers: hdr}})
+	publish(t, d, "telemetry.feedback.dlq", []driver.Message{{Body: body, Headers: hdr}})
 
 	entries, err := c.XRange(ctx, cfg.Namespace+":telemetry.feedback.dlq", "-", "+").Result()
 	require.NoError(t, err)
@@ -150,8 +151,8 @@ func TestDeadLetterLayout(t *testing.T) {
 	}
 	require.Equal(t, want, entries[0].Values)
 
-	var got []transport.StoredMessage
-	require.NoError(t, d.Range(ctx, "telemetry.feedback.dlq", 0, func(m transport.StoredMessage) error {
+	var got []driver.StoredMessage
+	require.NoError(t, d.Range(ctx, "telemetry.feedback.dlq", 0, func(m driver.StoredMessage) error {
 		got = append(got, m)
 		return nil
 	}))
@@ -207,7 +208,7 @@ func TestNakLongerThanAckWait(t *testing.T) {
 	require.NoError(t, s1.Nak(ctx, first[0], delay))
 
 	// c2 keeps scanning for idle entries until well after the delay; it must get nothing.
-	stolen := make(chan []*transport.RawDelivery, 1)
+	stolen := make(chan []*driver.Delivery, 1)
 	rctx, cancel := context.WithTimeout(ctx, delay+2*ackWait)
 	defer cancel()
 	go func() {
@@ -259,7 +260,7 @@ func TestCloseHandsDelayedEntriesBack(t *testing.T) {
 	ctx := context.Background()
 	publish(t, d, "s", bodies(1))
 	const ackWait = 300 * time.Millisecond
-	s1, err := d.Subscribe(ctx, "s", transport.DriverSubscribeOptions{Group: "g", Consumer: "c1", AckWait: ackWait})
+	s1, err := d.Subscribe(ctx, "s", driver.SubscribeOptions{Group: "g", Consumer: "c1", AckWait: ackWait})
 	require.NoError(t, err)
 	first := receive(t, s1, 10)
 	require.NoError(t, s1.Nak(ctx, first[0], time.Hour))
@@ -483,17 +484,17 @@ func TestStreamAdmin(t *testing.T) {
 	require.Equal(t, ids, storedIDs(t, d, "s", 0))
 	require.Equal(t, ids[:300], storedIDs(t, d, "s", 300))
 	stop := errors.New("stop")
-	require.ErrorIs(t, d.Range(ctx, "s", 0, func(transport.StoredMessage) error { return stop }), stop)
+	require.ErrorIs(t, d.Range(ctx, "s", 0, func(driver.StoredMessage) error { return stop }), stop)
 
 	info, err := d.Info(ctx, "s", "g")
 	require.NoError(t, err)
-	require.Equal(t, transport.StreamInfo{Length: 600, Pending: 0, Unread: 600}, info, "no group yet: everything unread")
+	require.Equal(t, driver.StreamInfo{Length: 600, Pending: 0, Unread: 600}, info, "no group yet: everything unread")
 	s := sub(t, d, "s", "g", "c1", time.Minute)
 	receiveN(t, s, 10)
 	held := int64(10 * (1 + readAhead)) // the 10 handed out and the reads of 10 ahead
 	require.Eventually(t, func() bool {
 		info, err = d.Info(ctx, "s", "g")
-		return err == nil && info == transport.StreamInfo{Length: 600, Pending: held, Unread: 600 - held}
+		return err == nil && info == driver.StreamInfo{Length: 600, Pending: held, Unread: 600 - held}
 	}, waitFor, 5*time.Millisecond)
 
 	require.NoError(t, d.Delete(ctx, "s", ids[590:]...))
@@ -514,7 +515,7 @@ func TestStreamAdmin(t *testing.T) {
 
 	info, err = d.Info(ctx, "missing", "g")
 	require.NoError(t, err)
-	require.Equal(t, transport.StreamInfo{}, info)
+	require.Equal(t, driver.StreamInfo{}, info)
 }
 
 // TestClosed proves that everything after Close returns transport.ErrClosed, and that Close
@@ -523,7 +524,7 @@ func TestClosed(t *testing.T) {
 	cfg := testConfig(t)
 	d, err := Open(context.Background(), cfg)
 	require.NoError(t, err)
-	s, err := d.Subscribe(context.Background(), "s", transport.DriverSubscribeOptions{Group: "g", Consumer: "c"})
+	s, err := d.Subscribe(context.Background(), "s", driver.SubscribeOptions{Group: "g", Consumer: "c"})
 	require.NoError(t, err)
 	require.NoError(t, d.Close())
 	require.NoError(t, d.Close())
@@ -533,7 +534,7 @@ func TestClosed(t *testing.T) {
 	require.ErrorIs(t, d.Ping(ctx), transport.ErrClosed)
 	_, err = s.Receive(ctx, 1)
 	require.ErrorIs(t, err, transport.ErrClosed, "the driver's Close closes its subscriptions")
-	_, err = d.Subscribe(ctx, "s", transport.DriverSubscribeOptions{Group: "g", Consumer: "c"})
+	_, err = d.Subscribe(ctx, "s", driver.SubscribeOptions{Group: "g", Consumer: "c"})
 	require.ErrorIs(t, err, transport.ErrClosed)
 }
 
@@ -542,7 +543,7 @@ func TestInvalidNames(t *testing.T) {
 	d := openDriver(t, testConfig(t))
 	_, err := d.Publish(context.Background(), "a:b", bodies(1))
 	require.ErrorContains(t, err, "invalid stream name")
-	_, err = d.Subscribe(context.Background(), "", transport.DriverSubscribeOptions{Group: "g", Consumer: "c"})
+	_, err = d.Subscribe(context.Background(), "", driver.SubscribeOptions{Group: "g", Consumer: "c"})
 	require.True(t, err != nil && strings.Contains(err.Error(), "invalid stream name"))
 }
 
@@ -625,7 +626,7 @@ func TestCloseHandsReadAheadBack(t *testing.T) {
 	ctx := context.Background()
 	ids := publish(t, d, "s", bodies(15))
 	const ackWait = time.Minute // a handback that did not happen would show as a long wait
-	s1, err := d.Subscribe(ctx, "s", transport.DriverSubscribeOptions{Group: "g", Consumer: "c1", AckWait: ackWait})
+	s1, err := d.Subscribe(ctx, "s", driver.SubscribeOptions{Group: "g", Consumer: "c1", AckWait: ackWait})
 	require.NoError(t, err)
 	first := receive(t, s1, 5)
 	require.Len(t, first, 5)

@@ -9,6 +9,7 @@ import (
 	goredis "github.com/redis/go-redis/v9"
 
 	"github.com/pulse-bus/pulse/transport"
+	"github.com/pulse-bus/pulse/transport/driver"
 )
 
 // KeyValueInfix names a KeyValue bucket's hash: `{ns}:pulse:kv:{bucket}`.
@@ -18,11 +19,11 @@ const KeyValueInfix = ":pulse:kv:"
 // so it never collides with one.
 const kvRevisionField = ""
 
-// KeyValue implements transport.KeyValueProvider: bucket name is one hash,
+// KeyValue implements driver.KeyValueProvider: bucket name is one hash,
 // `{ns}:pulse:kv:{name}`, whose fields are the keys and whose values are "<revision> <value>".
 // Every write is one Lua script (compare-and-set included), so it is atomic; the bucket's
 // revision counter is the hash's empty field. One key, so one slot on a cluster.
-func (d *Driver) KeyValue(_ context.Context, name string) (transport.KeyValue, error) {
+func (d *Driver) KeyValue(_ context.Context, name string) (driver.KeyValue, error) {
 	if d.isClosed() {
 		return nil, transport.ErrClosed
 	}
@@ -68,31 +69,31 @@ func (b *kvBucket) op(ctx context.Context, key string) error {
 	if err := ctx.Err(); err != nil {
 		return err
 	}
-	return transport.CheckKey(key)
+	return driver.CheckKey(key)
 }
 
-func (b *kvBucket) Get(ctx context.Context, key string) (transport.KVEntry, error) {
+func (b *kvBucket) Get(ctx context.Context, key string) (driver.KVEntry, error) {
 	if err := b.op(ctx, key); err != nil {
-		return transport.KVEntry{}, err
+		return driver.KVEntry{}, err
 	}
 	raw, err := b.d.client.HGet(ctx, b.key, key).Result()
 	if errors.Is(err, goredis.Nil) {
-		return transport.KVEntry{}, transport.ErrKeyNotFound
+		return driver.KVEntry{}, transport.ErrKeyNotFound
 	}
 	if err != nil {
-		return transport.KVEntry{}, b.d.wrap("get "+b.key, err)
+		return driver.KVEntry{}, b.d.wrap("get "+b.key, err)
 	}
 	return parseKV(key, raw)
 }
 
 // parseKV reads a stored "<revision> <value>".
-func parseKV(key, raw string) (transport.KVEntry, error) {
+func parseKV(key, raw string) (driver.KVEntry, error) {
 	rev, value, ok := strings.Cut(raw, " ")
 	n, err := strconv.ParseUint(rev, 10, 64)
 	if !ok || err != nil {
-		return transport.KVEntry{}, errors.New("redis: key-value record " + strconv.Quote(key) + " is not \"<revision> <value>\"")
+		return driver.KVEntry{}, errors.New("redis: key-value record " + strconv.Quote(key) + " is not \"<revision> <value>\"")
 	}
-	return transport.KVEntry{Key: key, Value: []byte(value), Revision: n}, nil
+	return driver.KVEntry{Key: key, Value: []byte(value), Revision: n}, nil
 }
 
 func (b *kvBucket) write(ctx context.Context, key string, value []byte, mode string, revision uint64) (uint64, error) {
@@ -136,7 +137,7 @@ func (b *kvBucket) Delete(ctx context.Context, key string, revision uint64) erro
 }
 
 // Range reads the hash with HSCAN, a few hundred fields per round trip.
-func (b *kvBucket) Range(ctx context.Context, fn func(transport.KVEntry) error) error {
+func (b *kvBucket) Range(ctx context.Context, fn func(driver.KVEntry) error) error {
 	if b.d.isClosed() {
 		return transport.ErrClosed
 	}

@@ -21,6 +21,7 @@ import (
 	"github.com/pulse-bus/pulse/envelope"
 	"github.com/pulse-bus/pulse/internal/redistest"
 	"github.com/pulse-bus/pulse/transport"
+	"github.com/pulse-bus/pulse/transport/driver"
 )
 
 // The consumer process of TestConsumerKilledMidBatch is this test binary re-executed with
@@ -186,7 +187,7 @@ func TestConsumerKilledMidBatch(t *testing.T) {
 	}, transport.SubscribeOptions{})
 	require.NoError(t, err)
 
-	admin := rescuer.Driver().(transport.StreamAdmin)
+	admin := rescuer.Driver().(driver.StreamAdmin)
 	require.Eventually(t, func() bool {
 		info, err := admin.Info(ctx, workStream, transport.DefaultGroup)
 		return err == nil && info.Pending == 0 && info.Unread == 0 && c.SCard(ctx, ns+":applied").Val() == total
@@ -269,11 +270,11 @@ func TestRedisRestartMidStream(t *testing.T) {
 	require.NoError(t, s.Err())
 	require.True(t, logs.contains("consumer group missing"), "the group was recreated on NOGROUP")
 	require.True(t, handledAll(0, 100)(), "what was handled before the crash stays handled")
-	info, err := b.Driver().(transport.StreamAdmin).Info(ctx, "s", transport.DefaultGroup)
+	info, err := b.Driver().(driver.StreamAdmin).Info(ctx, "s", transport.DefaultGroup)
 	require.NoError(t, err)
 	require.EqualValues(t, 100, info.Length, "the restarted server holds only what came after")
 	require.Eventually(t, func() bool {
-		info, err := b.Driver().(transport.StreamAdmin).Info(ctx, "s", transport.DefaultGroup)
+		info, err := b.Driver().(driver.StreamAdmin).Info(ctx, "s", transport.DefaultGroup)
 		return err == nil && info.Pending == 0
 	}, waitFor, 10*time.Millisecond)
 }

@@ -15,7 +15,7 @@ import (
 
 	goredis "github.com/redis/go-redis/v9"
 
-	"github.com/pulse-bus/pulse/transport"
+	"github.com/pulse-bus/pulse/transport/driver"
 )
 
 // respConn is a connection to Redis that speaks just enough RESP2 for the driver's hot paths:
@@ -175,7 +175,7 @@ func (rc *respConn) appendString(s string) { rc.appendBulk(unsafe.Slice(unsafe.S
 // appendXAdd adds XADD key * data body [header value …] (headers sorted by name, a header
 // named data left out: it cannot shadow the body). head is xaddHead(key), the part shared by
 // every entry without headers.
-func (rc *respConn) appendXAdd(key string, head []byte, m *transport.RawMessage) {
+func (rc *respConn) appendXAdd(key string, head []byte, m *driver.Message) {
 	if len(m.Headers) == 0 {
 		rc.cmd = append(rc.cmd, head...)
 		rc.appendBulk(m.Body)
@@ -328,7 +328,7 @@ func (rc *respConn) readEntries() ([]entry, error) {
 }
 
 // readFields reads an entry's field-value array (see entryFields).
-func (rc *respConn) readFields(bodies *arena) (msg transport.RawMessage, err error) {
+func (rc *respConn) readFields(bodies *arena) (msg driver.Message, err error) {
 	n, err := rc.arrayLen()
 	if err != nil || n <= 0 {
 		return msg, err

@@ -25,6 +25,7 @@ import (
 
 	"github.com/pulse-bus/pulse/internal/redistest"
 	"github.com/pulse-bus/pulse/transport"
+	"github.com/pulse-bus/pulse/transport/driver"
 )
 
 // bulk is a RESP bulk string.
@@ -66,12 +67,12 @@ func TestReadStreams(t *testing.T) {
 		{
 			name:  "entries",
 			reply: array(array(bulk("k"), array(replyEntry("1-0", "data", "{}"), replyEntry("1-1", "data", `{"a":1}`)))),
-			want:  []entry{{id: "1-0", msg: transport.RawMessage{Body: []byte("{}")}}, {id: "1-1", msg: transport.RawMessage{Body: []byte(`{"a":1}`)}}},
+			want:  []entry{{id: "1-0", msg: driver.Message{Body: []byte("{}")}}, {id: "1-1", msg: driver.Message{Body: []byte(`{"a":1}`)}}},
 		},
 		{
 			name:  "headers beside data, the last data wins (as redis-py reads it)",
 			reply: array(array(bulk("k"), array(replyEntry("2-0", "reason", "poison", "data", "d1", "data", "d2")))),
-			want:  []entry{{id: "2-0", msg: transport.RawMessage{Body: []byte("d2"), Headers: map[string]string{"reason": "poison"}}}},
+			want:  []entry{{id: "2-0", msg: driver.Message{Body: []byte("d2"), Headers: map[string]string{"reason": "poison"}}}},
 		},
 		{
 			name:  "an entry deleted since (no fields) reads as an empty body",
@@ -86,12 +87,12 @@ func TestReadStreams(t *testing.T) {
 		{
 			name:  "bodies and headers larger than the read buffer",
 			reply: array(array(bulk("k"), array(replyEntry("4-0", "h", big, "data", big)))),
-			want:  []entry{{id: "4-0", msg: transport.RawMessage{Body: []byte(big), Headers: map[string]string{"h": big}}}},
+			want:  []entry{{id: "4-0", msg: driver.Message{Body: []byte(big), Headers: map[string]string{"h": big}}}},
 		},
 		{
 			name:  "other streams are skipped",
 			reply: array(array(bulk("other"), array(replyEntry("5-0", "data", "x"))), array(bulk("k"), array(replyEntry("5-1", "data", "y")))),
-			want:  []entry{{id: "5-1", msg: transport.RawMessage{Body: []byte("y")}}},
+			want:  []entry{{id: "5-1", msg: driver.Message{Body: []byte("y")}}},
 		},
 		{name: "error reply", reply: "-NOGROUP No such key 'k' or consumer group 'g'\r\n", errText: "NOGROUP No such key"},
 		{name: "not an array", reply: "+OK\r\n", wantErr: errProtocol},
@@ -188,7 +189,7 @@ func TestReadConnAuthAndDatabase(t *testing.T) {
 		t.Run(transport.RedactURLs(url), func(t *testing.T) {
 			cfg := transport.Config{Backend: Name, RedisURL: url, Namespace: uniqueNS(t), Logger: testLogger(t)}
 			d := openDriver(t, cfg)
-			_, err := d.Publish(ctx, "s", []transport.RawMessage{{Body: []byte(`{"n":1}`)}})
+			_, err := d.Publish(ctx, "s", []driver.Message{{Body: []byte(`{"n":1}`)}})
 			require.NoError(t, err)
 			s := sub(t, d, "s", "g", "c1", time.Minute)
 			rctx, cancel := context.WithTimeout(ctx, waitFor)

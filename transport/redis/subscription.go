@@ -12,6 +12,7 @@ import (
 	"unsafe"
 
 	"github.com/pulse-bus/pulse/transport"
+	"github.com/pulse-bus/pulse/transport/driver"
 )
 
 // Tuning of a subscription, defined once.
@@ -75,7 +76,7 @@ type batchInfo struct {
 	at  time.Time
 }
 
-func newSubscription(d *Driver, stream string, o transport.DriverSubscribeOptions) *subscription {
+func newSubscription(d *Driver, stream string, o driver.SubscribeOptions) *subscription {
 	ackWait := o.AckWait
 	if ackWait <= 0 {
 		ackWait = transport.DefaultAckWait
@@ -140,7 +141,7 @@ func (s *subscription) isClosed() bool {
 //
 // Attempt is Redis's delivery count of the entry in the group's pending entries list right
 // after this delivery: 1 for a first read, and one more for every XCLAIM/XAUTOCLAIM since.
-func (s *subscription) Receive(ctx context.Context, limit int) ([]*transport.RawDelivery, error) {
+func (s *subscription) Receive(ctx context.Context, limit int) ([]*driver.Delivery, error) {
 	limit = min(max(limit, 1), maxDelayed)
 	for {
 		if err := ctx.Err(); err != nil {
@@ -212,7 +213,7 @@ func (s *subscription) fetched() <-chan fetchResult {
 // takeFetched handles the fetcher's result: a missing group is recreated, an error returned,
 // entries handed out (and the next batch asked for, to read ahead). done reports whether
 // Receive returns ds and err; otherwise it goes on looking.
-func (s *subscription) takeFetched(ctx context.Context, r fetchResult, limit int) (ds []*transport.RawDelivery, done bool, err error) {
+func (s *subscription) takeFetched(ctx context.Context, r fetchResult, limit int) (ds []*driver.Delivery, done bool, err error) {
 	s.fetch.took()
 	switch {
 	case isNoGroup(r.err) && s.fetch.taken <= s.staleReads:
@@ -249,7 +250,7 @@ func (s *subscription) untilNext(now time.Time) time.Duration {
 // handOut turns a read into deliveries. A batch that waited in the read-ahead buffer for
 // AckWait/4 or longer (the Bus was busy) first has its idle time reset, so that its AckWait
 // runs from now; entries another member took meanwhile are left out.
-func (s *subscription) handOut(ctx context.Context, r fetchResult) []*transport.RawDelivery {
+func (s *subscription) handOut(ctx context.Context, r fetchResult) []*driver.Delivery {
 	msgs, at := r.msgs, r.at
 	if now := time.Now(); now.Sub(at) >= s.ackWait/touchFraction {
 		ids := make([]string, len(msgs))
@@ -281,20 +282,20 @@ func (s *subscription) handOut(ctx context.Context, r fetchResult) []*transport.
 
 // deliveries turns entries into deliveries sharing one Handle. attempts gives each entry's
 // delivery count (nil: first deliveries, 1); at is when their idle time was last reset.
-func (s *subscription) deliveries(msgs []entry, attempts []int, at time.Time) []*transport.RawDelivery {
+func (s *subscription) deliveries(msgs []entry, attempts []int, at time.Time) []*driver.Delivery {
 	if len(msgs) == 0 {
 		return nil
 	}
 	info := &batchInfo{sub: s, at: at}
-	slab := make([]transport.RawDelivery, len(msgs))
-	out := make([]*transport.RawDelivery, len(msgs))
+	slab := make([]driver.Delivery, len(msgs))
+	out := make([]*driver.Delivery, len(msgs))
 	for i, m := range msgs {
 		attempt := 1
 		if attempts != nil {
 			attempt = attempts[i]
 		}
 		pos, stored := entryPosition(m.id)
-		slab[i] = transport.RawDelivery{RawMessage: m.msg, TransportID: m.id, Attempt: attempt, Position: pos, StoredAt: stored, Handle: info}
+		slab[i] = driver.Delivery{Message: m.msg, TransportID: m.id, Attempt: attempt, Position: pos, StoredAt: stored, Handle: info}
 		out[i] = &slab[i]
 	}
 	return out
@@ -303,14 +304,14 @@ func (s *subscription) deliveries(msgs []entry, attempts []int, at time.Time) []
 // entryPosition reads an entry id <ms>-<seq> as a Position, and its milliseconds as the time
 // Redis stored the entry (ids are assigned by the server's clock, never going back). An id of
 // another form gives the zero Position and time.
-func entryPosition(id string) (transport.Position, time.Time) {
+func entryPosition(id string) (driver.Position, time.Time) {
 	ms, seq, ok := strings.Cut(id, "-")
 	m, err1 := strconv.ParseUint(ms, 10, 64)
 	q, err2 := strconv.ParseUint(seq, 10, 64)
 	if !ok || err1 != nil || err2 != nil {
-		return transport.Position{}, time.Time{}
+		return driver.Position{}, time.Time{}
 	}
-	pos := transport.Position{Epoch: m, Seq: q}
+	pos := driver.Position{Epoch: m, Seq: q}
 	if m > math.MaxInt64 {
 		return pos, time.Time{}
 	}
@@ -320,7 +321,7 @@ func entryPosition(id string) (transport.Position, time.Time) {
 // entry is one stream entry as read from a reply.
 type entry struct {
 	id  string
-	msg transport.RawMessage
+	msg driver.Message
 }
 
 // entryFields builds a message from an entry's fields, in the order Redis lists them: a
@@ -329,7 +330,7 @@ type entry struct {
 // it, into a dict: the last one wins. An entry without `data` (not written by Pulse or the
 // Python core) gets an empty body, which the Bus dead-letters as malformed.
 type entryFields struct {
-	msg transport.RawMessage
+	msg driver.Message
 }
 
 // isBody reports whether the field named name holds the body.
@@ -344,7 +345,7 @@ func (f *entryFields) header(name, value string, others int) {
 }
 
 // fromFields reads a field-value list parsed by go-redis (see entryFields).
-func fromFields(kv []any) transport.RawMessage {
+func fromFields(kv []any) driver.Message {
 	var fields entryFields
 	for i := 0; i+1 < len(kv); i += 2 {
 		k, _ := kv[i].(string)
@@ -359,7 +360,7 @@ func fromFields(kv []any) transport.RawMessage {
 }
 
 // fromValues is fromFields for go-redis's parsed entries (XRANGE).
-func fromValues(values map[string]any) transport.RawMessage {
+func fromValues(values map[string]any) driver.Message {
 	kv := make([]any, 0, 2*len(values))
 	for k, v := range values {
 		kv = append(kv, k, v)
@@ -369,7 +370,7 @@ func fromValues(values map[string]any) transport.RawMessage {
 
 // Ack acknowledges ds with one XACK. Ids that are no longer pending (acked already, or the
 // stream vanished with a Redis restart) are no error.
-func (s *subscription) Ack(ctx context.Context, ds []*transport.RawDelivery) error {
+func (s *subscription) Ack(ctx context.Context, ds []*driver.Delivery) error {
 	if len(ds) == 0 {
 		return nil
 	}
@@ -400,7 +401,7 @@ func (s *subscription) ack(ctx context.Context, op string, ids []string) error {
 // a quarter of AckWait, Receive keeps it from looking idle to the group (XCLAIM … JUSTID, which
 // does not count an attempt). If this member dies meanwhile, another takes it over with
 // XAUTOCLAIM once it has been idle for AckWait.
-func (s *subscription) Nak(_ context.Context, d *transport.RawDelivery, delay time.Duration) error {
+func (s *subscription) Nak(_ context.Context, d *driver.Delivery, delay time.Duration) error {
 	if s.isClosed() {
 		return transport.ErrClosed
 	}
@@ -420,7 +421,7 @@ func (s *subscription) Nak(_ context.Context, d *transport.RawDelivery, delay ti
 }
 
 // Term acknowledges d for good: the Bus has written its dead-letter copy.
-func (s *subscription) Term(ctx context.Context, d *transport.RawDelivery) error {
+func (s *subscription) Term(ctx context.Context, d *driver.Delivery) error {
 	return s.ack(ctx, "terminate", []string{d.TransportID})
 }
 

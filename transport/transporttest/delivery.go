@@ -14,6 +14,7 @@ import (
 
 	"github.com/pulse-bus/pulse/envelope"
 	"github.com/pulse-bus/pulse/transport"
+	"github.com/pulse-bus/pulse/transport/driver"
 )
 
 // received is a copy of what a handler was given (a Delivery must not be retained).
@@ -127,11 +128,11 @@ func testPythonFixtures(e *env) {
 			map[string]string{"reason": "high_watermark", "utilization": "0.850000"}},
 	}
 	b := e.bus()
-	msgs := make([]transport.RawMessage, len(fixtures))
+	msgs := make([]driver.Message, len(fixtures))
 	for i, f := range fixtures {
 		body, err := pythonFixtures.ReadFile("fixtures/" + f.file)
 		require.NoError(e.t, err)
-		msgs[i] = transport.RawMessage{Body: body}
+		msgs[i] = driver.Message{Body: body}
 	}
 	ids, err := b.PublishRaw(e.ctx(), e.stream, msgs...)
 	require.NoError(e.t, err)
@@ -283,9 +284,9 @@ func testLateGroup(e *env) {
 // publishRawBodies publishes bodies as they are and returns their transport ids.
 func (e *env) publishRawBodies(b *transport.Bus, bodies ...[]byte) []string {
 	e.t.Helper()
-	msgs := make([]transport.RawMessage, len(bodies))
+	msgs := make([]driver.Message, len(bodies))
 	for i, body := range bodies {
-		msgs[i] = transport.RawMessage{Body: body}
+		msgs[i] = driver.Message{Body: body}
 	}
 	ids, err := b.PublishRaw(e.ctx(), e.stream, msgs...)
 	require.NoError(e.t, err)

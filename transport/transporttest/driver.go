@@ -11,12 +11,13 @@ import (
 	"go.uber.org/goleak"
 
 	"github.com/pulse-bus/pulse/transport"
+	"github.com/pulse-bus/pulse/transport/driver"
 )
 
 // rawSub subscribes directly to the driver (no Bus), closed when the test ends.
-func (e *env) rawSub(drv transport.Driver, group, consumer string, batch int) transport.DriverSubscription {
+func (e *env) rawSub(drv driver.Driver, group, consumer string, batch int) driver.Subscription {
 	e.t.Helper()
-	sub, err := drv.Subscribe(e.ctx(), e.stream, transport.DriverSubscribeOptions{
+	sub, err := drv.Subscribe(e.ctx(), e.stream, driver.SubscribeOptions{
 		Group: group, Consumer: consumer, AckWait: e.ackWait(), MaxDeliveries: 10, BatchSize: batch,
 	})
 	require.NoError(e.t, err, "driver Subscribe")
@@ -25,11 +26,11 @@ func (e *env) rawSub(drv transport.Driver, group, consumer string, batch int) tr
 }
 
 // receiveN receives exactly n deliveries (in as many batches as it takes).
-func (e *env) receiveN(sub transport.DriverSubscription, n int) []*transport.RawDelivery {
+func (e *env) receiveN(sub driver.Subscription, n int) []*driver.Delivery {
 	e.t.Helper()
 	ctx, cancel := context.WithTimeout(e.ctx(), e.timeout())
 	defer cancel()
-	var out []*transport.RawDelivery
+	var out []*driver.Delivery
 	for len(out) < n {
 		batch, err := sub.Receive(ctx, n-len(out))
 		require.NoError(e.t, err, "Receive: %d of %d", len(out), n)
@@ -40,7 +41,7 @@ func (e *env) receiveN(sub transport.DriverSubscription, n int) []*transport.Raw
 }
 
 // receiveNone checks that nothing is delivered within d.
-func (e *env) receiveNone(sub transport.DriverSubscription, d time.Duration, msg string) {
+func (e *env) receiveNone(sub driver.Subscription, d time.Duration, msg string) {
 	e.t.Helper()
 	ctx, cancel := context.WithTimeout(e.ctx(), d)
 	defer cancel()
@@ -49,10 +50,10 @@ func (e *env) receiveNone(sub transport.DriverSubscription, d time.Duration, msg
 	require.ErrorIs(e.t, err, context.DeadlineExceeded, msg)
 }
 
-func rawMessages(n int) []transport.RawMessage {
-	msgs := make([]transport.RawMessage, n)
+func rawMessages(n int) []driver.Message {
+	msgs := make([]driver.Message, n)
 	for i := range msgs {
-		msgs[i] = transport.RawMessage{Body: []byte(fmt.Sprintf(`{"raw":%d}`, i))}
+		msgs[i] = driver.Message{Body: []byte(fmt.Sprintf(`{"raw":%d}`, i))}
 	}
 	return msgs
 }
@@ -87,7 +88,7 @@ func testDriverReceiveContext(e *env) {
 	e.receiveNone(sub, 100*time.Millisecond, "an empty stream delivers nothing")
 
 	// Woken by a publish from another driver.
-	got := make(chan []*transport.RawDelivery, 1)
+	got := make(chan []*driver.Delivery, 1)
 	rctx, rcancel := context.WithTimeout(e.ctx(), e.timeout())
 	defer rcancel()
 	go func() {
@@ -182,14 +183,14 @@ func testDriverHeadersAndIDs(e *env) {
 // many it removed.
 func testStreamAdmin(e *env) {
 	drv := e.openDriver(e.config())
-	admin := drv.(transport.StreamAdmin)
+	admin := drv.(driver.StreamAdmin)
 	msgs := rawMessages(10)
 	msgs[4].Headers = map[string]string{"k": "v"}
 	ids, err := drv.Publish(e.ctx(), e.stream, msgs)
 	require.NoError(e.t, err)
 
-	var all []transport.StoredMessage
-	require.NoError(e.t, admin.Range(e.ctx(), e.stream, 0, func(m transport.StoredMessage) error {
+	var all []driver.StoredMessage
+	require.NoError(e.t, admin.Range(e.ctx(), e.stream, 0, func(m driver.StoredMessage) error {
 		all = append(all, m)
 		return nil
 	}))
@@ -209,11 +210,11 @@ func testStreamAdmin(e *env) {
 	require.ErrorIs(e.t, err, transport.ErrMessageNotFound, "a stream that does not exist")
 
 	n := 0
-	require.NoError(e.t, admin.Range(e.ctx(), e.stream, 3, func(transport.StoredMessage) error { n++; return nil }))
+	require.NoError(e.t, admin.Range(e.ctx(), e.stream, 3, func(driver.StoredMessage) error { n++; return nil }))
 	require.Equal(e.t, 3, n, "Range honours limit")
 	errStop := errors.New("stop")
 	n = 0
-	err = admin.Range(e.ctx(), e.stream, 0, func(transport.StoredMessage) error { n++; return errStop })
+	err = admin.Range(e.ctx(), e.stream, 0, func(driver.StoredMessage) error { n++; return errStop })
 	require.ErrorIs(e.t, err, errStop)
 	require.Equal(e.t, 1, n, "Range stops at fn's error")
 
@@ -236,7 +237,7 @@ func testStreamAdmin(e *env) {
 	require.NoError(e.t, err)
 	require.EqualValues(e.t, 8, info.Length)
 	all = all[:0]
-	require.NoError(e.t, admin.Range(e.ctx(), e.stream, 0, func(m transport.StoredMessage) error {
+	require.NoError(e.t, admin.Range(e.ctx(), e.stream, 0, func(m driver.StoredMessage) error {
 		all = append(all, m)
 		return nil
 	}))
@@ -322,19 +323,19 @@ func testClose(e *env) {
 		// The driver on its own.
 		drv2, err := e.h.Open(e.ctx(), cfg)
 		require.NoError(e.t, err)
-		rs, err := drv2.Subscribe(e.ctx(), e.stream, transport.DriverSubscribeOptions{
+		rs, err := drv2.Subscribe(e.ctx(), e.stream, driver.SubscribeOptions{
 			Group: "g3", Consumer: "c", AckWait: e.ackWait(), MaxDeliveries: 5, BatchSize: 8,
 		})
 		require.NoError(e.t, err)
 		require.NoError(e.t, rs.Close())
-		require.NoError(e.t, rs.Close(), "DriverSubscription.Close is idempotent")
+		require.NoError(e.t, rs.Close(), "Subscription.Close is idempotent")
 		_, err = rs.Receive(e.ctx(), 8)
 		require.ErrorIs(e.t, err, transport.ErrClosed, "Receive after the subscription closed")
 		require.NoError(e.t, drv2.Close())
 		require.NoError(e.t, drv2.Close(), "Driver.Close is idempotent")
 		_, err = drv2.Publish(e.ctx(), e.stream, rawMessages(1))
 		require.ErrorIs(e.t, err, transport.ErrClosed)
-		_, err = drv2.Subscribe(e.ctx(), e.stream, transport.DriverSubscribeOptions{Group: "g4", Consumer: "c", AckWait: e.ackWait(), MaxDeliveries: 5, BatchSize: 8})
+		_, err = drv2.Subscribe(e.ctx(), e.stream, driver.SubscribeOptions{Group: "g4", Consumer: "c", AckWait: e.ackWait(), MaxDeliveries: 5, BatchSize: 8})
 		require.ErrorIs(e.t, err, transport.ErrClosed)
 	}()
 	goleak.VerifyNone(e.t, opts...)
@@ -362,7 +363,7 @@ func testDriverPositions(e *env) {
 			require.Equal(e.t, 1, d.Position.Compare(got[i-1].Position),
 				"delivery %d at %v is not after delivery %d at %v", i, d.Position, i-1, got[i-1].Position)
 		}
-		p, err := transport.ParsePosition(d.Position.String())
+		p, err := driver.ParsePosition(d.Position.String())
 		require.NoError(e.t, err)
 		require.Equal(e.t, d.Position, p)
 	}
@@ -371,5 +372,5 @@ func testDriverPositions(e *env) {
 	require.Equal(e.t, got[1].TransportID, again.TransportID)
 	require.Equal(e.t, got[1].Position, again.Position, "a redelivery keeps the message's position")
 	require.True(e.t, got[1].StoredAt.Equal(again.StoredAt), "a redelivery keeps the message's storage time")
-	require.NoError(e.t, sub.Ack(e.ctx(), []*transport.RawDelivery{got[0], got[2], again}))
+	require.NoError(e.t, sub.Ack(e.ctx(), []*driver.Delivery{got[0], got[2], again}))
 }

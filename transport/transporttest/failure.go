@@ -14,6 +14,7 @@ import (
 
 	"github.com/pulse-bus/pulse/envelope"
 	"github.com/pulse-bus/pulse/transport"
+	"github.com/pulse-bus/pulse/transport/driver"
 )
 
 var errBoom = errors.New("transporttest: boom")
@@ -59,8 +60,8 @@ func testRetryThenDeadLetter(e *env) {
 		require.WithinDuration(e.t, time.Now(), at, time.Minute)
 	}
 	if admin := e.admin(); admin != nil {
-		var ranged []transport.StoredMessage
-		require.NoError(e.t, admin.Range(e.ctx(), e.stream+transport.DLQSuffix, 0, func(m transport.StoredMessage) error {
+		var ranged []driver.StoredMessage
+		require.NoError(e.t, admin.Range(e.ctx(), e.stream+transport.DLQSuffix, 0, func(m driver.StoredMessage) error {
 			ranged = append(ranged, m)
 			return nil
 		}))
@@ -129,7 +130,7 @@ func testCrashedMemberRedelivered(e *env) {
 	const total = 3
 	e.publish(e.bus(), 0, total, total)
 	crashed := e.openDriver(e.config())
-	sub, err := crashed.Subscribe(e.ctx(), e.stream, transport.DriverSubscribeOptions{
+	sub, err := crashed.Subscribe(e.ctx(), e.stream, driver.SubscribeOptions{
 		Group: "g", Consumer: "a", AckWait: e.ackWait(), MaxDeliveries: 5, BatchSize: total,
 	})
 	require.NoError(e.t, err)
@@ -337,10 +338,10 @@ func testCancelMidStream(e *env) {
 // ackLosingDriver wraps a driver so that acks of first deliveries are lost: the broker never
 // hears them, as when a connection drops right after the handler succeeded.
 type ackLosingDriver struct {
-	transport.Driver
+	driver.Driver
 }
 
-func (d ackLosingDriver) Subscribe(ctx context.Context, stream string, opts transport.DriverSubscribeOptions) (transport.DriverSubscription, error) {
+func (d ackLosingDriver) Subscribe(ctx context.Context, stream string, opts driver.SubscribeOptions) (driver.Subscription, error) {
 	s, err := d.Driver.Subscribe(ctx, stream, opts)
 	if err != nil {
 		return nil, err
@@ -349,13 +350,13 @@ func (d ackLosingDriver) Subscribe(ctx context.Context, stream string, opts tran
 }
 
 type ackLosingSub struct {
-	transport.DriverSubscription
+	driver.Subscription
 }
 
-func (s ackLosingSub) Ack(ctx context.Context, ds []*transport.RawDelivery) error {
-	keep := slices.DeleteFunc(slices.Clone(ds), func(d *transport.RawDelivery) bool { return d.Attempt == 1 })
+func (s ackLosingSub) Ack(ctx context.Context, ds []*driver.Delivery) error {
+	keep := slices.DeleteFunc(slices.Clone(ds), func(d *driver.Delivery) bool { return d.Attempt == 1 })
 	if len(keep) > 0 {
-		if err := s.DriverSubscription.Ack(ctx, keep); err != nil {
+		if err := s.Subscription.Ack(ctx, keep); err != nil {
 			return err
 		}
 	}

@@ -11,7 +11,7 @@
 //
 //	func TestConformance(t *testing.T) {
 //		transporttest.Run(t, transporttest.Harness{
-//			Open: func(ctx context.Context, cfg transport.Config) (transport.Driver, error) {
+//			Open: func(ctx context.Context, cfg transport.Config) (driver.Driver, error) {
 //				return mydriver.Open(ctx, cfg) // a NEW driver on the SAME broker, every call
 //			},
 //			Config:  transport.Config{Backend: "mydriver", RedisURL: srv.URL()},
@@ -35,7 +35,7 @@
 // whole package or left over from an earlier run. Tests run one after another (not in
 // parallel): the redelivery tests measure ack-wait and the leak check compares goroutines
 // before and after. Tests of an optional behaviour (Capabilities, or the driver implementing
-// transport.StreamAdmin) are skipped, saying why, when the driver does not declare it.
+// driver.StreamAdmin) are skipped, saying why, when the driver does not declare it.
 //
 // Outcomes are checked with Recorder, a transport.Observer double that other tests may use as
 // well: it counts pulse_consume_total-style outcomes, dead-letter reasons, redeliveries and
@@ -60,11 +60,13 @@
 package transporttest
 
 import (
+	"context"
 	"time"
 
 	"go.uber.org/goleak"
 
 	"github.com/pulse-bus/pulse/transport"
+	"github.com/pulse-bus/pulse/transport/driver"
 )
 
 // Defaults of the Harness timing knobs.
@@ -81,7 +83,7 @@ type Harness struct {
 	// Open opens a NEW driver connected to the same broker on every call (each call is like
 	// another process: another member of a group, or a replica after a restart). cfg is
 	// Harness.Config completed with the test's settings. The caller closes the driver.
-	Open transport.OpenFunc
+	Open func(ctx context.Context, cfg transport.Config) (driver.Driver, error)
 
 	// Config is the base configuration every test starts from: backend settings (RedisURL,
 	// NATSURL, Namespace, StreamMaxAge, …) and, optionally, a Logger for debugging. The suite

@@ -9,11 +9,12 @@ import (
 	"github.com/stretchr/testify/require"
 
 	"github.com/pulse-bus/pulse/transport"
+	"github.com/pulse-bus/pulse/transport/driver"
 )
 
-func needsKeyValue(_ Harness, drv transport.Driver) string {
-	if _, ok := drv.(transport.KeyValueProvider); !ok {
-		return "the driver does not implement transport.KeyValueProvider"
+func needsKeyValue(_ Harness, drv driver.Driver) string {
+	if _, ok := drv.(driver.KeyValueProvider); !ok {
+		return "the driver does not implement driver.KeyValueProvider"
 	}
 	return ""
 }
@@ -25,9 +26,9 @@ func needsKeyValue(_ Harness, drv transport.Driver) string {
 func testKeyValue(e *env) {
 	ctx := e.ctx()
 	bucket := strings.ReplaceAll(strings.ToLower(e.name("kv")), ".", "-")
-	open := func() transport.KeyValue {
+	open := func() driver.KeyValue {
 		drv := e.openDriver(e.config())
-		kv, err := drv.(transport.KeyValueProvider).KeyValue(ctx, bucket)
+		kv, err := drv.(driver.KeyValueProvider).KeyValue(ctx, bucket)
 		require.NoError(e.t, err)
 		return kv
 	}
@@ -49,7 +50,7 @@ func testKeyValue(e *env) {
 	require.ErrorIs(e.t, err, transport.ErrConflict)
 	got, err := kv.Get(ctx, "k")
 	require.NoError(e.t, err)
-	require.Equal(e.t, transport.KVEntry{Key: "k", Value: []byte("two"), Revision: r2}, got)
+	require.Equal(e.t, driver.KVEntry{Key: "k", Value: []byte("two"), Revision: r2}, got)
 	got.Value[0] = 'X' // the caller's copy
 	got, err = kv.Get(ctx, "k")
 	require.NoError(e.t, err)
@@ -67,19 +68,19 @@ func testKeyValue(e *env) {
 	require.NoError(e.t, err)
 	require.Greater(e.t, r4, r3)
 
-	odd := []string{"a b/ç..", "b64.looks-encoded", ".lead", "x=y", strings.Repeat("é", transport.MaxKeyLen/2), "telemetry.feedback/c1"}
+	odd := []string{"a b/ç..", "b64.looks-encoded", ".lead", "x=y", strings.Repeat("é", driver.MaxKeyLen/2), "telemetry.feedback/c1"}
 	for i, k := range odd {
 		_, err := kv.Put(ctx, k, []byte(strconv.Itoa(i)))
 		require.NoError(e.t, err, "key %q", k)
 	}
 	_, err = kv.Put(ctx, "", []byte("x"))
 	require.Error(e.t, err, "empty key")
-	_, err = kv.Put(ctx, strings.Repeat("k", transport.MaxKeyLen+1), []byte("x"))
+	_, err = kv.Put(ctx, strings.Repeat("k", driver.MaxKeyLen+1), []byte("x"))
 	require.Error(e.t, err, "key longer than MaxKeyLen")
 
 	other := open() // another driver, as another process
 	seen := map[string]string{}
-	require.NoError(e.t, other.Range(ctx, func(en transport.KVEntry) error {
+	require.NoError(e.t, other.Range(ctx, func(en driver.KVEntry) error {
 		seen[en.Key] = string(en.Value)
 		return nil
 	}))
@@ -90,11 +91,11 @@ func testKeyValue(e *env) {
 	require.Equal(e.t, want, seen)
 	stop := errors.New("stop")
 	n := 0
-	require.ErrorIs(e.t, other.Range(ctx, func(transport.KVEntry) error { n++; return stop }), stop)
+	require.ErrorIs(e.t, other.Range(ctx, func(driver.KVEntry) error { n++; return stop }), stop)
 	require.Equal(e.t, 1, n)
 
 	drv := e.openDriver(e.config())
-	apart, err := drv.(transport.KeyValueProvider).KeyValue(ctx, bucket+"-apart")
+	apart, err := drv.(driver.KeyValueProvider).KeyValue(ctx, bucket+"-apart")
 	require.NoError(e.t, err)
 	_, err = apart.Get(ctx, "k")
 	require.ErrorIs(e.t, err, transport.ErrKeyNotFound, "buckets are apart")

@@ -20,6 +20,7 @@ import (
 
 	"github.com/pulse-bus/pulse/envelope"
 	"github.com/pulse-bus/pulse/transport"
+	"github.com/pulse-bus/pulse/transport/driver"
 )
 
 // Python holds the wire fixtures of the Python market-data-core (copies of
@@ -52,7 +53,7 @@ type testCase struct {
 	run    func(e *env)
 	tracks []envelope.Track
 	// needs returns why the test does not apply to h, or "".
-	needs func(h Harness, drv transport.Driver) string
+	needs func(h Harness, drv driver.Driver) string
 }
 
 // cases is the suite, in the order it runs.
@@ -82,14 +83,14 @@ var cases = []testCase{
 	{name: "CloseIdempotentNoLeaks", run: testClose, tracks: []envelope.Track{envelope.TrackV2}},
 }
 
-func needsAdmin(_ Harness, drv transport.Driver) string {
-	if _, ok := drv.(transport.StreamAdmin); !ok {
-		return "the driver does not implement transport.StreamAdmin"
+func needsAdmin(_ Harness, drv driver.Driver) string {
+	if _, ok := drv.(driver.StreamAdmin); !ok {
+		return "the driver does not implement driver.StreamAdmin"
 	}
 	return ""
 }
 
-func needsPersistent(h Harness, _ transport.Driver) string {
+func needsPersistent(h Harness, _ driver.Driver) string {
 	if !h.Caps.Persistent {
 		return "Capabilities.Persistent is not declared"
 	}
@@ -197,7 +198,7 @@ func (e *env) config() transport.Config {
 }
 
 // openDriver opens a new driver on the harness's broker, closed when the test ends.
-func (e *env) openDriver(cfg transport.Config) transport.Driver {
+func (e *env) openDriver(cfg transport.Config) driver.Driver {
 	e.t.Helper()
 	drv, err := e.h.Open(e.ctx(), cfg)
 	require.NoError(e.t, err, "Harness.Open")
@@ -216,7 +217,7 @@ func (e *env) bus(mods ...func(*transport.Config)) *transport.Bus {
 	return e.busOver(e.openDriver(cfg), cfg)
 }
 
-func (e *env) busOver(drv transport.Driver, cfg transport.Config) *transport.Bus {
+func (e *env) busOver(drv driver.Driver, cfg transport.Config) *transport.Bus {
 	e.t.Helper()
 	b, err := transport.New(drv, cfg)
 	require.NoError(e.t, err, "transport.New")
@@ -415,7 +416,7 @@ type deadLetter struct {
 func (e *env) readDLQ(n int) []deadLetter {
 	e.t.Helper()
 	drv := e.openDriver(e.config())
-	sub, err := drv.Subscribe(e.ctx(), e.stream+transport.DLQSuffix, transport.DriverSubscribeOptions{
+	sub, err := drv.Subscribe(e.ctx(), e.stream+transport.DLQSuffix, driver.SubscribeOptions{
 		Group: e.name("dlqreader"), Consumer: "r", AckWait: e.ackWait(), MaxDeliveries: 100, BatchSize: 64,
 	})
 	require.NoError(e.t, err, "subscribe to the DLQ")
@@ -441,9 +442,9 @@ func (e *env) readDLQ(n int) []deadLetter {
 }
 
 // admin returns the StreamAdmin of a fresh driver, or nil when the driver has none.
-func (e *env) admin() transport.StreamAdmin {
+func (e *env) admin() driver.StreamAdmin {
 	e.t.Helper()
-	a, _ := e.openDriver(e.config()).(transport.StreamAdmin)
+	a, _ := e.openDriver(e.config()).(driver.StreamAdmin)
 	return a
 }
 
