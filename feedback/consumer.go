@@ -9,7 +9,7 @@ import (
 	"sync"
 	"time"
 
-	"github.com/pulse-bus/pulse/internal/envconf"
+	"github.com/pulse-bus/pulse/envconf"
 	"github.com/pulse-bus/pulse/transport"
 )
 

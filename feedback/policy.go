@@ -6,7 +6,7 @@ import (
 	"strconv"
 	"time"
 
-	"github.com/pulse-bus/pulse/internal/envconf"
+	"github.com/pulse-bus/pulse/envconf"
 )
 
 // Policy defaults (CONTRACT.md §5), defined once.

@@ -7,8 +7,8 @@ import (
 
 	"github.com/stretchr/testify/require"
 
+	"github.com/pulse-bus/pulse/envconf"
 	"github.com/pulse-bus/pulse/feedback"
-	"github.com/pulse-bus/pulse/internal/envconf"
 )
 
 // TestPolicyFromEnvDefaults proves an empty environment gives CONTRACT.md §5's defaults and

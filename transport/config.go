@@ -8,8 +8,8 @@ import (
 	"strings"
 	"time"
 
+	"github.com/pulse-bus/pulse/envconf"
 	"github.com/pulse-bus/pulse/envelope"
-	"github.com/pulse-bus/pulse/internal/envconf"
 )
 
 // Defaults, defined once. A zero field in Config means its default.
@@ -177,37 +177,33 @@ func (c Config) withDefaults() Config {
 	return c
 }
 
-// ConfigError is a setting with a value that is not accepted. Its message names the
-// variable, the value and what is accepted.
-type ConfigError = envconf.Error
-
 // Validate checks the configuration: the portable settings, then the settings of
-// c.Backend with the check its driver registered (see Register); errors are *ConfigError.
+// c.Backend with the check its driver registered (see Register); errors are *envconf.Error.
 func (c Config) Validate() error {
 	c = c.withDefaults()
 	switch {
 	case !namespaceRE.MatchString(c.Namespace):
-		return &ConfigError{Var: "MD_NAMESPACE", Value: c.Namespace, Accepted: "lower-case letters, digits, '_' and '-' ([a-z0-9_-]+)"}
+		return &envconf.Error{Var: "MD_NAMESPACE", Value: c.Namespace, Accepted: "lower-case letters, digits, '_' and '-' ([a-z0-9_-]+)"}
 	case c.Track != envelope.TrackV1 && c.Track != envelope.TrackV2:
-		return &ConfigError{Var: "SCHEMA_TRACK", Value: string(c.Track), Accepted: "v1, v2"}
+		return &envconf.Error{Var: "SCHEMA_TRACK", Value: string(c.Track), Accepted: "v1, v2"}
 	case c.MaxDeliveries < 1:
-		return &ConfigError{Var: "PULSE_MAX_DELIVERIES", Value: strconv.Itoa(c.MaxDeliveries), Accepted: "an integer ≥ 1"}
+		return &envconf.Error{Var: "PULSE_MAX_DELIVERIES", Value: strconv.Itoa(c.MaxDeliveries), Accepted: "an integer ≥ 1"}
 	case c.AckWait < 0:
-		return &ConfigError{Var: "PULSE_ACK_WAIT", Value: c.AckWait.String(), Accepted: "a positive duration such as 30s"}
+		return &envconf.Error{Var: "PULSE_ACK_WAIT", Value: c.AckWait.String(), Accepted: "a positive duration such as 30s"}
 	case !validName(c.Group):
-		return &ConfigError{Var: "PULSE_GROUP", Value: c.Group, Accepted: "letters, digits, '_' and '-'"}
+		return &envconf.Error{Var: "PULSE_GROUP", Value: c.Group, Accepted: "letters, digits, '_' and '-'"}
 	case !validName(c.Consumer):
-		return &ConfigError{Var: "PULSE_CONSUMER_NAME", Value: c.Consumer, Accepted: "letters, digits, '_' and '-'"}
+		return &envconf.Error{Var: "PULSE_CONSUMER_NAME", Value: c.Consumer, Accepted: "letters, digits, '_' and '-'"}
 	case c.RetryBackoffMin < 0 || c.RetryBackoffMax < c.RetryBackoffMin:
-		return &ConfigError{Var: "PULSE_RETRY_BACKOFF_MAX", Value: c.RetryBackoffMax.String(), Accepted: fmt.Sprintf("a duration ≥ PULSE_RETRY_BACKOFF_MIN (%s)", c.RetryBackoffMin)}
+		return &envconf.Error{Var: "PULSE_RETRY_BACKOFF_MAX", Value: c.RetryBackoffMax.String(), Accepted: fmt.Sprintf("a duration ≥ PULSE_RETRY_BACKOFF_MIN (%s)", c.RetryBackoffMin)}
 	case c.BatchSize < 1:
-		return &ConfigError{Var: "PULSE_BATCH_SIZE", Value: strconv.Itoa(c.BatchSize), Accepted: "an integer ≥ 1"}
+		return &envconf.Error{Var: "PULSE_BATCH_SIZE", Value: strconv.Itoa(c.BatchSize), Accepted: "an integer ≥ 1"}
 	case c.Replicas < 1 || c.Replicas > 5:
-		return &ConfigError{Var: "PULSE_STREAM_REPLICAS", Value: strconv.Itoa(c.Replicas), Accepted: "1 to 5"}
+		return &envconf.Error{Var: "PULSE_STREAM_REPLICAS", Value: strconv.Itoa(c.Replicas), Accepted: "1 to 5"}
 	case c.StreamMaxBytes < 0:
-		return &ConfigError{Var: "PULSE_STREAM_MAX_BYTES", Value: strconv.FormatInt(c.StreamMaxBytes, 10), Accepted: "0 (unlimited) or a positive number of bytes"}
+		return &envconf.Error{Var: "PULSE_STREAM_MAX_BYTES", Value: strconv.FormatInt(c.StreamMaxBytes, 10), Accepted: "0 (unlimited) or a positive number of bytes"}
 	case c.StreamMaxLen < 0:
-		return &ConfigError{Var: "PULSE_STREAM_MAX_LEN", Value: strconv.FormatInt(c.StreamMaxLen, 10), Accepted: "0 (unlimited) or a positive number of messages"}
+		return &envconf.Error{Var: "PULSE_STREAM_MAX_LEN", Value: strconv.FormatInt(c.StreamMaxLen, 10), Accepted: "0 (unlimited) or a positive number of messages"}
 	}
 	return checkBackend(c)
 }
@@ -242,7 +238,7 @@ func ValidStreamName(s string) bool {
 
 // FromEnv reads the bus settings of CONTRACT.md §5 through lookup (os.LookupEnv in
 // production). Unset variables keep their defaults. The first invalid value is returned as a
-// *ConfigError.
+// *envconf.Error.
 func FromEnv(lookup func(string) (string, bool)) (Config, error) {
 	var c Config
 	p := envconf.Reader{Lookup: lookup}

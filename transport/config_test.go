@@ -7,8 +7,8 @@ import (
 
 	"github.com/stretchr/testify/require"
 
+	"github.com/pulse-bus/pulse/envconf"
 	"github.com/pulse-bus/pulse/envelope"
-	"github.com/pulse-bus/pulse/internal/envconf"
 	"github.com/pulse-bus/pulse/transport"
 )
 
@@ -73,7 +73,7 @@ func TestFromEnvReadsEverything(t *testing.T) {
 	}, cfg)
 }
 
-// TestFromEnvRejects proves that every bad value is reported as a *ConfigError naming the
+// TestFromEnvRejects proves that every bad value is reported as a *envconf.Error naming the
 // variable, the value and what is accepted.
 func TestFromEnvRejects(t *testing.T) {
 	for _, tc := range []struct {
@@ -100,8 +100,8 @@ func TestFromEnvRejects(t *testing.T) {
 	} {
 		t.Run(tc.name+"="+tc.value, func(t *testing.T) {
 			_, err := transport.FromEnv(envconf.Map(map[string]string{tc.name: tc.value}))
-			var ce *transport.ConfigError
-			require.True(t, errors.As(err, &ce), "want *ConfigError, got %v", err)
+			var ce *envconf.Error
+			require.True(t, errors.As(err, &ce), "want *envconf.Error, got %v", err)
 			require.Equal(t, tc.name, ce.Var)
 			require.Equal(t, tc.value, ce.Value)
 			require.Contains(t, ce.Accepted, tc.accepted)
@@ -112,7 +112,7 @@ func TestFromEnvRejects(t *testing.T) {
 }
 
 // TestValidate proves Config.Validate on values that do not come from the environment: each
-// is a *ConfigError naming the setting.
+// is a *envconf.Error naming the setting.
 func TestValidate(t *testing.T) {
 	for _, tc := range []struct {
 		name string
@@ -135,8 +135,8 @@ func TestValidate(t *testing.T) {
 				require.NoError(t, err)
 				return
 			}
-			var ce *transport.ConfigError
-			require.True(t, errors.As(err, &ce), "want *ConfigError, got %v", err)
+			var ce *envconf.Error
+			require.True(t, errors.As(err, &ce), "want *envconf.Error, got %v", err)
 			require.Equal(t, tc.want, ce.Var)
 			require.NotEmpty(t, ce.Accepted)
 			_, err = transport.New(newFakeDriver(), tc.cfg)

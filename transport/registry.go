@@ -26,7 +26,7 @@ var (
 // nil, validates the settings of cfg that belong to this backend (its URLs, credential
 // files) without connecting, so that Config.Validate — and so FromEnv and Open — reports a
 // bad one by its variable before anything connects and other backends' settings never stop
-// this one; its errors should be *ConfigError. Register panics if name is empty, open is nil
+// this one; its errors should be *envconf.Error. Register panics if name is empty, open is nil
 // or name is taken: those are programming errors found at start-up.
 func Register(name string, open func(ctx context.Context, cfg Config) (driver.Driver, error), check func(cfg Config) error) {
 	registryMu.Lock()

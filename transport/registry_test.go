@@ -8,6 +8,7 @@ import (
 
 	"github.com/stretchr/testify/require"
 
+	"github.com/pulse-bus/pulse/envconf"
 	"github.com/pulse-bus/pulse/transport"
 	"github.com/pulse-bus/pulse/transport/driver"
 )
@@ -68,7 +69,7 @@ func TestRegisterPanicsOnMisuse(t *testing.T) {
 // opener's error, and returns a Bus over the registered driver with defaults filled in.
 func TestOpen(t *testing.T) {
 	_, err := transport.Open(t.Context(), transport.Config{Backend: "unit-fake", Namespace: "Bad"})
-	var ce *transport.ConfigError
+	var ce *envconf.Error
 	require.ErrorAs(t, err, &ce)
 
 	_, err = transport.Open(t.Context(), transport.Config{Backend: "unit-failing"})

@@ -15,8 +15,8 @@ import (
 	"text/tabwriter"
 	"time"
 
+	"github.com/pulse-bus/pulse/envconf"
 	"github.com/pulse-bus/pulse/feedback"
-	"github.com/pulse-bus/pulse/internal/envconf"
 	"github.com/pulse-bus/pulse/transport"
 	"github.com/pulse-bus/pulse/transport/jetstream/embedded"
 )
@@ -65,21 +65,6 @@ func (c *Config) EmbeddedNATS() bool {
 	return c.Bus.Backend == "jetstream" && c.Bus.NATSURL == ""
 }
 
-// ConfigError is a setting whose value is not accepted. Its message names the variable (and
-// the flag, when the value came from one), the value and what is accepted.
-type ConfigError struct {
-	Var      string
-	Flag     string // set when the value came from --Flag
-	Value    string
-	Accepted string
-}
-
-func (e *ConfigError) Error() string {
-	if e.Flag != "" {
-		return fmt.Sprintf("invalid --%s=%q (%s): accepted: %s", e.Flag, e.Value, e.Var, e.Accepted)
-	}
-	return fmt.Sprintf("invalid %s=%q: accepted: %s", e.Var, e.Value, e.Accepted)
-}
 
 // setting is one configuration variable: its environment name, the flag of the same meaning
 // ("" for environment-only settings, such as secrets, which do not belong on a command line
@@ -171,7 +156,7 @@ func flagFor(env string) string {
 }
 
 // Load reads the configuration from the environment through lookup, with the values in
-// over (from flags) taking precedence. Every invalid value is reported as a *ConfigError
+// over (from flags) taking precedence. Every invalid value is reported as an *envconf.Error
 // naming the variable (and flag), the value and what is accepted.
 func Load(lookup func(string) (string, bool), over overrides) (Config, error) {
 	c := Config{sources: map[string]string{}}
@@ -192,11 +177,9 @@ func Load(lookup func(string) (string, bool), over overrides) (Config, error) {
 	}
 	var ee *envconf.Error
 	if errors.As(err, &ee) {
-		ce := &ConfigError{Var: ee.Var, Value: ee.Value, Accepted: ee.Accepted}
 		if _, fromFlag := over[ee.Var]; fromFlag {
-			ce.Flag = flagFor(ee.Var)
+			ee.Flag = flagFor(ee.Var)
 		}
-		return Config{}, ce
 	}
 	return Config{}, err
 }
@@ -292,7 +275,7 @@ func (c *Config) checkExposure() error {
 	if t := c.Bus.NATSToken; t != "" && t != "unset" {
 		return nil
 	}
-	ce := &ConfigError{Var: "PULSE_NATS_LISTEN", Value: c.Bus.NATSListen,
+	ce := &envconf.Error{Var: "PULSE_NATS_LISTEN", Value: c.Bus.NATSListen,
 		Accepted: "a loopback address such as 127.0.0.1:4223, or any address once PULSE_NATS_TOKEN is set: " +
 			"without a token the embedded server lets anyone who reaches it publish, consume and delete streams"}
 	if c.sources["PULSE_NATS_LISTEN"] == "flag" {

@@ -9,8 +9,8 @@ import (
 
 	"github.com/stretchr/testify/require"
 
+	"github.com/pulse-bus/pulse/envconf"
 	"github.com/pulse-bus/pulse/feedback"
-	"github.com/pulse-bus/pulse/internal/envconf"
 )
 
 // TestLoadDefaults proves the defaults of CONTRACT.md §5 with an empty environment.

@@ -11,8 +11,8 @@ import (
 
 	"github.com/stretchr/testify/require"
 
+	"github.com/pulse-bus/pulse/envconf"
 	"github.com/pulse-bus/pulse/internal/app/demo"
-	"github.com/pulse-bus/pulse/internal/envconf"
 )
 
 // TestDemoSettles runs the demo loop for twenty simulated seconds on each embedded bus, as

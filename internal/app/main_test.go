@@ -17,9 +17,9 @@ import (
 	"github.com/stretchr/testify/require"
 	"go.uber.org/goleak"
 
+	"github.com/pulse-bus/pulse/envconf"
 	"github.com/pulse-bus/pulse/envelope"
 	"github.com/pulse-bus/pulse/feedback"
-	"github.com/pulse-bus/pulse/internal/envconf"
 	"github.com/pulse-bus/pulse/internal/redistest"
 	"github.com/pulse-bus/pulse/transport"
 	"github.com/pulse-bus/pulse/transport/jetstream/embedded"

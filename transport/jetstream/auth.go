@@ -12,6 +12,7 @@ import (
 	"github.com/nats-io/nats.go"
 	"github.com/nats-io/nkeys"
 
+	"github.com/pulse-bus/pulse/envconf"
 	"github.com/pulse-bus/pulse/transport"
 )
 
@@ -29,7 +30,7 @@ const (
 // CheckConfig validates the driver's settings of cfg without connecting: NATS_URL, at most
 // one way of signing in (credentials in NATS_URL, PULSE_NATS_TOKEN, PULSE_NATS_CREDS or
 // PULSE_NATS_NKEY), readable credential files, a CA file of PEM certificates, and a client
-// certificate and key that belong together. Errors are *transport.ConfigError naming the
+// certificate and key that belong together. Errors are *envconf.Error naming the
 // variable; secrets are never in them.
 func CheckConfig(cfg transport.Config) error {
 	servers, err := serverURLs(cfg.WithDefaults())
@@ -73,7 +74,7 @@ func urlCredentials(servers []string) bool {
 // authOptions are the nats.go options of cfg's credentials and TLS.
 func authOptions(cfg transport.Config, servers []string) ([]nats.Option, error) {
 	if ways := signIn(cfg, servers); strings.Contains(ways, ",") {
-		return nil, &transport.ConfigError{Var: EnvToken, Value: "(masked)",
+		return nil, &envconf.Error{Var: EnvToken, Value: "(masked)",
 			Accepted: "one way of signing in at a time; set now: " + ways}
 	}
 	var opts []nats.Option
@@ -82,13 +83,13 @@ func authOptions(cfg transport.Config, servers []string) ([]nats.Option, error) 
 	}
 	if f := cfg.NATSCredsFile; f != "" {
 		if _, err := os.ReadFile(f); err != nil {
-			return nil, &transport.ConfigError{Var: EnvCreds, Value: f, Accepted: "a readable NATS credentials file (.creds, a user JWT and its nkey seed): " + err.Error()}
+			return nil, &envconf.Error{Var: EnvCreds, Value: f, Accepted: "a readable NATS credentials file (.creds, a user JWT and its nkey seed): " + err.Error()}
 		}
 		opts = append(opts, nats.UserCredentials(f))
 	}
 	if f := cfg.NATSNKeyFile; f != "" {
 		bad := func(why string) error {
-			return &transport.ConfigError{Var: EnvNKey, Value: f, Accepted: "a readable file holding a user nkey seed (SU…): " + why}
+			return &envconf.Error{Var: EnvNKey, Value: f, Accepted: "a readable file holding a user nkey seed (SU…): " + why}
 		}
 		raw, err := os.ReadFile(f)
 		if err != nil {
@@ -110,7 +111,7 @@ func authOptions(cfg transport.Config, servers []string) ([]nats.Option, error) 
 			if err != nil {
 				why = err.Error()
 			}
-			return nil, &transport.ConfigError{Var: EnvTLSCA, Value: f, Accepted: "a readable file of PEM CA certificates: " + why}
+			return nil, &envconf.Error{Var: EnvTLSCA, Value: f, Accepted: "a readable file of PEM CA certificates: " + why}
 		}
 		opts = append(opts, nats.RootCAs(f))
 	}
@@ -121,10 +122,10 @@ func authOptions(cfg transport.Config, servers []string) ([]nats.Option, error) 
 		if cert == "" {
 			v, set, unset = EnvTLSKey, key, EnvTLSCert
 		}
-		return nil, &transport.ConfigError{Var: v, Value: set, Accepted: "a client certificate and its key together: " + unset + " is unset"}
+		return nil, &envconf.Error{Var: v, Value: set, Accepted: "a client certificate and its key together: " + unset + " is unset"}
 	default:
 		if _, err := tls.LoadX509KeyPair(cert, key); err != nil {
-			return nil, &transport.ConfigError{Var: EnvTLSCert, Value: cert, Accepted: "a PEM client certificate whose key is " + EnvTLSKey + ": " + err.Error()}
+			return nil, &envconf.Error{Var: EnvTLSCert, Value: cert, Accepted: "a PEM client certificate whose key is " + EnvTLSKey + ": " + err.Error()}
 		}
 		opts = append(opts, nats.ClientCert(cert, key))
 	}

@@ -9,6 +9,7 @@ import (
 	"github.com/nats-io/nats-server/v2/server"
 	"github.com/stretchr/testify/require"
 
+	"github.com/pulse-bus/pulse/envconf"
 	"github.com/pulse-bus/pulse/transport"
 	"github.com/pulse-bus/pulse/transport/jetstream"
 )
@@ -65,7 +66,7 @@ func TestMissingCredsFile(t *testing.T) {
 	cfg := config("nats://127.0.0.1:1", "auth")
 	cfg.NATSCredsFile = t.TempDir() + "/missing.creds"
 	_, err := jetstream.Open(context.Background(), cfg)
-	var ce *transport.ConfigError
+	var ce *envconf.Error
 	require.ErrorAs(t, err, &ce)
 	require.Equal(t, "PULSE_NATS_CREDS", ce.Var)
 }

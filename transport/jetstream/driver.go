@@ -15,6 +15,7 @@ import (
 	"github.com/nats-io/nats.go"
 	"github.com/nats-io/nats.go/jetstream"
 
+	"github.com/pulse-bus/pulse/envconf"
 	"github.com/pulse-bus/pulse/transport"
 	"github.com/pulse-bus/pulse/transport/driver"
 )
@@ -211,7 +212,7 @@ func serverURLs(cfg transport.Config) ([]string, error) {
 		part = strings.TrimSpace(part)
 		u, err := url.Parse(part)
 		if err != nil || u.Host == "" || !slices.Contains(acceptedSchemes, u.Scheme) {
-			return nil, &transport.ConfigError{
+			return nil, &envconf.Error{
 				Var:      "NATS_URL",
 				Value:    transport.RedactURLs(cfg.NATSURL),
 				Accepted: "one or more comma-separated URLs nats://[user:password@|token@]host:port or tls://… (also ws://, wss://)",

@@ -11,6 +11,7 @@ import (
 	natsjs "github.com/nats-io/nats.go/jetstream"
 	"github.com/stretchr/testify/require"
 
+	"github.com/pulse-bus/pulse/envconf"
 	"github.com/pulse-bus/pulse/envelope"
 	"github.com/pulse-bus/pulse/internal/natstest"
 	"github.com/pulse-bus/pulse/internal/testutil"
@@ -38,11 +39,11 @@ func TestNames(t *testing.T) {
 }
 
 // TestBadURL proves that NATS_URL values that are not NATS URLs are refused with a
-// ConfigError naming the variable, with the credentials masked.
+// *envconf.Error naming the variable, with the credentials masked.
 func TestBadURL(t *testing.T) {
 	for _, u := range []string{"http://u:secret@localhost:4222", "nats://", "localhost:4222", "nats://a:1,redis://b:2"} {
 		_, err := jetstream.Open(context.Background(), config(u, "x"))
-		var ce *transport.ConfigError
+		var ce *envconf.Error
 		require.ErrorAs(t, err, &ce, u)
 		require.Equal(t, "NATS_URL", ce.Var)
 		require.NotContains(t, err.Error(), "secret")

@@ -24,6 +24,7 @@ import (
 	"github.com/nats-io/nkeys"
 	"github.com/stretchr/testify/require"
 
+	"github.com/pulse-bus/pulse/envconf"
 	"github.com/pulse-bus/pulse/transport"
 	"github.com/pulse-bus/pulse/transport/driver"
 	"github.com/pulse-bus/pulse/transport/jetstream"
@@ -124,7 +125,7 @@ func TestTokenSetting(t *testing.T) {
 	requireRefused(t, transport.Config{NATSURL: url}, "the server requires credentials: set PULSE_NATS_TOKEN")
 
 	_, err := jetstream.Open(context.Background(), transport.Config{NATSURL: "nats://u:p@" + srv.Addr().String(), NATSToken: "tok-s3cret"})
-	var ce *transport.ConfigError
+	var ce *envconf.Error
 	require.ErrorAs(t, err, &ce, "two ways of signing in")
 	require.Contains(t, ce.Accepted, "one way of signing in at a time")
 	require.NotContains(t, err.Error(), "tok-s3cret")
@@ -153,7 +154,7 @@ func TestNKeySeedFile(t *testing.T) {
 	junk := filepath.Join(t.TempDir(), "junk.nk")
 	require.NoError(t, os.WriteFile(junk, []byte("not a seed"), 0o600))
 	_, err = jetstream.Open(context.Background(), transport.Config{NATSURL: srv.ClientURL(), NATSNKeyFile: junk})
-	var ce *transport.ConfigError
+	var ce *envconf.Error
 	require.ErrorAs(t, err, &ce)
 	require.Equal(t, "PULSE_NATS_NKEY", ce.Var)
 }
@@ -252,7 +253,7 @@ func TestMutualTLS(t *testing.T) {
 	requireRefused(t, transport.Config{NATSURL: tlsURL(srv), NATSTLSCA: p.caFile}, "PULSE_NATS_TLS_CERT and PULSE_NATS_TLS_KEY")
 
 	_, err := jetstream.Open(context.Background(), transport.Config{NATSURL: tlsURL(srv), NATSTLSCert: p.clientCert})
-	var ce *transport.ConfigError
+	var ce *envconf.Error
 	require.ErrorAs(t, err, &ce)
 	require.Equal(t, "PULSE_NATS_TLS_CERT", ce.Var)
 	require.Contains(t, ce.Accepted, "PULSE_NATS_TLS_KEY is unset")

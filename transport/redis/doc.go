@@ -12,7 +12,7 @@
 // # Configuration
 //
 // REDIS_URL (transport.Config.RedisURL) is `redis://[user[:password]@]host[:port][/db]`, or
-// `rediss://…` for TLS. Anything else is a *transport.ConfigError naming REDIS_URL (the
+// `rediss://…` for TLS. Anything else is a *envconf.Error naming REDIS_URL (the
 // password masked); the pulse command exits with status 2 on it. Open pings Redis once; if it
 // does not answer, the error wraps transport.ErrUnavailable.
 //
@@ -111,7 +111,7 @@
 // Publishing trims the stream with `XTRIM {key} MINID ~ {now − StreamMaxAge}`
 // (PULSE_STREAM_MAX_AGE, default 7 days) in the same round trip: on the first publish to a
 // stream through the driver, then at most once a second. Entries older than the max age go, in
-// whole radix-tree nodes (`~`), so a little more may stay. Open refuses (ConfigError) a max age shorter than the longest retry schedule,
+// whole radix-tree nodes (`~`), so a little more may stay. Open refuses (*envconf.Error) a max age shorter than the longest retry schedule,
 // PULSE_MAX_DELIVERIES × (PULSE_ACK_WAIT + the longest retry backoff), so trimming by age never
 // removes a message that is still being retried; it does remove messages that no consumer read
 // within the max age (a group offline for longer loses them).

@@ -16,6 +16,7 @@ import (
 
 	goredis "github.com/redis/go-redis/v9"
 
+	"github.com/pulse-bus/pulse/envconf"
 	"github.com/pulse-bus/pulse/transport"
 	"github.com/pulse-bus/pulse/transport/driver"
 )
@@ -74,7 +75,7 @@ var (
 
 // Open connects to the Redis of cfg.RedisURL (`redis://` or `rediss://`, with user, password
 // and database number) and checks that it answers. Zero fields of cfg take the transport
-// defaults. A malformed URL or an unsafe retention setting is a *transport.ConfigError; a
+// defaults. A malformed URL or an unsafe retention setting is a *envconf.Error; a
 // Redis that does not answer is an error wrapping transport.ErrUnavailable.
 func Open(ctx context.Context, cfg transport.Config) (*Driver, error) {
 	opts, err := ParseURL(cfg.RedisURL)
@@ -115,13 +116,13 @@ func Open(ctx context.Context, cfg transport.Config) (*Driver, error) {
 
 // ParseURL parses a REDIS_URL. Only `redis://` and `rediss://` (TLS) are accepted, with an
 // optional user and password and a database number as the path. An error is a
-// *transport.ConfigError naming REDIS_URL (the password masked) and the accepted forms.
+// *envconf.Error naming REDIS_URL (the password masked) and the accepted forms.
 func ParseURL(raw string) (*goredis.Options, error) {
 	if raw == "" {
 		raw = transport.DefaultRedisURL
 	}
 	bad := func() error {
-		return &transport.ConfigError{Var: "REDIS_URL", Value: transport.RedactURLs(raw),
+		return &envconf.Error{Var: "REDIS_URL", Value: transport.RedactURLs(raw),
 			Accepted: "redis://[user[:password]@]host[:port][/db] or rediss://… (TLS), db a number ≥ 0"}
 	}
 	u, err := url.Parse(raw)
@@ -391,12 +392,12 @@ func retentionFor(cfg transport.Config) (retention, error) {
 	}
 	schedule := time.Duration(maxDeliveries) * (def(cfg.AckWait, transport.DefaultAckWait) + def(cfg.RetryBackoffMax, transport.DefaultRetryBackoffMax))
 	if maxAge < schedule {
-		return retention{}, &transport.ConfigError{Var: "PULSE_STREAM_MAX_AGE", Value: maxAge.String(),
+		return retention{}, &envconf.Error{Var: "PULSE_STREAM_MAX_AGE", Value: maxAge.String(),
 			Accepted: "a duration of at least PULSE_MAX_DELIVERIES × (PULSE_ACK_WAIT + the longest retry backoff) = " + schedule.String() +
 				", so that trimming never removes a message that is still being retried"}
 	}
 	if cfg.StreamMaxLen < 0 {
-		return retention{}, &transport.ConfigError{Var: "PULSE_STREAM_MAX_LEN", Value: strconv.FormatInt(cfg.StreamMaxLen, 10), Accepted: "0 (unlimited) or a positive number of messages"}
+		return retention{}, &envconf.Error{Var: "PULSE_STREAM_MAX_LEN", Value: strconv.FormatInt(cfg.StreamMaxLen, 10), Accepted: "0 (unlimited) or a positive number of messages"}
 	}
 	return retention{maxAge: maxAge, maxLen: cfg.StreamMaxLen}, nil
 }

@@ -14,6 +14,7 @@ import (
 	goredis "github.com/redis/go-redis/v9"
 	"github.com/stretchr/testify/require"
 
+	"github.com/pulse-bus/pulse/envconf"
 	"github.com/pulse-bus/pulse/transport"
 	"github.com/pulse-bus/pulse/transport/driver"
 )
@@ -402,13 +403,13 @@ func TestRetentionMustCoverRetries(t *testing.T) {
 	cfg.StreamMaxAge = time.Minute
 	cfg.AckWait = 30 * time.Second
 	_, err := Open(context.Background(), cfg)
-	var ce *transport.ConfigError
+	var ce *envconf.Error
 	require.ErrorAs(t, err, &ce)
 	require.Equal(t, "PULSE_STREAM_MAX_AGE", ce.Var)
 	require.Contains(t, ce.Accepted, "5m0s")
 }
 
-// TestParseURL proves the accepted REDIS_URL forms and that anything else is a ConfigError
+// TestParseURL proves the accepted REDIS_URL forms and that anything else is an *envconf.Error
 // naming REDIS_URL, with the password masked.
 func TestParseURL(t *testing.T) {
 	for _, tc := range []struct {
@@ -432,7 +433,7 @@ func TestParseURL(t *testing.T) {
 	}
 	for _, bad := range []string{"localhost:6379", "http://h:6379", "redis://", "redis://h/notanumber", "unix:///tmp/r.sock", "redis://u:topsecret@h/x/y", "redis://h:port"} {
 		_, err := ParseURL(bad)
-		var ce *transport.ConfigError
+		var ce *envconf.Error
 		require.ErrorAs(t, err, &ce, bad)
 		require.Equal(t, "REDIS_URL", ce.Var)
 		require.Contains(t, err.Error(), "redis://[user[:password]@]host[:port][/db]")

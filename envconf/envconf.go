@@ -1,5 +1,6 @@
 // Package envconf reads typed settings from the environment and reports a bad one by name,
-// value and what is accepted.
+// value and what is accepted: the one configuration error type of Pulse's packages
+// (transport, its drivers, feedback) and of the pulse command.
 package envconf
 
 import (
@@ -9,14 +10,20 @@ import (
 	"time"
 )
 
-// Error is a setting with a value that is not accepted.
+// Error is a setting with a value that is not accepted. Var names the environment variable
+// (or, for a setting with none, the Go field, such as feedback.Policy.Scales); Flag, when
+// set, the command-line flag the value came from. Value is as given, secrets masked.
 type Error struct {
 	Var      string
+	Flag     string
 	Value    string
 	Accepted string
 }
 
 func (e *Error) Error() string {
+	if e.Flag != "" {
+		return fmt.Sprintf("invalid --%s=%q (%s): accepted: %s", e.Flag, e.Value, e.Var, e.Accepted)
+	}
 	return fmt.Sprintf("invalid %s=%q: accepted: %s", e.Var, e.Value, e.Accepted)
 }
 
