@@ -27,8 +27,6 @@ const (
 	DefaultIdempotencySize = 100_000
 	DefaultIdempotencyTTL  = 15 * time.Minute
 	DefaultRedisURL        = "redis://localhost:6379/0"
-	DefaultNATSListen      = "127.0.0.1:4223"
-	DefaultDataDir         = "./.pulse"
 	DefaultStreamMaxAge    = 7 * 24 * time.Hour
 	DefaultStreamReplicas  = 1
 )
@@ -113,8 +111,6 @@ type Config struct {
 	NATSTLSCA      string
 	NATSTLSCert    string
 	NATSTLSKey     string
-	NATSListen     string        // PULSE_NATS_LISTEN
-	DataDir        string        // PULSE_DATA_DIR
 	StreamMaxAge   time.Duration // PULSE_STREAM_MAX_AGE
 	StreamMaxBytes int64         // PULSE_STREAM_MAX_BYTES (0 = unlimited)
 	StreamMaxLen   int64         // PULSE_STREAM_MAX_LEN (0 = unlimited)
@@ -146,8 +142,6 @@ func (c Config) withDefaults() Config {
 	def(&c.Group, DefaultGroup)
 	def(&c.Consumer, DefaultConsumer)
 	def(&c.RedisURL, DefaultRedisURL)
-	def(&c.NATSListen, DefaultNATSListen)
-	def(&c.DataDir, DefaultDataDir)
 	defInt := func(v *int, d int) {
 		if *v == 0 {
 			*v = d
@@ -262,8 +256,6 @@ func FromEnv(lookup func(string) (string, bool)) (Config, error) {
 	p.String("PULSE_NATS_TLS_CA", &c.NATSTLSCA)
 	p.String("PULSE_NATS_TLS_CERT", &c.NATSTLSCert)
 	p.String("PULSE_NATS_TLS_KEY", &c.NATSTLSKey)
-	p.String("PULSE_NATS_LISTEN", &c.NATSListen)
-	p.String("PULSE_DATA_DIR", &c.DataDir)
 	p.Duration("PULSE_STREAM_MAX_AGE", &c.StreamMaxAge)
 	p.Int64("PULSE_STREAM_MAX_BYTES", &c.StreamMaxBytes)
 	p.Int64("PULSE_STREAM_MAX_LEN", &c.StreamMaxLen)

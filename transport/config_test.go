@@ -30,8 +30,6 @@ func TestFromEnvDefaults(t *testing.T) {
 	require.Equal(t, transport.DefaultMaxDeliveries, got.MaxDeliveries)
 	require.Equal(t, transport.DefaultAckWait, got.AckWait)
 	require.Equal(t, transport.DefaultRedisURL, got.RedisURL)
-	require.Equal(t, transport.DefaultNATSListen, got.NATSListen)
-	require.Equal(t, transport.DefaultDataDir, got.DataDir)
 	require.Equal(t, transport.DefaultBatchSize, got.BatchSize)
 	require.Equal(t, transport.DefaultDrainTimeout, got.DrainTimeout)
 	require.Nil(t, bus.Codec().Signer, "PUBLISHER_TOKEN unset: no signing")
@@ -54,8 +52,6 @@ func TestFromEnvReadsEverything(t *testing.T) {
 		"REDIS_URL":                "rediss://u:p@h:6380/1",
 		"NATS_URL":                 "nats://h:4222",
 		"PULSE_NATS_CREDS":         "/creds",
-		"PULSE_NATS_LISTEN":        "0.0.0.0:4300",
-		"PULSE_DATA_DIR":           "/data",
 		"PULSE_STREAM_MAX_AGE":     "48h",
 		"PULSE_STREAM_MAX_BYTES":   "1000000",
 		"PULSE_STREAM_MAX_LEN":     "5000",
@@ -67,7 +63,7 @@ func TestFromEnvReadsEverything(t *testing.T) {
 		Backend: "redis", Namespace: "ns_1", Track: envelope.TrackV2, PublisherToken: "s3cret",
 		Group: "replica-2", Consumer: "w_9", MaxDeliveries: 7, AckWait: 45 * time.Second,
 		DrainTimeout: 3 * time.Second, BatchSize: 64, RedisURL: "rediss://u:p@h:6380/1",
-		NATSURL: "nats://h:4222", NATSCredsFile: "/creds", NATSListen: "0.0.0.0:4300", DataDir: "/data",
+		NATSURL: "nats://h:4222", NATSCredsFile: "/creds",
 		StreamMaxAge: 48 * time.Hour, StreamMaxBytes: 1000000, StreamMaxLen: 5000, Replicas: 3,
 		SharedIdempotency: true,
 	}, cfg)

@@ -118,10 +118,12 @@ func (a *App) start(ctx context.Context) error {
 
 	busCfg := a.cfg.Bus
 	if a.cfg.EmbeddedNATS() {
-		s, err := embedded.Start(ctx, embedded.Options{Listen: busCfg.NATSListen, DataDir: busCfg.DataDir, Token: busCfg.NATSToken, Logger: a.log})
+		eo := a.cfg.Embedded
+		eo.Token, eo.Logger = busCfg.NATSToken, a.log
+		s, err := embedded.Start(ctx, eo)
 		if err != nil {
 			return fmt.Errorf("app: embedded JetStream server on %s (PULSE_NATS_LISTEN) with store %s (PULSE_DATA_DIR): %w",
-				busCfg.NATSListen, busCfg.DataDir, err)
+				eo.Listen, eo.DataDir, err)
 		}
 		a.server.Store(s)
 		a.stack.push("embedded JetStream server", func(context.Context) error { s.Shutdown(); return nil })
@@ -349,9 +351,9 @@ func (a *App) where() string {
 		return transport.RedactURLs(b.RedisURL)
 	case a.cfg.EmbeddedNATS():
 		if u := a.NATSURL(); u != "" {
-			return "embedded " + u + " (store " + b.DataDir + ")"
+			return "embedded " + u + " (store " + a.cfg.Embedded.DataDir + ")"
 		}
-		return "embedded on " + b.NATSListen + " (store " + b.DataDir + ")"
+		return "embedded on " + a.cfg.Embedded.Listen + " (store " + a.cfg.Embedded.DataDir + ")"
 	default:
 		return transport.RedactURLs(b.NATSURL)
 	}

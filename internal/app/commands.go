@@ -3,6 +3,7 @@ package app
 import (
 	"bufio"
 	"context"
+	"errors"
 	"flag"
 	"fmt"
 	"log/slog"
@@ -21,14 +22,24 @@ var clientSettings = []string{
 	"MD_NAMESPACE", "SCHEMA_TRACK", "PULSE_FEEDBACK_STREAM", "PULSE_LOG_LEVEL", "PULSE_LOG_FORMAT",
 }
 
-// clientBusConfig is cfg's bus configuration for a command that connects as a client
-// (publish, dlq). With the jetstream backend and no NATS_URL the driver connects to the
-// embedded server that `pulse run` hosts on PULSE_NATS_LISTEN.
-func clientBusConfig(cfg Config, log *slog.Logger, obs transport.Observer) transport.Config {
+// openClientBus opens cfg's bus for a command that connects as a client (publish, dlq),
+// validating payloads with schemas (nil: none). With the jetstream backend and no NATS_URL it
+// connects to the embedded server that `pulse run` hosts on PULSE_NATS_LISTEN.
+func openClientBus(ctx context.Context, cfg Config, log *slog.Logger, schemas *envelope.Schemas) (*transport.Bus, error) {
 	bc := cfg.Bus
-	bc.Logger = log
-	bc.Observer = obs
-	return bc
+	bc.Logger, bc.Schemas = log, schemas
+	if cfg.EmbeddedNATS() {
+		bc.NATSURL = "nats://" + cfg.Embedded.Listen
+	}
+	bus, err := transport.Open(ctx, bc)
+	if err == nil {
+		return bus, nil
+	}
+	if cfg.EmbeddedNATS() && errors.Is(err, transport.ErrUnavailable) {
+		return nil, fmt.Errorf("open %s bus: NATS_URL is unset, so this is the embedded server of `pulse run` on PULSE_NATS_LISTEN=%s: is it up? %w",
+			cfg.Bus.Backend, cfg.Embedded.Listen, err)
+	}
+	return nil, fmt.Errorf("open %s bus: %w", cfg.Bus.Backend, err)
 }
 
 func cmdDLQ(ctx context.Context, args []string, env Env) int {
@@ -74,10 +85,9 @@ func cmdDLQ(ctx context.Context, args []string, env Env) int {
 	if !transport.ValidStreamName(*stream) {
 		return usageError(fs, "invalid --stream=%q (accepted: dot-separated tokens of letters, digits, '_' and '-')", *stream)
 	}
-	log := newLogger(cfg, env.Stderr)
-	bus, err := transport.Open(ctx, clientBusConfig(cfg, log, nil))
+	bus, err := openClientBus(ctx, cfg, newLogger(cfg, env.Stderr), nil)
 	if err != nil {
-		fmt.Fprintf(env.Stderr, "pulse dlq: open %s bus: %v\n", cfg.Bus.Backend, err)
+		fmt.Fprintf(env.Stderr, "pulse dlq: %v\n", err)
 		return ExitFailure
 	}
 	defer bus.Close()
@@ -254,12 +264,9 @@ func cmdPublish(ctx context.Context, args []string, env Env) int {
 	if err != nil {
 		return usageError(fs, "%v", err)
 	}
-	log := newLogger(cfg, env.Stderr)
-	bc := clientBusConfig(cfg, log, nil)
-	bc.Schemas = feedback.Schemas()
-	bus, err := transport.Open(ctx, bc)
+	bus, err := openClientBus(ctx, cfg, newLogger(cfg, env.Stderr), feedback.Schemas())
 	if err != nil {
-		fmt.Fprintf(env.Stderr, "pulse publish: open %s bus: %v\n", cfg.Bus.Backend, err)
+		fmt.Fprintf(env.Stderr, "pulse publish: %v\n", err)
 		return ExitFailure
 	}
 	defer bus.Close()

@@ -37,6 +37,9 @@ const (
 type Config struct {
 	// Bus is the transport configuration (EVENT_BUS_BACKEND, NATS_URL, REDIS_URL, ...).
 	Bus transport.Config
+	// Embedded is the embedded JetStream server's address and store (PULSE_NATS_LISTEN,
+	// PULSE_DATA_DIR); its token is Bus.NATSToken.
+	Embedded embedded.Options
 	// Policy is the feedback policy (MDP_FB_*), defaults filled in.
 	Policy feedback.Policy
 	// Enabled turns the feedback consumer on (PULSE_ENABLED).
@@ -65,7 +68,6 @@ func (c *Config) EmbeddedNATS() bool {
 	return c.Bus.Backend == "jetstream" && c.Bus.NATSURL == ""
 }
 
-
 // setting is one configuration variable: its environment name, the flag of the same meaning
 // ("" for environment-only settings, such as secrets, which do not belong on a command line
 // that every user of the machine can read), and how to show its effective value.
@@ -82,14 +84,14 @@ var settings = []setting{
 	{env: "PULSE_ENABLED", flag: "enabled", isBool: true, usage: "run the feedback consumer", show: func(c *Config) string { return strconv.FormatBool(c.Enabled) }},
 	{env: "EVENT_BUS_BACKEND", flag: "backend", usage: "bus backend: inmem, redis or jetstream", show: func(c *Config) string { return c.Bus.Backend }},
 	{env: "NATS_URL", flag: "nats-url", usage: "NATS server URL(s), comma-separated; unset: the embedded server", show: func(c *Config) string { return transport.RedactURLs(c.Bus.NATSURL) }},
-	{env: "PULSE_NATS_LISTEN", flag: "nats-listen", usage: "embedded JetStream server address (host:port)", show: func(c *Config) string { return c.Bus.NATSListen }},
+	{env: "PULSE_NATS_LISTEN", flag: "nats-listen", usage: "embedded JetStream server address (host:port)", show: func(c *Config) string { return c.Embedded.Listen }},
 	{env: "PULSE_NATS_TOKEN", usage: "", show: func(c *Config) string { return maskToken(c.Bus.NATSToken) }},
 	{env: "PULSE_NATS_CREDS", flag: "nats-creds", usage: "NATS credentials file (user JWT and nkey seed)", show: func(c *Config) string { return c.Bus.NATSCredsFile }},
 	{env: "PULSE_NATS_NKEY", flag: "nats-nkey", usage: "file holding a NATS user nkey seed", show: func(c *Config) string { return c.Bus.NATSNKeyFile }},
 	{env: "PULSE_NATS_TLS_CA", flag: "nats-tls-ca", usage: "PEM file of the CAs that sign the NATS server's certificate", show: func(c *Config) string { return c.Bus.NATSTLSCA }},
 	{env: "PULSE_NATS_TLS_CERT", flag: "nats-tls-cert", usage: "PEM client certificate for NATS servers that verify clients", show: func(c *Config) string { return c.Bus.NATSTLSCert }},
 	{env: "PULSE_NATS_TLS_KEY", flag: "nats-tls-key", usage: "PEM key of PULSE_NATS_TLS_CERT", show: func(c *Config) string { return c.Bus.NATSTLSKey }},
-	{env: "PULSE_DATA_DIR", flag: "data-dir", usage: "embedded JetStream server's store directory", show: func(c *Config) string { return c.Bus.DataDir }},
+	{env: "PULSE_DATA_DIR", flag: "data-dir", usage: "embedded JetStream server's store directory", show: func(c *Config) string { return c.Embedded.DataDir }},
 	{env: "REDIS_URL", flag: "redis-url", usage: "redis:// or rediss:// URL", show: func(c *Config) string { return transport.RedactURLs(c.Bus.RedisURL) }},
 	{env: "MD_NAMESPACE", flag: "namespace", usage: "bus namespace ([a-z0-9_-]+)", show: func(c *Config) string { return c.Bus.Namespace }},
 	{env: "SCHEMA_TRACK", flag: "track", usage: "schema track producers write: v1 or v2", show: func(c *Config) string { return string(c.Bus.Track) }},
@@ -190,6 +192,9 @@ func (c *Config) load(look func(string) (string, bool)) error {
 		return err
 	}
 	c.Bus = bus
+	if c.Embedded, err = embedded.FromEnv(look); err != nil {
+		return err
+	}
 	if c.Policy, err = feedback.PolicyFromEnv(look); err != nil {
 		return err
 	}
@@ -223,7 +228,7 @@ func (c *Config) load(look func(string) (string, bool)) error {
 		return err
 	}
 	if c.sources["PULSE_CONSUMER_NAME"] == "" {
-		c.Bus.Consumer = replicaName(c.Bus.DataDir, c.HTTPAddr)
+		c.Bus.Consumer = replicaName(c.Embedded.DataDir, c.HTTPAddr)
 		c.sources["PULSE_CONSUMER_NAME"] = "derived from the host name, PULSE_DATA_DIR and PULSE_HTTP_ADDR"
 	}
 	return nil
@@ -252,9 +257,6 @@ func (c *Config) validate() error {
 	if !slices.Contains(transport.Backends(), b.Backend) {
 		return &envconf.Error{Var: "EVENT_BUS_BACKEND", Value: b.Backend, Accepted: strings.Join(transport.Backends(), ", ")}
 	}
-	if err := checkHostPort(b.NATSListen); err != nil {
-		return &envconf.Error{Var: "PULSE_NATS_LISTEN", Value: b.NATSListen, Accepted: "host:port, e.g. 127.0.0.1:4223 (port 0 picks a free one) (" + err.Error() + ")"}
-	}
 	if err := checkHostPort(c.HTTPAddr); err != nil {
 		return &envconf.Error{Var: "PULSE_HTTP_ADDR", Value: c.HTTPAddr, Accepted: "host:port, e.g. 127.0.0.1:9464 (port 0 picks a free one) (" + err.Error() + ")"}
 	}
@@ -269,13 +271,13 @@ func fmtFloat(f float64) string { return strconv.FormatFloat(f, 'g', -1, 64) }
 // checkExposure refuses an embedded JetStream server listening beyond this machine without
 // PULSE_NATS_TOKEN: anyone who reaches it could publish a hard event, or delete the streams.
 func (c *Config) checkExposure() error {
-	if !c.Enabled || !c.EmbeddedNATS() || embedded.Loopback(c.Bus.NATSListen) {
+	if !c.Enabled || !c.EmbeddedNATS() || embedded.Loopback(c.Embedded.Listen) {
 		return nil
 	}
 	if t := c.Bus.NATSToken; t != "" && t != "unset" {
 		return nil
 	}
-	ce := &envconf.Error{Var: "PULSE_NATS_LISTEN", Value: c.Bus.NATSListen,
+	ce := &envconf.Error{Var: "PULSE_NATS_LISTEN", Value: c.Embedded.Listen,
 		Accepted: "a loopback address such as 127.0.0.1:4223, or any address once PULSE_NATS_TOKEN is set: " +
 			"without a token the embedded server lets anyone who reaches it publish, consume and delete streams"}
 	if c.sources["PULSE_NATS_LISTEN"] == "flag" {

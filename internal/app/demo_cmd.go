@@ -14,6 +14,7 @@ import (
 	"github.com/pulse-bus/pulse/internal/app/demo"
 	"github.com/pulse-bus/pulse/transport"
 	"github.com/pulse-bus/pulse/transport/driver"
+	"github.com/pulse-bus/pulse/transport/jetstream/embedded"
 )
 
 // demoSettings are the configuration variables `pulse demo` takes flags for: the bus kind,
@@ -122,8 +123,7 @@ func RunDemo(ctx context.Context, cfg Config, p demo.Params, out io.Writer, log 
 	defer os.RemoveAll(dir)
 	cfg.Enabled = true
 	cfg.Bus.NATSURL = ""
-	cfg.Bus.NATSListen = "127.0.0.1:0"
-	cfg.Bus.DataDir = dir
+	cfg.Embedded = embedded.Options{Listen: "127.0.0.1:0", DataDir: dir}
 	cfg.Bus.PublisherToken = "" // both ends are this process
 	// A namespace of its own, so that runs sharing a process (tests, inmem) never meet.
 	cfg.Bus.Namespace = "demo_" + strconv.FormatInt(time.Now().UnixNano(), 36)

@@ -158,7 +158,7 @@ func connectError(cfg transport.Config, servers []string, err error) error {
 	}
 	hint := ""
 	if cfg.NATSURL == "" {
-		hint = " (NATS_URL is unset, so this is the embedded server's address PULSE_NATS_LISTEN: is `pulse run` up?)"
+		hint = " (NATS_URL is unset, so this is the embedded server's default address: is `pulse run` up?)"
 	}
 	return fmt.Errorf("jetstream: connect to %s%s: %w: %w", where, hint, transport.ErrUnavailable, err)
 }

@@ -25,6 +25,9 @@ const Name = "jetstream"
 
 // Defaults, defined once.
 const (
+	// DefaultURL is where the driver connects when Config.NATSURL is empty: the embedded
+	// server's default address (embedded.DefaultListen).
+	DefaultURL = "nats://127.0.0.1:4223"
 	// DefaultReconnectWait is the pause between reconnect attempts (the client reconnects
 	// forever).
 	DefaultReconnectWait = 250 * time.Millisecond
@@ -93,7 +96,7 @@ type Options struct {
 }
 
 // Open connects to the NATS servers of cfg.NATSURL (comma-separated nats:// or tls:// URLs)
-// or, when it is empty, to the embedded server's address nats://{cfg.NATSListen}. It signs in
+// or, when it is empty, to DefaultURL, where `pulse run` hosts its embedded server by default. It signs in
 // with one of: the credentials in the URL, cfg.NATSToken, cfg.NATSCredsFile (JWT and nkey
 // seed) or cfg.NATSNKeyFile (an nkey seed), and trusts cfg.NATSTLSCA's CAs and presents
 // cfg.NATSTLSCert for TLS (see CheckConfig). The connection reconnects forever. Open fails if
@@ -205,7 +208,7 @@ var acceptedSchemes = []string{"nats", "tls", "ws", "wss"}
 // serverURLs splits and checks NATS_URL, or derives the embedded server's URL.
 func serverURLs(cfg transport.Config) ([]string, error) {
 	if cfg.NATSURL == "" {
-		return []string{"nats://" + cfg.NATSListen}, nil
+		return []string{DefaultURL}, nil
 	}
 	var out []string
 	for _, part := range strings.Split(cfg.NATSURL, ",") {

@@ -4,7 +4,9 @@ import (
 	"context"
 	"errors"
 	"log/slog"
+	"net"
 	"strconv"
+	"strings"
 	"testing"
 	"time"
 
@@ -53,12 +55,26 @@ func TestBadURL(t *testing.T) {
 // TestOpenUnreachable proves that opening against an address where nothing listens fails at
 // once with ErrUnavailable and, for the embedded default, says where it looked.
 func TestOpenUnreachable(t *testing.T) {
-	cfg := transport.Config{NATSListen: "127.0.0.1:1"}
 	start := time.Now()
-	_, err := jetstream.Open(context.Background(), cfg)
+	_, err := jetstream.Open(context.Background(), transport.Config{NATSURL: "nats://127.0.0.1:1"})
 	require.ErrorIs(t, err, transport.ErrUnavailable)
-	require.Contains(t, err.Error(), "PULSE_NATS_LISTEN")
 	require.Less(t, time.Since(start), 10*time.Second)
+	if embeddedDefaultFree() {
+		_, err = jetstream.Open(context.Background(), transport.Config{})
+		require.ErrorIs(t, err, transport.ErrUnavailable)
+		require.Contains(t, err.Error(), "NATS_URL is unset, so this is the embedded server's default address")
+	}
+}
+
+// embeddedDefaultFree reports whether nothing listens on the embedded server's default
+// address (a `pulse run` on this machine would).
+func embeddedDefaultFree() bool {
+	c, err := net.DialTimeout("tcp", strings.TrimPrefix(jetstream.DefaultURL, "nats://"), time.Second)
+	if err != nil {
+		return true
+	}
+	c.Close()
+	return false
 }
 
 // TestRoundTrip proves, directly on the driver, that bodies, ids and headers survive, that

@@ -20,6 +20,7 @@ import (
 	"time"
 
 	"github.com/nats-io/nats-server/v2/server"
+	"github.com/pulse-bus/pulse/envconf"
 )
 
 // Defaults, defined once. A zero field in Options means its default.
@@ -298,4 +299,28 @@ func (a *logAdapter) Fatalf(format string, v ...any) {
 	case a.fatal <- msg:
 	default:
 	}
+}
+
+// The environment variables FromEnv reads.
+const (
+	EnvListen  = "PULSE_NATS_LISTEN"
+	EnvDataDir = "PULSE_DATA_DIR"
+)
+
+// FromEnv reads the server's address (PULSE_NATS_LISTEN) and store (PULSE_DATA_DIR)
+// through lookup; unset variables keep the defaults. A bad address is an *envconf.Error
+// naming the variable. The token the server requires is the bus's, PULSE_NATS_TOKEN, read
+// with the bus configuration (transport.FromEnv); set Options.Token from it.
+func FromEnv(lookup func(string) (string, bool)) (Options, error) {
+	o := Options{Listen: DefaultListen, DataDir: DefaultDataDir}
+	r := envconf.Reader{Lookup: lookup}
+	r.String(EnvListen, &o.Listen)
+	r.String(EnvDataDir, &o.DataDir)
+	if r.Err != nil {
+		return Options{}, r.Err
+	}
+	if _, _, err := splitHostPort("listen address", o.Listen); err != nil {
+		return Options{}, &envconf.Error{Var: EnvListen, Value: o.Listen, Accepted: "host:port, e.g. 127.0.0.1:4223 (port 0 picks a free one)"}
+	}
+	return o, nil
 }
