@@ -80,6 +80,10 @@ type Driver struct {
 	// pubAckTimeout is DefaultPubAckTimeout (shorter in tests).
 	pubAckTimeout time.Duration
 
+	// borrowed is the status listener of a connection the program gave (Options.Conn),
+	// which Close leaves open; nil when the connection is the driver's own.
+	borrowed chan nats.Status
+
 	closed    atomic.Bool
 	done      chan struct{} // closed by Close
 	closeOnce sync.Once
@@ -93,6 +97,11 @@ type Options struct {
 	// system calls (~10% more async publish throughput here). The URLs still name the server
 	// in logs. A driver whose in-process server stops reconnects only to that server.
 	InProcess nats.InProcessConnProvider
+	// Conn, when set, is a connection the program already has: the driver uses it instead of
+	// connecting (cfg's URLs and credentials are then unused), follows its state without
+	// replacing its handlers, and leaves it open on Close (flushing what it sent). Its
+	// reconnect policy is the program's; the driver's own connections reconnect for ever.
+	Conn *nats.Conn
 }
 
 // Open connects to the NATS servers of cfg.NATSURL (comma-separated nats:// or tls:// URLs)
@@ -108,23 +117,17 @@ func Open(ctx context.Context, cfg transport.Config) (*Driver, error) {
 // OpenWith is Open with driver options.
 func OpenWith(ctx context.Context, cfg transport.Config, o Options) (*Driver, error) {
 	cfg = withDefaults(cfg)
+	if err := ctx.Err(); err != nil {
+		return nil, err
+	}
+	if o.Conn != nil {
+		return borrow(ctx, cfg, o.Conn)
+	}
 	servers, err := serverURLs(cfg)
 	if err != nil {
 		return nil, err
 	}
-	if err := ctx.Err(); err != nil {
-		return nil, err
-	}
-	d := &Driver{
-		cfg:     cfg,
-		log:     cfg.Logger.With("backend", Name),
-		streams: map[string]jetstream.Stream{},
-		subs:    map[*subscription]struct{}{},
-		done:    make(chan struct{}),
-
-		pubAckTimeout: DefaultPubAckTimeout,
-	}
-	d.conn.init()
+	d := newDriver(cfg)
 	opts := []nats.Option{
 		nats.Name("pulse"),
 		nats.MaxReconnects(-1),
@@ -161,33 +164,8 @@ func OpenWith(ctx context.Context, cfg transport.Config, o Options) (*Driver, er
 	if err != nil {
 		return nil, connectError(cfg, servers, err)
 	}
-	d.nc = nc
-	d.conn.set(nc.IsConnected())
-	d.js, err = jetstream.New(nc,
-		jetstream.WithPublishAsyncAckHandler(func(_ jetstream.JetStream, m *nats.Msg, ack *jetstream.PubAck) { d.settlePub(m, ack, nil) }),
-		jetstream.WithPublishAsyncErrHandler(func(_ jetstream.JetStream, m *nats.Msg, err error) { d.settlePub(m, nil, err) }),
-		jetstream.WithPublishAsyncMaxPending(DefaultPublishMaxPending),
-		// No WithPublishAsyncTimeout: it arms a timer per message (measured: ~6% of the CPU of
-		// publishing); publishOnce times out a whole batch instead.
-		jetstream.WithDefaultTimeout(DefaultAPITimeout),
-	)
-	if err != nil {
-		nc.Close()
-		return nil, fmt.Errorf("jetstream: %w", err)
-	}
-	actx, cancel := context.WithTimeout(ctx, DefaultAPITimeout)
-	_, err = d.js.AccountInfo(actx)
-	cancel()
-	switch {
-	case errors.Is(err, jetstream.ErrJetStreamNotEnabled), errors.Is(err, jetstream.ErrJetStreamNotEnabledForAccount):
-		nc.Close()
-		return nil, fmt.Errorf("jetstream: %s: %w (accepted: a NATS server started with JetStream enabled, e.g. nats-server -js)", redactList(servers), err)
-	case err != nil && ctx.Err() != nil:
-		nc.Close()
-		return nil, ctx.Err()
-	case err != nil:
-		// A cluster electing its leaders answers later; streams are created on first use.
-		d.log.Warn("JetStream account info unavailable at start; continuing", "err", err)
+	if err := d.start(ctx, nc, redactList(servers)); err != nil {
+		return nil, err
 	}
 	return d, nil
 }
@@ -282,7 +260,8 @@ func (d *Driver) Close() error {
 		// No CleanupPublisher: publishes in flight end with d.done, and closing the connection
 		// stops nats.go's publisher goroutine (it hears CLOSED). Cleaning up can race with
 		// that goroutine's start, which then waits for ever on a nil channel (seen by goleak).
-		d.nc.Close()
+		// A borrowed connection stays open: its publisher goroutine is the program's to end.
+		d.release()
 		d.closeErr = errors.Join(errs...)
 	})
 	return d.closeErr
@@ -376,4 +355,88 @@ func (c *connState) get() (up bool, changed <-chan struct{}) {
 	c.mu.Lock()
 	defer c.mu.Unlock()
 	return c.up, c.changed
+}
+
+// start finishes opening d over nc (its own, or a borrowed one): the JetStream context with
+// the driver's PubAck handlers, and a check that the server has JetStream. where names the
+// servers in errors. On error nc is released (closed if it is the driver's).
+func (d *Driver) start(ctx context.Context, nc *nats.Conn, where string) error {
+	d.nc = nc
+	d.conn.set(nc.IsConnected())
+	var err error
+	d.js, err = jetstream.New(nc,
+		jetstream.WithPublishAsyncAckHandler(func(_ jetstream.JetStream, m *nats.Msg, ack *jetstream.PubAck) { d.settlePub(m, ack, nil) }),
+		jetstream.WithPublishAsyncErrHandler(func(_ jetstream.JetStream, m *nats.Msg, err error) { d.settlePub(m, nil, err) }),
+		jetstream.WithPublishAsyncMaxPending(DefaultPublishMaxPending),
+		// No WithPublishAsyncTimeout: it arms a timer per message (measured: ~6% of the CPU of
+		// publishing); publishOnce times out a whole batch instead.
+		jetstream.WithDefaultTimeout(DefaultAPITimeout),
+	)
+	if err != nil {
+		d.release()
+		return fmt.Errorf("jetstream: %w", err)
+	}
+	actx, cancel := context.WithTimeout(ctx, DefaultAPITimeout)
+	_, err = d.js.AccountInfo(actx)
+	cancel()
+	switch {
+	case errors.Is(err, jetstream.ErrJetStreamNotEnabled), errors.Is(err, jetstream.ErrJetStreamNotEnabledForAccount):
+		d.release()
+		return fmt.Errorf("jetstream: %s: %w (accepted: a NATS server started with JetStream enabled, e.g. nats-server -js)", where, err)
+	case err != nil && ctx.Err() != nil:
+		d.release()
+		return ctx.Err()
+	case err != nil:
+		// A cluster electing its leaders answers later; streams are created on first use.
+		d.log.Warn("JetStream account info unavailable at start; continuing", "err", err)
+	}
+	return nil
+}
+
+// newDriver is a driver of cfg before it has a connection.
+func newDriver(cfg transport.Config) *Driver {
+	d := &Driver{
+		cfg:     cfg,
+		log:     cfg.Logger.With("backend", Name),
+		streams: map[string]jetstream.Stream{},
+		subs:    map[*subscription]struct{}{},
+		done:    make(chan struct{}),
+
+		pubAckTimeout: DefaultPubAckTimeout,
+	}
+	d.conn.init()
+	return d
+}
+
+// borrow opens a driver over a connection the program owns (Options.Conn).
+func borrow(ctx context.Context, cfg transport.Config, nc *nats.Conn) (*Driver, error) {
+	if nc.IsClosed() {
+		return nil, fmt.Errorf("jetstream: the connection given in Options.Conn is closed: %w", transport.ErrClosed)
+	}
+	d := newDriver(cfg)
+	d.borrowed = nc.StatusChanged()
+	go d.followStatus(d.borrowed)
+	if err := d.start(ctx, nc, transport.RedactURLs(nc.ConnectedUrlRedacted())); err != nil {
+		return nil, err
+	}
+	d.conn.set(nc.IsConnected()) // a change before followStatus listened
+	return d, nil
+}
+
+// followStatus keeps d.conn in step with a borrowed connection until release removes the
+// listener (which closes ch).
+func (d *Driver) followStatus(ch chan nats.Status) {
+	for st := range ch {
+		d.conn.set(st == nats.CONNECTED)
+	}
+}
+
+// release lets go of the connection: it closes the driver's own, and only stops following
+// a borrowed one.
+func (d *Driver) release() {
+	if d.borrowed != nil {
+		d.nc.RemoveStatusListener(d.borrowed)
+		return
+	}
+	d.nc.Close()
 }

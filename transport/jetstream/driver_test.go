@@ -10,6 +10,7 @@ import (
 	"testing"
 	"time"
 
+	"github.com/nats-io/nats.go"
 	natsjs "github.com/nats-io/nats.go/jetstream"
 	"github.com/stretchr/testify/require"
 
@@ -437,4 +438,46 @@ func TestPositionsSurviveStreamRecreation(t *testing.T) {
 	require.NoError(t, s.Ack(ctx, []*driver.Delivery{fresh}))
 	require.Less(t, fresh.Position.Seq, old.Position.Seq+10, "the sequence started over")
 	require.Equal(t, 1, fresh.Position.Compare(old.Position), "new %v after old %v", fresh.Position, old.Position)
+}
+
+// TestOpenWithAConnectionOfTheProgram proves a program can hand the driver the *nats.Conn it
+// already has: the bus works over it, its own handlers stay in place, the driver follows its
+// state (Ping fails while it is down), and closing the driver leaves it open.
+func TestOpenWithAConnectionOfTheProgram(t *testing.T) {
+	srv := natstest.Start(t, nil)
+	disconnects := make(chan struct{}, 10)
+	nc, err := nats.Connect(srv.ClientURL(), nats.MaxReconnects(-1), nats.ReconnectWait(20*time.Millisecond),
+		nats.DisconnectErrHandler(func(*nats.Conn, error) { disconnects <- struct{}{} }))
+	require.NoError(t, err)
+	defer nc.Close()
+	ctx := context.Background()
+	d, err := jetstream.OpenWith(ctx, transport.Config{Namespace: uniqueNS("own"), NATSURL: "nats://unused.invalid:1"}, jetstream.Options{Conn: nc})
+	require.NoError(t, err)
+	bus, err := transport.New(d, transport.Config{Backend: jetstream.Name})
+	require.NoError(t, err)
+	got := make(chan string, 1)
+	sub, err := bus.Subscribe(ctx, "own.s", func(_ context.Context, dl *transport.Delivery) error {
+		got <- string(dl.Raw)
+		return nil
+	}, transport.SubscribeOptions{})
+	require.NoError(t, err)
+	_, err = bus.PublishRaw(ctx, "own.s", transport.RawMessage{Body: []byte(`{"ts":1,"meta":{"schema_id":"x","track":"v1"},"payload":{}}`)})
+	require.NoError(t, err)
+	select {
+	case <-got:
+	case <-time.After(10 * time.Second):
+		t.Fatal("nothing consumed over the program's connection")
+	}
+	require.NoError(t, sub.Close())
+	require.NoError(t, d.Ping(ctx))
+
+	srv.Shutdown()
+	select {
+	case <-disconnects: // the program's own handler still runs
+	case <-time.After(10 * time.Second):
+		t.Fatal("the program's disconnect handler was not called")
+	}
+	require.Eventually(t, func() bool { return errors.Is(d.Ping(ctx), transport.ErrUnavailable) }, 10*time.Second, 10*time.Millisecond)
+	require.NoError(t, bus.Close())
+	require.False(t, nc.IsClosed(), "the driver leaves the program's connection open")
 }

@@ -77,10 +77,29 @@ var (
 // and database number) and checks that it answers. Zero fields of cfg take the transport
 // defaults. A malformed URL or an unsafe retention setting is a *envconf.Error; a
 // Redis that does not answer is an error wrapping transport.ErrUnavailable.
-func Open(ctx context.Context, cfg transport.Config) (*Driver, error) {
-	opts, err := ParseURL(cfg.RedisURL)
-	if err != nil {
-		return nil, err
+func Open(ctx context.Context, cfg transport.Config) (*Driver, error) { return OpenWith(ctx, cfg, Options{}) }
+
+// Options tune a driver beyond transport.Config.
+type Options struct {
+	// Client, when set, is how to reach Redis instead of cfg.RedisURL: go-redis's own options
+	// (address, credentials, database, TLSConfig, Dialer, timeouts, pool size), as a program
+	// that already talks to Redis has them. Every connection of the driver — go-redis's and
+	// its own RESP connections for publishing, acks and reading — is dialed with them. The
+	// driver copies them; it does not keep the pointer.
+	Client *goredis.Options
+}
+
+// OpenWith is Open with driver options.
+func OpenWith(ctx context.Context, cfg transport.Config, o Options) (*Driver, error) {
+	var opts *goredis.Options
+	if o.Client != nil {
+		c := *o.Client
+		opts = &c
+	} else {
+		var err error
+		if opts, err = ParseURL(cfg.RedisURL); err != nil {
+			return nil, err
+		}
 	}
 	ret, err := retentionFor(cfg)
 	if err != nil {
@@ -109,7 +128,11 @@ func Open(ctx context.Context, cfg transport.Config) (*Driver, error) {
 	if err := d.Ping(ctx); err != nil {
 		d.pool.close()
 		d.client.Close()
-		return nil, fmt.Errorf("redis: connect to %s: %w", transport.RedactURLs(cfg.RedisURL), err)
+		where := transport.RedactURLs(cfg.RedisURL)
+		if o.Client != nil {
+			where = opts.Addr
+		}
+		return nil, fmt.Errorf("redis: connect to %s: %w", where, err)
 	}
 	return d, nil
 }

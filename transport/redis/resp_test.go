@@ -6,6 +6,7 @@ import (
 	"crypto/ecdsa"
 	"crypto/elliptic"
 	"crypto/rand"
+	"crypto/tls"
 	"crypto/x509"
 	"crypto/x509/pkix"
 	"encoding/pem"
@@ -17,6 +18,7 @@ import (
 	"path/filepath"
 	"strconv"
 	"strings"
+	"sync/atomic"
 	"testing"
 	"time"
 
@@ -290,4 +292,44 @@ func TestTLS(t *testing.T) {
 	for _, name := range []string{d.pool.name, readerName(cfg.Namespace+":s", "g", "c1")} {
 		require.Contains(t, list, "name="+name+" ", "a connection of the driver's own")
 	}
+}
+
+// TestOpenWithClientOptions proves a program can hand the driver the go-redis options it
+// already has — here a Dialer of its own doing TLS with its own CA pool — and that every
+// connection of the driver (go-redis's, the publishing pool's, a subscription's reader) is
+// made with them, the hot paths included.
+func TestOpenWithClientOptions(t *testing.T) {
+	certFile, keyFile := selfSignedCert(t, t.TempDir())
+	srv, err := redistest.StartTLS(certFile, keyFile)
+	require.NoError(t, err)
+	t.Cleanup(func() { require.NoError(t, srv.Close()) })
+	pem, err := os.ReadFile(certFile)
+	require.NoError(t, err)
+	pool := x509.NewCertPool()
+	require.True(t, pool.AppendCertsFromPEM(pem))
+	var dials atomic.Int64
+	tlsConf := &tls.Config{RootCAs: pool, ServerName: "127.0.0.1"}
+	opts := &goredis.Options{
+		Addr: srv.TLSAddr(), DB: 3,
+		Dialer: func(ctx context.Context, network, addr string) (net.Conn, error) {
+			dials.Add(1)
+			d := tls.Dialer{Config: tlsConf}
+			return d.DialContext(ctx, network, addr)
+		},
+	}
+	ctx := context.Background()
+	cfg := transport.Config{Backend: Name, RedisURL: "redis://ignored.invalid:1/0", Namespace: uniqueNS(t), Logger: testLogger(t)}
+	d, err := OpenWith(ctx, cfg, Options{Client: opts})
+	require.NoError(t, err)
+	t.Cleanup(func() { require.NoError(t, d.Close()) })
+	ids := publish(t, d, "s", bodies(2))
+	s := sub(t, d, "s", "g", "c1", time.Minute)
+	got := receiveN(t, s, 2)
+	require.Equal(t, ids[0], got[0].TransportID)
+	require.NoError(t, s.Ack(ctx, got))
+	require.GreaterOrEqual(t, dials.Load(), int64(3), "go-redis's client, the pool and the reader all dial through the given Dialer")
+	plain := rawClient(t, "redis://"+srv.Addr()+"/3")
+	n, err := plain.XLen(ctx, cfg.Namespace+":s").Result()
+	require.NoError(t, err)
+	require.EqualValues(t, 2, n, "in the database the options name")
 }
