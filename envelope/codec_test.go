@@ -130,7 +130,7 @@ func TestV1IgnoresID(t *testing.T) {
 }
 
 // TestUnknownFieldsIgnored proves unknown JSON fields in the envelope and meta are ignored
-// (CONTRACT.md §2), and that headers may be absent.
+// (docs/contract.md §2), and that headers may be absent.
 func TestUnknownFieldsIgnored(t *testing.T) {
 	b := []byte(`{"ts": 2.0, "extra": [1, {"a": null}], "key": "k", "meta": {"schema_id": "x", "track": "v1", "more": true}, "payload": {"z": 1}}`)
 	e, err := (&envelope.Codec{}).Decode(b)

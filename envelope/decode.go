@@ -36,7 +36,7 @@ func (a *strArena) str(s []byte) string {
 // two reasons: speed (the bus decodes every message; this is several times faster and
 // allocates only the strings it returns), and exactness: encoding/json matches field names
 // case-insensitively, so {"META": …} or a second "Payload" would be read as meta or payload,
-// where the Python core (and CONTRACT.md §2: unknown fields are ignored) sees an unknown field.
+// where the Python core (and docs/contract.md §2: unknown fields are ignored) sees an unknown field.
 // Here field names match exactly (after unescaping, as Python's json.loads does), a repeated
 // field takes its last value (as a Python dict does), and the whole input must be one valid
 // JSON value, with nothing after it but whitespace.

@@ -1,5 +1,5 @@
 // Package envelope defines the message that travels on every Pulse backend, and the codec
-// that writes and reads it in the two schema tracks of CONTRACT.md §2:
+// that writes and reads it in the two schema tracks of docs/contract.md §2:
 //
 //   - v1, byte-compatible with the Python market-data-core: no producer id, Python's
 //     json.dumps separators, and a hash that is informational only (never verified);

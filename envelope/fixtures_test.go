@@ -39,7 +39,7 @@ func fixtureNames(t testing.TB) []string {
 	return names
 }
 
-// feedbackEvent and rateAdjustment mirror CONTRACT.md §3, for checking decoded payloads.
+// feedbackEvent and rateAdjustment mirror docs/contract.md §3, for checking decoded payloads.
 type feedbackEvent struct {
 	CoordinatorID string  `json:"coordinator_id"`
 	QueueSize     int     `json:"queue_size"`
@@ -57,7 +57,7 @@ type rateAdjustment struct {
 }
 
 // testSchemas is a registry like the one the feedback package registers: both schema_ids of
-// CONTRACT.md §3 with validators.
+// docs/contract.md §3 with validators.
 func testSchemas() *envelope.Schemas {
 	s := envelope.NewSchemas()
 	s.Register("telemetry.FeedbackEvent", func(p []byte) error {

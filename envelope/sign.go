@@ -17,7 +17,7 @@ const SignatureHeader = "signature"
 // signatureDomain is the first line of the signed text; it versions the canonical form.
 const signatureDomain = "pulse-hmac-sha256-v1"
 
-// Signer signs and verifies envelopes with a shared PUBLISHER_TOKEN (CONTRACT.md §4).
+// Signer signs and verifies envelopes with a shared PUBLISHER_TOKEN (docs/contract.md §4).
 //
 // The signature is the lower-case hex HMAC-SHA256, keyed with the token's UTF-8 bytes, of the
 // canonical text: these six lines joined by "\n" (no trailing newline)

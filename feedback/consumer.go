@@ -15,7 +15,7 @@ import (
 
 // Environment variables read by ConsumerConfigFromEnv.
 const (
-	// EnvFeedbackStream names the stream the consumer reads (CONTRACT.md §1).
+	// EnvFeedbackStream names the stream the consumer reads (docs/contract.md §1).
 	EnvFeedbackStream = "PULSE_FEEDBACK_STREAM"
 	// EnvSharedGroup, when true, makes every replica join PULSE_GROUP itself, so that the
 	// replicas share (split) the feedback events instead of each seeing all of them.

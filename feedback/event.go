@@ -12,13 +12,13 @@ import (
 	"github.com/pulse-bus/pulse/transport"
 )
 
-// Schema ids of the payloads (CONTRACT.md §3).
+// Schema ids of the payloads (docs/contract.md §3).
 const (
 	SchemaFeedbackEvent  = "telemetry.FeedbackEvent"
 	SchemaRateAdjustment = "telemetry.RateAdjustment"
 )
 
-// Logical stream names (CONTRACT.md §1).
+// Logical stream names (docs/contract.md §1).
 const (
 	// StreamFeedback carries FeedbackEvents from the Store to the pipeline.
 	StreamFeedback = "telemetry.feedback"
@@ -61,7 +61,7 @@ type Event struct {
 	TS envelope.Float `json:"ts"`
 }
 
-// Validate checks the fields against CONTRACT.md §3.
+// Validate checks the fields against docs/contract.md §3.
 func (e Event) Validate() error {
 	switch {
 	case e.CoordinatorID == "":
@@ -114,7 +114,7 @@ type RateAdjustment struct {
 	TS envelope.Float `json:"ts"`
 }
 
-// Validate checks the fields against CONTRACT.md §3.
+// Validate checks the fields against docs/contract.md §3.
 func (a RateAdjustment) Validate() error {
 	switch {
 	case a.Provider == "":

@@ -119,7 +119,7 @@ func TestDoubleWrappedFixtureParses(t *testing.T) {
 	require.Equal(t, "0.850000", env.Header(feedback.HeaderUtilization))
 }
 
-// TestEventValidation proves the FeedbackEvent validator enforces CONTRACT.md §3, ignores
+// TestEventValidation proves the FeedbackEvent validator enforces docs/contract.md §3, ignores
 // unknown fields, defaults source, and says what was wrong.
 func TestEventValidation(t *testing.T) {
 	tests := []struct {

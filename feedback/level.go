@@ -1,4 +1,4 @@
-// Package feedback is the backpressure loop of DESIGN.md "Feedback semantics", both ends:
+// Package feedback is the backpressure loop of docs/design.md "The loop's semantics", both ends:
 //
 //   - the payloads on the bus: Event (telemetry.FeedbackEvent, Store → pipeline) and
 //     RateAdjustment (telemetry.RateAdjustment, pipeline → observers), their schema

@@ -9,7 +9,7 @@ import (
 	"github.com/pulse-bus/pulse/envconf"
 )
 
-// Policy defaults (CONTRACT.md §5), defined once.
+// Policy defaults (docs/contract.md §5), defined once.
 const (
 	DefaultProvider  = "ibkr"
 	DefaultScaleOK   = 1.0

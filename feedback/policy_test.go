@@ -11,7 +11,7 @@ import (
 	"github.com/pulse-bus/pulse/feedback"
 )
 
-// TestPolicyFromEnvDefaults proves an empty environment gives CONTRACT.md §5's defaults and
+// TestPolicyFromEnvDefaults proves an empty environment gives docs/contract.md §5's defaults and
 // the documented floor and burst, and no coordinator TTL.
 func TestPolicyFromEnvDefaults(t *testing.T) {
 	p, err := feedback.PolicyFromEnv(envconf.Map(nil))

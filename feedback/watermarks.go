@@ -98,7 +98,7 @@ type WatermarkConfig struct {
 	Now func() time.Time
 }
 
-// Watermarks is the Store's bounded queue with backpressure feedback (DESIGN.md "Feedback
+// Watermarks is the Store's bounded queue with backpressure feedback (docs/design.md "The loop's
 // semantics"): edge-triggered, one event per change of level and none while the level holds,
 // with hysteresis so that no level flaps when the depth moves by one message.
 //

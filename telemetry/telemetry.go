@@ -1,5 +1,5 @@
 // Package telemetry holds Pulse's metrics: an OpenTelemetry MeterProvider exported in the
-// Prometheus text format on a private registry, and the instruments of CONTRACT.md §8 under
+// Prometheus text format on a private registry, and the instruments of docs/contract.md §8 under
 // their exact Prometheus names.
 //
 // It is a leaf package: it imports neither transport nor feedback. *Metrics implements
@@ -36,7 +36,7 @@ import (
 // MeterName is the instrumentation scope of Pulse's own instruments.
 const MeterName = "github.com/pulse-bus/pulse"
 
-// The Prometheus metric names (CONTRACT.md §8).
+// The Prometheus metric names (docs/contract.md §8).
 const (
 	NameConsume           = "pulse_consume_total"
 	NameLag               = "pulse_lag_ms"

@@ -124,7 +124,7 @@ func seriesOf(f *dto.MetricFamily) []series {
 	return out
 }
 
-// TestExposition proves that a scrape shows exactly the metrics of CONTRACT.md §8 — names,
+// TestExposition proves that a scrape shows exactly the metrics of docs/contract.md §8 — names,
 // # TYPE, label names and values — and nothing the OTel exporter would add by default
 // (otel_scope_* labels, target_info, unit suffixes, a doubled _total).
 func TestExposition(t *testing.T) {

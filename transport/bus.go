@@ -14,7 +14,7 @@ import (
 
 // Bus is the portable API over one driver: it encodes and publishes envelopes, and runs
 // subscriptions that decode, de-duplicate, hand deliveries to a Handler and settle them with
-// the policies of DESIGN.md. A Bus is safe for concurrent use.
+// the policies of docs/design.md. A Bus is safe for concurrent use.
 type Bus struct {
 	drv   driver.Driver
 	cfg   Config

@@ -67,7 +67,7 @@ type DeadLetterPointer struct {
 var namespaceRE = regexp.MustCompile(`^[a-z0-9_-]+$`)
 
 // Config configures a Bus and its driver. The zero value means every default; FromEnv reads
-// it from the environment of CONTRACT.md §5.
+// it from the environment of docs/contract.md §5.
 type Config struct {
 	Backend   string         // EVENT_BUS_BACKEND
 	Namespace string         // MD_NAMESPACE
@@ -230,7 +230,7 @@ func ValidStreamName(s string) bool {
 	return true
 }
 
-// FromEnv reads the bus settings of CONTRACT.md §5 through lookup (os.LookupEnv in
+// FromEnv reads the bus settings of docs/contract.md §5 through lookup (os.LookupEnv in
 // production). Unset variables keep their defaults. The first invalid value is returned as a
 // *envconf.Error.
 func FromEnv(lookup func(string) (string, bool)) (Config, error) {

@@ -35,7 +35,7 @@ func TestFromEnvDefaults(t *testing.T) {
 	require.Nil(t, bus.Codec().Signer, "PUBLISHER_TOKEN unset: no signing")
 }
 
-// TestFromEnvReadsEverything proves that each variable of CONTRACT.md §5 that the transport
+// TestFromEnvReadsEverything proves that each variable of docs/contract.md §5 that the transport
 // owns lands in its field.
 func TestFromEnvReadsEverything(t *testing.T) {
 	cfg, err := transport.FromEnv(envconf.Map(map[string]string{

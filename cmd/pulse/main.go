@@ -1,6 +1,6 @@
 // Command pulse is the Pulse service: the pipeline side of the backpressure loop (run), the
 // Store side for operators and tests (publish), dead-letter tooling (dlq), a self-contained
-// demonstration (demo), and config and version. See `pulse help` and CONTRACT.md §6.
+// demonstration (demo), and config and version. See `pulse help` and docs/contract.md §6.
 //
 // Exit status: 0 done, 1 failed at run time, 2 bad usage or configuration.
 package main

@@ -1,7 +1,7 @@
 package main
 
 // End-to-end tests of the real binary: TestMain builds it, each test runs it as an operator
-// would and checks what CONTRACT.md §5–8 promise from the outside.
+// would and checks what docs/contract.md §5–8 promise from the outside.
 
 import (
 	"bufio"
@@ -452,7 +452,7 @@ func TestRunRedis(t *testing.T) {
 
 // checkPromtool runs `promtool check metrics` on a scrape when promtool is installed: the
 // only complaints allowed are about the abbreviated unit of pulse_lag_ms and
-// pulse_publish_latency_ms, whose names dashboards use (CONTRACT.md §8).
+// pulse_publish_latency_ms, whose names dashboards use (docs/contract.md §8).
 func checkPromtool(t *testing.T, metrics string) {
 	t.Helper()
 	promtool, err := exec.LookPath("promtool")

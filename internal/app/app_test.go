@@ -75,7 +75,7 @@ func TestAppAppliesFeedbackAndServesHTTP(t *testing.T) {
 	}
 }
 
-// TestAppPublisherAuthentication proves CONTRACT.md §4 through the App: with PUBLISHER_TOKEN
+// TestAppPublisherAuthentication proves docs/contract.md §4 through the App: with PUBLISHER_TOKEN
 // on both sides a signed hard event applies; with it on the consumer only, an unsigned (or
 // wrongly signed) hard event changes no rate, is dead-lettered `unauthenticated` and counted
 // `rejected`.

@@ -1,5 +1,5 @@
 // Package app is the pulse service: configuration (environment and flags), the commands of
-// CONTRACT.md §6, and the App that wires the bus, the feedback consumer, the rate coordinator
+// docs/contract.md §6, and the App that wires the bus, the feedback consumer, the rate coordinator
 // and HTTP, starting them in order and stopping them last-in first-out.
 package app
 
@@ -16,7 +16,7 @@ import (
 	"github.com/pulse-bus/pulse/transport/redis"
 )
 
-// Exit statuses of the pulse command (CONTRACT.md §6).
+// Exit statuses of the pulse command (docs/contract.md §6).
 const (
 	ExitOK      = 0 // done
 	ExitFailure = 1 // failed at run time
@@ -100,7 +100,7 @@ func usage(w io.Writer) {
 	for _, c := range commands() {
 		fmt.Fprintf(w, "  %-8s %s\n", c.name, c.summary)
 	}
-	fmt.Fprint(w, "\nEvery command reads the environment of CONTRACT.md §5; flags of the same meaning\n"+
+	fmt.Fprint(w, "\nEvery command reads the environment of docs/contract.md §5; flags of the same meaning\n"+
 		"override it. 'pulse <command> -h' lists a command's flags.\n"+
 		"Exit status: 0 done, 1 failed at run time, 2 bad usage or configuration.\n")
 }

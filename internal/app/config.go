@@ -32,7 +32,7 @@ const (
 	DefaultShutdownTimeout = 20 * time.Second
 )
 
-// Config is the effective configuration of the service: the environment of CONTRACT.md §5,
+// Config is the effective configuration of the service: the environment of docs/contract.md §5,
 // overridden by flags of the same meaning. Load builds it; its zero value is not usable.
 type Config struct {
 	// Bus is the transport configuration (EVENT_BUS_BACKEND, NATS_URL, REDIS_URL, ...).

@@ -13,7 +13,7 @@ import (
 	"github.com/pulse-bus/pulse/feedback"
 )
 
-// TestLoadDefaults proves the defaults of CONTRACT.md §5 with an empty environment.
+// TestLoadDefaults proves the defaults of docs/contract.md §5 with an empty environment.
 func TestLoadDefaults(t *testing.T) {
 	cfg, err := Load(envconf.Map(nil), nil)
 	require.NoError(t, err)

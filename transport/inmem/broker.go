@@ -1,5 +1,5 @@
 // Package inmem is Pulse's in-process driver, registered as "inmem": a real broker in memory,
-// with the semantics of DESIGN.md "Delivery semantics" and nothing persisted.
+// with the semantics of docs/design.md "Delivery semantics" and nothing persisted.
 //
 // # Model
 //

@@ -13,7 +13,7 @@
 // reconnects forever; while it is disconnected, Receive and Ping return errors wrapping
 // transport.ErrUnavailable and consuming resumes by itself once it is back.
 //
-// # Names (CONTRACT.md §1)
+// # Names (docs/contract.md §1)
 //
 // In namespace ns (MD_NAMESPACE), logical stream S is stored by the JetStream stream
 // StreamName(ns, S) = upper-case `{ns}_{S}` with '.' replaced by '_', on the subject

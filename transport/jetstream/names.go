@@ -3,7 +3,7 @@ package jetstream
 import "strings"
 
 // Subject is the NATS subject of logical stream S in namespace ns: `{ns}.{S}`, e.g.
-// mdp.telemetry.feedback (CONTRACT.md §1).
+// mdp.telemetry.feedback (docs/contract.md §1).
 func Subject(ns, stream string) string { return ns + "." + stream }
 
 // StreamName is the JetStream stream that stores logical stream S in namespace ns:

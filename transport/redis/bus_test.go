@@ -100,7 +100,7 @@ func TestPythonFixturesConsumed(t *testing.T) {
 	require.Zero(t, info.Pending, "everything consumed was acknowledged")
 }
 
-// TestPoisonDeadLetterEntry proves the dead-letter entry of CONTRACT.md §2 on Redis: an entry
+// TestPoisonDeadLetterEntry proves the dead-letter entry of docs/contract.md §2 on Redis: an entry
 // that is not an envelope lands in `{ns}:{S}.dlq` with `data` holding the original bytes
 // unchanged and the fields original_id, reason, error, attempts, failed_at and stream; the
 // original is acknowledged.

@@ -3,7 +3,7 @@
 //
 //	import _ "github.com/pulse-bus/pulse/transport/redis"
 //
-// It speaks the wire format of the Python market-data-core (CONTRACT.md §1–2) and fixes what
+// It speaks the wire format of the Python market-data-core (docs/contract.md §1–2) and fixes what
 // the Python driver never did: its ack was a no-op, nothing was redelivered, groups created at
 // `$` lost earlier messages, and the dead-letter queue dropped the payload. The delivery
 // policies (decoding, retries, dead-lettering, de-duplication, draining) live in the

@@ -24,7 +24,7 @@ import (
 // Name is the backend name the driver registers under (EVENT_BUS_BACKEND=redis).
 const Name = "redis"
 
-// DataField is the one entry field that holds the envelope's JSON (CONTRACT.md §2), as the
+// DataField is the one entry field that holds the envelope's JSON (docs/contract.md §2), as the
 // Python market-data-core writes it.
 const DataField = "data"
 
@@ -159,7 +159,7 @@ func ParseURL(raw string) (*goredis.Options, error) {
 	return opts, nil
 }
 
-// key is the Redis key of a logical stream: `{ns}:{stream}` (CONTRACT.md §1).
+// key is the Redis key of a logical stream: `{ns}:{stream}` (docs/contract.md §1).
 func (d *Driver) key(stream string) string { return d.ns + ":" + stream }
 
 func (d *Driver) isClosed() bool {

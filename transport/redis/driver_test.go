@@ -94,7 +94,7 @@ func bodies(n int) []driver.Message {
 	return msgs
 }
 
-// TestPublishLayoutAndReceive proves the wire layout of CONTRACT.md §1–2 (key `{ns}:{S}`, one
+// TestPublishLayoutAndReceive proves the wire layout of docs/contract.md §1–2 (key `{ns}:{S}`, one
 // field `data` holding the bytes), that Publish returns the entry ids in order, and that a
 // group created after the publish still reads every entry from the start, each as attempt 1,
 // and that one Ack clears them all from the pending list.

@@ -1,5 +1,5 @@
 // Package transporttest is the conformance suite every Pulse driver runs. It proves, through
-// transport.Bus and directly against the driver, the delivery semantics of DESIGN.md: at least
+// transport.Bus and directly against the driver, the delivery semantics of docs/design.md: at least
 // once, attempts counted by the broker, retries with backoff then the dead-letter queue, poison
 // straight to the DLQ, competing members within a group and fan-out across groups, groups
 // created late still reading from the start of the retained stream, idempotency recorded only
