@@ -4,11 +4,14 @@
 //     RateAdjustment (telemetry.RateAdjustment, pipeline → observers), their schema
 //     validators and envelope helpers;
 //   - the pipeline side: Policy (level → scale, from MDP_FB_*), RateCoordinator (a token
-//     bucket per provider on golang.org/x/time/rate), Handler (latest event per coordinator
-//     wins, the most backed-up coordinator decides, every applied change is published as a
-//     RateAdjustment, and optionally a coordinator silent for longer than
-//     MDP_FB_COORDINATOR_TTL stops counting) and Consumer (the Handler subscribed to a
-//     transport.Bus, and the periodic check of that TTL);
+//     bucket per provider on golang.org/x/time/rate), Handler (the newest event per
+//     coordinator wins, by the broker's order; the most backed-up coordinator decides; every
+//     applied change is published as a RateAdjustment; optionally a coordinator silent for
+//     longer than MDP_FB_COORDINATOR_TTL stops counting; bounded under hostile input),
+//     StateStore (the loop's state kept in the bus, so that a restart or a replica started
+//     later resumes where the loop is) and Consumer (the Handler subscribed to a
+//     transport.Bus in a group of the replica's own, registered so that two processes reading
+//     as one replica find out, and the periodic check of the TTL);
 //   - the Store side: Watermarks, a bounded queue that publishes a FeedbackEvent when its
 //     depth crosses the high (0.8) or low (0.5) watermark, with a hysteresis band between
 //     them so that a queue hovering at a mark does not flap.

@@ -5,11 +5,14 @@
 //
 // # Connecting
 //
-// NATS_URL holds one or several comma-separated server URLs, nats:// or tls://, with
-// user:password@ or token@ credentials if any (PULSE_NATS_CREDS names a credentials file);
-// the client picks one and fails over to the others. With NATS_URL unset the driver connects
-// to nats://{PULSE_NATS_LISTEN}, the embedded server that `pulse run` hosts (see the embedded
-// subpackage); the process that hosts it starts it before opening the driver. The client
+// NATS_URL holds one or several comma-separated server URLs, nats:// or tls://; the client
+// picks one and fails over to the others. It signs in with one of the credentials in the URL
+// (user:password@ or token@), PULSE_NATS_TOKEN, PULSE_NATS_CREDS (a JWT and nkey seed file) or
+// PULSE_NATS_NKEY (an nkey seed file), trusts the CAs of PULSE_NATS_TLS_CA and presents
+// PULSE_NATS_TLS_CERT/KEY where the server verifies clients; CheckConfig checks them all
+// before connecting. With NATS_URL unset the driver connects to DefaultURL, the embedded
+// server that `pulse run` hosts (see the embedded subpackage). A program that has a
+// *nats.Conn already passes it with OpenWith and Options.Conn. The client
 // reconnects forever; while it is disconnected, Receive and Ping return errors wrapping
 // transport.ErrUnavailable and consuming resumes by itself once it is back.
 //

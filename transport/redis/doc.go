@@ -14,7 +14,8 @@
 // REDIS_URL (transport.Config.RedisURL) is `redis://[user[:password]@]host[:port][/db]`, or
 // `rediss://…` for TLS. Anything else is a *envconf.Error naming REDIS_URL (the
 // password masked); the pulse command exits with status 2 on it. Open pings Redis once; if it
-// does not answer, the error wraps transport.ErrUnavailable.
+// does not answer, the error wraps transport.ErrUnavailable. A program with go-redis options
+// of its own (a Dialer, a TLS config) passes them with OpenWith and Options.Client instead.
 //
 // # Keys and entries
 //
