@@ -53,7 +53,7 @@ func TestRegistryUnknownBackend(t *testing.T) {
 
 // TestRegistryBackendsSorted proves Backends lists every registered name in order.
 func TestRegistryBackendsSorted(t *testing.T) {
-	require.Equal(t, []string{"unit-failing", "unit-fake", "unit-provider"}, transport.Backends())
+	require.Equal(t, []string{"inmem", "unit-failing", "unit-fake", "unit-provider"}, transport.Backends(), "inmem: the examples import it")
 }
 
 // TestRegisterPanicsOnMisuse proves that an empty name, a nil OpenFunc and a name registered

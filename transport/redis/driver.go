@@ -77,7 +77,9 @@ var (
 // and database number) and checks that it answers. Zero fields of cfg take the transport
 // defaults. A malformed URL or an unsafe retention setting is a *envconf.Error; a
 // Redis that does not answer is an error wrapping transport.ErrUnavailable.
-func Open(ctx context.Context, cfg transport.Config) (*Driver, error) { return OpenWith(ctx, cfg, Options{}) }
+func Open(ctx context.Context, cfg transport.Config) (*Driver, error) {
+	return OpenWith(ctx, cfg, Options{})
+}
 
 // Options tune a driver beyond transport.Config.
 type Options struct {
