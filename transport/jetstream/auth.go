@@ -151,7 +151,11 @@ func connectError(cfg transport.Config, servers []string, err error) error {
 		return fmt.Errorf("jetstream: connect to %s: credentials refused (check %s): %w", where, ways, err)
 	case errors.As(err, &verify) || errors.As(err, &unknownCA) || errors.As(err, &hostname):
 		return fmt.Errorf("jetstream: connect to %s: the server's TLS certificate is not trusted (%s names the CAs to trust; the URL's host must be in the certificate): %w", where, EnvTLSCA, err)
-	case strings.Contains(msg, "certificate required") || strings.Contains(msg, "bad certificate") || strings.Contains(msg, "unknown certificate authority"):
+	case strings.Contains(msg, "certificate required") || strings.Contains(msg, "bad certificate") || strings.Contains(msg, "unknown certificate authority"),
+		// With TLS 1.3 the server's refusal may arrive only as the connection closing after
+		// the handshake; nats.go marks that case, since it is how a refused client
+		// certificate looks from the client.
+		errors.Is(err, nats.ErrTLS) && strings.Contains(msg, "after TLS handshake"):
 		return fmt.Errorf("jetstream: connect to %s: the server refused this client's TLS certificate (%s and %s give one it trusts): %w", where, EnvTLSCert, EnvTLSKey, err)
 	case errors.Is(err, nats.ErrSecureConnRequired):
 		return fmt.Errorf("jetstream: connect to %s: the server requires TLS (use tls:// in %s, with %s if its CA is private): %w", where, EnvURL, EnvTLSCA, err)
