@@ -9,6 +9,7 @@ import (
 	"sync"
 	"time"
 
+	"github.com/cenkalti/backoff/v5"
 	"github.com/pulse-bus/pulse/envelope"
 	"github.com/pulse-bus/pulse/transport"
 )
@@ -455,7 +456,12 @@ func (w *Watermarks[T]) PublishErr() error {
 // run publishes the outbox in order until Close; failures are retried with backoff.
 func (w *Watermarks[T]) run() {
 	defer close(w.done)
-	backoff := w.cfg.RetryMin
+	retry := backoff.ExponentialBackOff{
+		InitialInterval:     w.cfg.RetryMin,
+		RandomizationFactor: backoff.DefaultRandomizationFactor,
+		Multiplier:          2,
+		MaxInterval:         w.cfg.RetryMax,
+	}
 	for {
 		w.mu.Lock()
 		envs := make([]*envelope.Envelope, len(w.outbox))
@@ -492,21 +498,21 @@ func (w *Watermarks[T]) run() {
 		pending := len(w.outbox)
 		w.mu.Unlock()
 		if err == nil {
-			backoff = w.cfg.RetryMin
+			retry.Reset()
 			continue
 		}
 		if w.ctx.Err() != nil {
 			return
 		}
-		w.log.Warn("publishing feedback events failed; retrying", "pending", pending, "retry_in", backoff, "err", err)
-		t := time.NewTimer(backoff)
+		wait := retry.NextBackOff()
+		w.log.Warn("publishing feedback events failed; retrying", "pending", pending, "retry_in", wait, "err", err)
+		t := time.NewTimer(wait)
 		select {
 		case <-t.C:
 		case <-w.ctx.Done():
 			t.Stop()
 			return
 		}
-		backoff = min(2*backoff, w.cfg.RetryMax)
 	}
 }
 

@@ -7,6 +7,7 @@ import (
 	"sync"
 	"time"
 
+	"github.com/cenkalti/backoff/v5"
 	"github.com/pulse-bus/pulse/envelope"
 
 	"github.com/pulse-bus/pulse/transport/driver"
@@ -158,11 +159,20 @@ func (b *Bus) forget(s *Subscription) {
 	b.mu.Unlock()
 }
 
-// backoff is the delay before retrying a message that failed on attempt.
+// backoff is the delay before retrying a message that failed on attempt: RetryBackoffMin
+// × 2^(attempt−1), capped at RetryBackoffMax, then spread by ±50% (cenkalti/backoff's
+// default jitter) so that messages which failed together are not all redelivered together.
+// The attempt is the broker's count, so the schedule is a function of it, not a loop's state.
 func (b *Bus) backoff(attempt int) time.Duration {
-	d := b.cfg.RetryBackoffMin
-	for i := 1; i < attempt && d < b.cfg.RetryBackoffMax; i++ {
-		d *= 2
+	base := b.cfg.RetryBackoffMin
+	for i := 1; i < attempt && base < b.cfg.RetryBackoffMax; i++ {
+		base *= 2
 	}
-	return min(d, b.cfg.RetryBackoffMax)
+	jitter := backoff.ExponentialBackOff{
+		InitialInterval:     min(base, b.cfg.RetryBackoffMax),
+		RandomizationFactor: backoff.DefaultRandomizationFactor,
+		Multiplier:          2,
+		MaxInterval:         b.cfg.RetryBackoffMax,
+	}
+	return jitter.NextBackOff()
 }

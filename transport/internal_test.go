@@ -9,11 +9,12 @@ import (
 	"github.com/stretchr/testify/require"
 )
 
-// TestBackoffGrowsAndCaps proves the retry delay: RetryBackoffMin on the first failure,
-// doubling per attempt, never above RetryBackoffMax, even for huge attempt counts.
+// TestBackoffGrowsAndCaps proves the retry delay: about RetryBackoffMin on the first failure,
+// doubling per attempt, never above RetryBackoffMax before jitter, even for huge attempt
+// counts; and spread (±50%) so that messages failed together are not retried together.
 func TestBackoffGrowsAndCaps(t *testing.T) {
 	b := &Bus{cfg: Config{RetryBackoffMin: 100 * time.Millisecond, RetryBackoffMax: time.Second}}
-	for attempt, want := range map[int]time.Duration{
+	for attempt, base := range map[int]time.Duration{
 		0:       100 * time.Millisecond,
 		1:       100 * time.Millisecond,
 		2:       200 * time.Millisecond,
@@ -23,7 +24,14 @@ func TestBackoffGrowsAndCaps(t *testing.T) {
 		6:       time.Second,
 		1 << 30: time.Second,
 	} {
-		require.Equal(t, want, b.backoff(attempt), "attempt %d", attempt)
+		seen := map[time.Duration]bool{}
+		for range 50 {
+			d := b.backoff(attempt)
+			require.GreaterOrEqual(t, d, base/2, "attempt %d", attempt)
+			require.LessOrEqual(t, d, base*3/2+1, "attempt %d", attempt)
+			seen[d] = true
+		}
+		require.Greater(t, len(seen), 1, "attempt %d: the delay is jittered", attempt)
 	}
 	zero := &Bus{cfg: Config{}}
 	require.Zero(t, zero.backoff(5), "no backoff configured: retry at once")

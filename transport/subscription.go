@@ -16,6 +16,7 @@ import (
 
 	"golang.org/x/sync/errgroup"
 
+	"github.com/cenkalti/backoff/v5"
 	"github.com/pulse-bus/pulse/envelope"
 
 	"github.com/pulse-bus/pulse/transport/driver"
@@ -280,12 +281,17 @@ func (s *Subscription) run() {
 			<-s.ackerDone
 		}()
 	}
-	retry := receiveRetryMin
+	retry := backoff.ExponentialBackOff{
+		InitialInterval:     receiveRetryMin,
+		RandomizationFactor: backoff.DefaultRandomizationFactor,
+		Multiplier:          2,
+		MaxInterval:         receiveRetryMax,
+	}
 	for {
 		batch, err := s.ds.Receive(s.fetchCtx, s.opts.BatchSize)
 		if len(batch) > 0 {
 			s.setErr(nil)
-			retry = receiveRetryMin
+			retry.Reset()
 			s.process(batch)
 		}
 		if s.fetchCtx.Err() != nil || errors.Is(err, ErrClosed) {
@@ -293,10 +299,9 @@ func (s *Subscription) run() {
 		}
 		if err != nil && len(batch) == 0 {
 			s.setErr(err)
-			if !sleepCtx(s.fetchCtx, retry) {
+			if !sleepCtx(s.fetchCtx, retry.NextBackOff()) {
 				return
 			}
-			retry = min(retry*2, receiveRetryMax)
 		}
 	}
 }

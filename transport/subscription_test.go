@@ -174,10 +174,10 @@ func TestFailureBacksOffThenDeadLetters(t *testing.T) {
 	b := body(t, bus, 1)
 	fs.deliver(raw("7", 1, b))
 	c := drv.next(t)
-	require.Equal(t, call{kind: "nak", stream: stream, tids: []string{"7"}, delay: 10 * time.Millisecond}, c)
+	requireNak(t, c, "7", 10*time.Millisecond)
 	fs.deliver(raw("7", 2, b))
 	c = drv.next(t)
-	require.Equal(t, call{kind: "nak", stream: stream, tids: []string{"7"}, delay: 15 * time.Millisecond}, c, "doubled, capped at max")
+	requireNak(t, c, "7", 15*time.Millisecond) // doubled, capped at max
 	fs.deliver(raw("7", 3, b))
 	c = drv.next(t)
 	require.Equal(t, "publish", c.kind)
@@ -235,7 +235,7 @@ func TestHandlerPanicRecoveredAndRetried(t *testing.T) {
 	})
 	b := body(t, bus, 1)
 	fs.deliver(raw("1", 1, b))
-	require.Equal(t, call{kind: "nak", stream: stream, tids: []string{"1"}, delay: 10 * time.Millisecond}, drv.next(t))
+	requireNak(t, drv.next(t), "1", 10*time.Millisecond)
 	fs.deliver(raw("1", 2, b))
 	require.Equal(t, call{kind: "ack", stream: stream, tids: []string{"1"}}, drv.next(t))
 	require.Equal(t, 1, rec.Outcome(stream, transport.OutcomeError))
@@ -296,7 +296,7 @@ func TestDeadLetterWriteFailureRetries(t *testing.T) {
 	drv.setPublishErr(errors.New("broker down"))
 	_, fs := subscribe(t, bus, drv, ok)
 	fs.deliver(raw("1", 1, []byte("garbage")))
-	require.Equal(t, call{kind: "nak", stream: stream, tids: []string{"1"}, delay: 10 * time.Millisecond}, drv.next(t))
+	requireNak(t, drv.next(t), "1", 10*time.Millisecond)
 	require.Zero(t, rec.DeadLetters(stream, "malformed"))
 }
 
@@ -610,4 +610,13 @@ func TestDeadLetterErrorBounded(t *testing.T) {
 	require.Equal(t, "publish", c.kind)
 	require.LessOrEqual(t, len(c.msgs[0].Headers[transport.DLQError]), 1024)
 	require.True(t, utf8.ValidString(c.msgs[0].Headers[transport.DLQError]))
+}
+
+// requireNak checks that c naks tid on the test stream after the retry delay base, give or
+// take the ±50% jitter.
+func requireNak(t *testing.T, c call, tid string, base time.Duration) {
+	t.Helper()
+	require.Equal(t, call{kind: "nak", stream: stream, tids: []string{tid}}, call{kind: c.kind, stream: c.stream, tids: c.tids, msgs: c.msgs})
+	require.GreaterOrEqual(t, c.delay, base/2)
+	require.LessOrEqual(t, c.delay, base*3/2+1)
 }

@@ -9,6 +9,7 @@ import (
 	"sync/atomic"
 	"time"
 
+	"github.com/cenkalti/backoff/v5"
 	"github.com/pulse-bus/pulse/feedback"
 	"github.com/pulse-bus/pulse/telemetry"
 	"github.com/pulse-bus/pulse/transport"
@@ -215,11 +216,16 @@ func (a *App) restoreRetrying(ctx context.Context, h *feedback.Handler) error {
 }
 
 // untilAvailable runs op until it succeeds or fails with an error that does not wrap
-// transport.ErrUnavailable, retrying with backoff (openRetryMin doubling to openRetryMax)
+// transport.ErrUnavailable, retrying with jittered backoff (openRetryMin doubling to openRetryMax)
 // while the broker is away: each failure is logged and /readyz reports it, as what. It
 // returns early, with op's last error, once ctx is done.
 func (a *App) untilAvailable(ctx context.Context, what string, op func() error) error {
-	wait := openRetryMin
+	retry := backoff.ExponentialBackOff{
+		InitialInterval:     openRetryMin,
+		RandomizationFactor: backoff.DefaultRandomizationFactor,
+		Multiplier:          2,
+		MaxInterval:         openRetryMax,
+	}
 	for {
 		err := op()
 		if err == nil {
@@ -232,6 +238,7 @@ func (a *App) untilAvailable(ctx context.Context, what string, op func() error) 
 		if !errors.Is(err, transport.ErrUnavailable) {
 			return err
 		}
+		wait := retry.NextBackOff()
 		why := fmt.Errorf("%s: %w", what, err)
 		a.opening.Store(&why)
 		a.log.Warn("bus unavailable; retrying", "while", what, "backend", a.cfg.Bus.Backend, "bus", a.where(), "retry_in", wait, "err", err)
@@ -242,7 +249,6 @@ func (a *App) untilAvailable(ctx context.Context, what string, op func() error) 
 			t.Stop()
 			return fmt.Errorf("%w (stopped waiting: %w)", err, context.Cause(ctx))
 		}
-		wait = min(wait*2, openRetryMax)
 	}
 }
 

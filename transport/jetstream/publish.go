@@ -10,6 +10,7 @@ import (
 	"sync/atomic"
 	"time"
 
+	"github.com/cenkalti/backoff/v5"
 	"github.com/nats-io/nats.go"
 	"github.com/nats-io/nats.go/jetstream"
 
@@ -71,7 +72,12 @@ func (d *Driver) Publish(ctx context.Context, stream string, msgs []driver.Messa
 		pending[i] = i
 	}
 	var giveUp time.Time
-	wait := publishRetryMin
+	retry := backoff.ExponentialBackOff{
+		InitialInterval:     publishRetryMin,
+		RandomizationFactor: backoff.DefaultRandomizationFactor,
+		Multiplier:          2,
+		MaxInterval:         publishRetryMax,
+	}
 	for {
 		var err error
 		if _, err = d.ensureStream(ctx, stream); err == nil {
@@ -98,7 +104,7 @@ func (d *Driver) Publish(ctx context.Context, stream string, msgs []driver.Messa
 			d.forgetStream(stream) // deleted, or its leader moved: ensure it again
 		}
 		d.log.Debug("publish incomplete; retrying", "stream", stream, "left", len(pending), "err", err)
-		t := time.NewTimer(wait)
+		t := time.NewTimer(retry.NextBackOff())
 		select {
 		case <-t.C:
 		case <-ctx.Done():
@@ -108,7 +114,6 @@ func (d *Driver) Publish(ctx context.Context, stream string, msgs []driver.Messa
 			t.Stop()
 			return ids, transport.ErrClosed
 		}
-		wait = min(wait*2, publishRetryMax)
 	}
 }
 
