@@ -152,10 +152,9 @@ func (c *Codec) appendEncode(dst []byte, e *Envelope, batch *batchState) ([]byte
 		// One pass validates and writes both, into pooled scratch buffers.
 		bufs := getPyBufs()
 		defer putPyBufs(bufs)
-		var ok bool
-		bufs.dumps, bufs.compact, ok = appendPyForms(bufs.dumps[:0], bufs.compact[:0], e.Payload)
-		if !ok {
-			return dst, fmt.Errorf("envelope: encode: payload is not valid JSON: %w", invalidJSON(e.Payload))
+		bufs.dumps, bufs.compact, err = appendPyForms(bufs.dumps[:0], bufs.compact[:0], e.Payload)
+		if err != nil {
+			return dst, fmt.Errorf("envelope: encode: payload is not valid JSON: %w", err)
 		}
 		payload = bufs.dumps
 		e.Meta.Hash = hashHexTo(batch.bytes(hexHashLen), bufs.compact)

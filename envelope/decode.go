@@ -251,7 +251,7 @@ func isHex(c byte) bool {
 }
 
 func (r *reader) literal(word string) bool {
-	if len(r.b)-r.i < len(word) || string(r.b[r.i:r.i+len(word)]) != word {
+	if !hasLiteral(r.b, r.i, word) {
 		r.fail("invalid literal")
 		return false
 	}
@@ -262,132 +262,24 @@ func (r *reader) literal(word string) bool {
 // number reads a number token, checking JSON's grammar, and returns its text.
 func (r *reader) number() ([]byte, bool) {
 	start := r.i
-	digits := func() int {
-		n := 0
-		for r.i < len(r.b) && r.b[r.i] >= '0' && r.b[r.i] <= '9' {
-			r.i++
-			n++
-		}
-		return n
-	}
-	if r.i < len(r.b) && r.b[r.i] == '-' {
-		r.i++
-	}
-	switch {
-	case r.i < len(r.b) && r.b[r.i] == '0':
-		r.i++
-	case digits() == 0:
+	end, ok := scanNumber(r.b, r.i)
+	r.i = end
+	if !ok {
 		r.fail("invalid number")
 		return nil, false
 	}
-	if r.i < len(r.b) && r.b[r.i] == '.' {
-		r.i++
-		if digits() == 0 {
-			r.fail("invalid number")
-			return nil, false
-		}
-	}
-	if r.i < len(r.b) && (r.b[r.i] == 'e' || r.b[r.i] == 'E') {
-		r.i++
-		if r.i < len(r.b) && (r.b[r.i] == '+' || r.b[r.i] == '-') {
-			r.i++
-		}
-		if digits() == 0 {
-			r.fail("invalid number")
-			return nil, false
-		}
-	}
-	return r.b[start:r.i], true
+	return r.b[start:end], true
 }
 
-// skip reads and validates any value.
+// skip reads and checks any value, with the package's one grammar (grammar.go).
 func (r *reader) skip(depth int) bool {
-	if depth > maxDepth {
-		r.fail("nested too deeply")
-		return false
+	w := walker{src: r.b, i: r.i}
+	ok := w.value(depth)
+	r.i = w.i
+	if !ok && r.err == nil {
+		r.err = w.error()
 	}
-	switch r.peek() {
-	case '{':
-		r.i++
-		var scratch [32]byte
-		for first := true; ; {
-			if _, ok := r.field(&first, scratch[:0]); !ok {
-				return r.err == nil
-			}
-			if !r.skip(depth + 1) {
-				return false
-			}
-		}
-	case '[':
-		r.i++
-		if r.peek() == ']' {
-			r.i++
-			return true
-		}
-		for {
-			if !r.skip(depth + 1) {
-				return false
-			}
-			switch r.peek() {
-			case ',':
-				r.i++
-			case ']':
-				r.i++
-				return true
-			default:
-				r.fail("expected ',' or ']'")
-				return false
-			}
-		}
-	case '"':
-		r.i = plainEnd(r.b, r.i+1)
-		for r.i < len(r.b) {
-			switch c := r.b[r.i]; {
-			case c == '"':
-				r.i++
-				return true
-			case c == '\\':
-				if r.i+1 >= len(r.b) {
-					r.fail("unterminated string")
-					return false
-				}
-				switch r.b[r.i+1] {
-				case '"', '\\', '/', 'b', 'f', 'n', 'r', 't':
-					r.i += 2
-				case 'u':
-					if _, ok := r.hexEscape(r.i); !ok {
-						return false
-					}
-					r.i += 6
-				default:
-					r.fail("invalid escape")
-					return false
-				}
-			case c < 0x20:
-				r.fail("control character in string")
-				return false
-			default:
-				r.i++
-			}
-		}
-		r.fail("unterminated string")
-		return false
-	case 't':
-		return r.literal("true")
-	case 'f':
-		return r.literal("false")
-	case 'n':
-		return r.literal("null")
-	case 0:
-		r.fail("unexpected end of input")
-		return false
-	}
-	if c := r.b[r.i]; c == '-' || c >= '0' && c <= '9' {
-		_, ok := r.number()
-		return ok
-	}
-	r.fail("unexpected character")
-	return false
+	return ok
 }
 
 // decodeWire parses one envelope (no unwrapping, no schema or signature checks).

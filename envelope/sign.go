@@ -98,8 +98,11 @@ func (s *Signer) verify(e *Envelope) error {
 	if err != nil {
 		return fmt.Errorf("%w: signature is not hex", ErrUnauthenticated)
 	}
-	// The decoder has checked that the payload is valid JSON.
-	if !hmac.Equal(got, s.mac(e, stripJSONSpace(e.Payload))) {
+	compact, err := compactJSON(e.Payload)
+	if err != nil {
+		return fmt.Errorf("%w: payload is not valid JSON: %w", ErrUnauthenticated, err)
+	}
+	if !hmac.Equal(got, s.mac(e, compact)) {
 		return fmt.Errorf("%w: signature does not match", ErrUnauthenticated)
 	}
 	return nil
