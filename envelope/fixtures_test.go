@@ -1,41 +1,27 @@
 package envelope_test
 
 import (
-	"bytes"
 	"encoding/json"
 	"math"
-	"os"
-	"path/filepath"
 	"strings"
 	"testing"
 
 	"github.com/stretchr/testify/require"
 
 	"github.com/pulse-bus/pulse/envelope"
+	"github.com/pulse-bus/pulse/internal/pyfixtures"
 )
 
-// fixtureDir holds byte-exact copies of ../shared/fixtures: messages as the Python
-// market-data-core writes them.
-const fixtureDir = "testdata/fixtures"
-
-// readFixture returns a fixture's bytes without the file's trailing newline (the message is
-// the JSON object; the newline is the file's, not the wire's).
+// readFixture returns a Python fixture's message body (internal/pyfixtures).
 func readFixture(t testing.TB, name string) []byte {
 	t.Helper()
-	b, err := os.ReadFile(filepath.Join(fixtureDir, name))
-	require.NoError(t, err)
-	return bytes.TrimSuffix(b, []byte("\n"))
+	return pyfixtures.Message(name)
 }
 
 func fixtureNames(t testing.TB) []string {
 	t.Helper()
-	paths, err := filepath.Glob(filepath.Join(fixtureDir, "*.json"))
-	require.NoError(t, err)
-	require.Len(t, paths, 4, "the four fixtures of ../shared/fixtures")
-	names := make([]string, len(paths))
-	for i, p := range paths {
-		names[i] = filepath.Base(p)
-	}
+	names := pyfixtures.Names()
+	require.Len(t, names, 4, "the four fixtures of internal/pyfixtures")
 	return names
 }
 
@@ -181,23 +167,6 @@ func TestFixturesByteCompatible(t *testing.T) {
 			require.NoError(t, err)
 			require.Equal(t, string(want), string(got))
 		})
-	}
-}
-
-// TestFixturesMatchShared proves the copies in testdata are still byte-identical to
-// ../shared/fixtures when that directory is present (it is beside the repository in CI and on
-// the developers' machines; a standalone clone skips this check).
-func TestFixturesMatchShared(t *testing.T) {
-	shared := filepath.Join("..", "..", "shared", "fixtures")
-	if _, err := os.Stat(shared); err != nil {
-		t.Skipf("no %s beside the repository", shared)
-	}
-	for _, name := range append(fixtureNames(t), "README.md") {
-		want, err := os.ReadFile(filepath.Join(shared, name))
-		require.NoError(t, err)
-		got, err := os.ReadFile(filepath.Join(fixtureDir, name))
-		require.NoError(t, err)
-		require.Equal(t, string(want), string(got), "testdata copy of %s drifted", name)
 	}
 }
 

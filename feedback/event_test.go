@@ -1,10 +1,7 @@
 package feedback_test
 
 import (
-	"bytes"
 	"errors"
-	"os"
-	"path/filepath"
 	"strings"
 	"testing"
 
@@ -12,6 +9,7 @@ import (
 
 	"github.com/pulse-bus/pulse/envelope"
 	"github.com/pulse-bus/pulse/feedback"
+	"github.com/pulse-bus/pulse/internal/pyfixtures"
 	"github.com/pulse-bus/pulse/telemetry"
 	"github.com/pulse-bus/pulse/transport"
 )
@@ -23,13 +21,10 @@ var (
 	_ feedback.Observer  = (*telemetry.Metrics)(nil)
 )
 
-// readFixture returns a byte-exact Python fixture (testdata/fixtures is a copy of
-// ../shared/fixtures) without the file's trailing newline.
+// readFixture returns a Python fixture's message body (internal/pyfixtures).
 func readFixture(t testing.TB, name string) []byte {
 	t.Helper()
-	b, err := os.ReadFile(filepath.Join("testdata", "fixtures", name))
-	require.NoError(t, err)
-	return bytes.TrimSuffix(b, []byte("\n"))
+	return pyfixtures.Message(name)
 }
 
 // TestParseLevel proves the three wire names parse, anything else is refused with the accepted

@@ -4,8 +4,6 @@ import (
 	"context"
 	"encoding/json"
 	"errors"
-	"os"
-	"path/filepath"
 	"strconv"
 	"sync"
 	"testing"
@@ -15,13 +13,10 @@ import (
 	"github.com/stretchr/testify/require"
 
 	"github.com/pulse-bus/pulse/envelope"
+	"github.com/pulse-bus/pulse/internal/pyfixtures"
 	"github.com/pulse-bus/pulse/transport"
 	"github.com/pulse-bus/pulse/transport/driver"
 )
-
-// fixtureDir holds the byte-exact messages the Python market-data-core writes (a copy of
-// shared/fixtures kept with the envelope package).
-const fixtureDir = "../../envelope/testdata/fixtures"
 
 // openBus opens a Bus over the redis backend and closes it at cleanup.
 func openBus(t *testing.T, cfg transport.Config) *transport.Bus {
@@ -42,9 +37,8 @@ func TestPythonFixturesConsumed(t *testing.T) {
 	key := cfg.Namespace + ":mdp.telemetry.feedback" // beside the Python core: PULSE_FEEDBACK_STREAM=mdp.telemetry.feedback
 
 	want := map[string]string{} // entry id → expected inner schema_id
-	for _, name := range []string{"v1-feedback-hard.json", "v1-feedback-ok-null-key.json", "v1-rate-adjustment.json", "v1-store-double-wrapped.json"} {
-		body, err := os.ReadFile(filepath.Join(fixtureDir, name))
-		require.NoError(t, err)
+	for _, name := range pyfixtures.Names() {
+		body := pyfixtures.Message(name)
 		id, err := c.XAdd(ctx, &goredis.XAddArgs{Stream: key, Values: []any{"data", body}}).Result()
 		require.NoError(t, err)
 		want[id] = name

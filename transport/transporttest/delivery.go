@@ -13,6 +13,7 @@ import (
 	"golang.org/x/sync/errgroup"
 
 	"github.com/pulse-bus/pulse/envelope"
+	"github.com/pulse-bus/pulse/internal/pyfixtures"
 	"github.com/pulse-bus/pulse/transport"
 	"github.com/pulse-bus/pulse/transport/driver"
 )
@@ -130,9 +131,7 @@ func testPythonFixtures(e *env) {
 	b := e.bus()
 	msgs := make([]driver.Message, len(fixtures))
 	for i, f := range fixtures {
-		body, err := pythonFixtures.ReadFile("fixtures/" + f.file)
-		require.NoError(e.t, err)
-		msgs[i] = driver.Message{Body: body}
+		msgs[i] = driver.Message{Body: pyfixtures.Message(f.file)}
 	}
 	ids, err := b.PublishRaw(e.ctx(), e.stream, msgs...)
 	require.NoError(e.t, err)

@@ -2,7 +2,6 @@ package transporttest
 
 import (
 	"context"
-	"embed"
 	"encoding/json"
 	"errors"
 	"fmt"
@@ -22,12 +21,6 @@ import (
 	"github.com/pulse-bus/pulse/transport"
 	"github.com/pulse-bus/pulse/transport/driver"
 )
-
-// Python holds the wire fixtures of the Python market-data-core (copies of
-// shared/fixtures), by file name.
-//
-//go:embed fixtures/*.json
-var pythonFixtures embed.FS
 
 // TestSchema is the schema_id of the suite's own messages; its payload is
 // {"n": <int ≥ 0>, "pad": <string>}.
