@@ -2,6 +2,7 @@ package envelope
 
 import (
 	"fmt"
+	"maps"
 	"slices"
 	"strings"
 	"sync"
@@ -34,12 +35,7 @@ func (s *Schemas) Known() []string {
 	}
 	s.mu.RLock()
 	defer s.mu.RUnlock()
-	ids := make([]string, 0, len(s.validators))
-	for id := range s.validators {
-		ids = append(ids, id)
-	}
-	slices.Sort(ids)
-	return ids
+	return slices.Sorted(maps.Keys(s.validators))
 }
 
 // Validate checks that schemaID is known and its payload valid. Errors wrap ErrUnknownSchema

@@ -309,35 +309,30 @@ func Schemas() *envelope.Schemas {
 // ParseEvent returns the Event an envelope carries. A different schema_id is a poison error
 // with reason ReasonWrongSchema; an invalid payload one with ReasonInvalidPayload.
 func ParseEvent(e *envelope.Envelope) (Event, error) {
-	if e == nil {
-		return Event{}, transport.Poison(ReasonInvalidPayload, errors.New("feedback: no envelope"))
-	}
-	if e.Meta.SchemaID != SchemaFeedbackEvent {
-		return Event{}, transport.Poison(ReasonWrongSchema,
-			fmt.Errorf("feedback: schema_id %q (accepted: %s)", e.Meta.SchemaID, SchemaFeedbackEvent))
-	}
-	ev, err := ParseEventPayload(e.Payload)
-	if err != nil {
-		return Event{}, transport.Poison(ReasonInvalidPayload, err)
-	}
-	return ev, nil
+	return parseEnvelope(e, SchemaFeedbackEvent, ParseEventPayload)
 }
 
 // ParseRateAdjustment returns the RateAdjustment an envelope carries, with the errors of
 // ParseEvent.
 func ParseRateAdjustment(e *envelope.Envelope) (RateAdjustment, error) {
+	return parseEnvelope(e, SchemaRateAdjustment, ParseRateAdjustmentPayload)
+}
+
+// parseEnvelope parses the payload of e, which must be of schema, with parse.
+func parseEnvelope[T any](e *envelope.Envelope, schema string, parse func([]byte) (T, error)) (T, error) {
+	var zero T
 	if e == nil {
-		return RateAdjustment{}, transport.Poison(ReasonInvalidPayload, errors.New("feedback: no envelope"))
+		return zero, transport.Poison(ReasonInvalidPayload, errors.New("feedback: no envelope"))
 	}
-	if e.Meta.SchemaID != SchemaRateAdjustment {
-		return RateAdjustment{}, transport.Poison(ReasonWrongSchema,
-			fmt.Errorf("feedback: schema_id %q (accepted: %s)", e.Meta.SchemaID, SchemaRateAdjustment))
+	if e.Meta.SchemaID != schema {
+		return zero, transport.Poison(ReasonWrongSchema,
+			fmt.Errorf("feedback: schema_id %q (accepted: %s)", e.Meta.SchemaID, schema))
 	}
-	a, err := ParseRateAdjustmentPayload(e.Payload)
+	v, err := parse(e.Payload)
 	if err != nil {
-		return RateAdjustment{}, transport.Poison(ReasonInvalidPayload, err)
+		return zero, transport.Poison(ReasonInvalidPayload, err)
 	}
-	return a, nil
+	return v, nil
 }
 
 // DecodeEvent returns the Event a delivery carries (see ParseEvent).

@@ -65,31 +65,32 @@ func (p *fakePublisher) published() []*envelope.Envelope {
 	return append([]*envelope.Envelope(nil), p.envs...)
 }
 
-// adjustments parses every published envelope as a RateAdjustment.
+// adjustments parses every published envelope as a RateAdjustment on its stream.
 func (p *fakePublisher) adjustments(t testing.TB) []feedback.RateAdjustment {
 	t.Helper()
-	p.mu.Lock()
-	defer p.mu.Unlock()
-	out := make([]feedback.RateAdjustment, len(p.envs))
-	for i, e := range p.envs {
-		require.Equal(t, feedback.StreamRateAdjustment, p.streams[i])
-		a, err := feedback.ParseRateAdjustment(e)
-		require.NoError(t, err)
-		out[i] = a
-	}
-	return out
+	return parsePublished(t, p, feedback.StreamRateAdjustment, feedback.ParseRateAdjustment)
 }
 
 // events parses every published envelope as a FeedbackEvent.
 func (p *fakePublisher) events(t testing.TB) []feedback.Event {
 	t.Helper()
+	return parsePublished(t, p, "", feedback.ParseEvent)
+}
+
+// parsePublished parses every envelope p holds with parse, each published on stream unless
+// stream is empty.
+func parsePublished[T any](t testing.TB, p *fakePublisher, stream string, parse func(*envelope.Envelope) (T, error)) []T {
+	t.Helper()
 	p.mu.Lock()
 	defer p.mu.Unlock()
-	out := make([]feedback.Event, len(p.envs))
+	out := make([]T, len(p.envs))
 	for i, e := range p.envs {
-		ev, err := feedback.ParseEvent(e)
+		if stream != "" {
+			require.Equal(t, stream, p.streams[i])
+		}
+		v, err := parse(e)
 		require.NoError(t, err)
-		out[i] = ev
+		out[i] = v
 	}
 	return out
 }

@@ -3,6 +3,7 @@ package feedback
 import (
 	"context"
 	"fmt"
+	"maps"
 	"slices"
 	"sync"
 
@@ -146,10 +147,5 @@ func (c *RateCoordinator) Snapshot() map[string]ProviderState {
 func (c *RateCoordinator) Providers() []string {
 	c.mu.RLock()
 	defer c.mu.RUnlock()
-	names := make([]string, 0, len(c.providers))
-	for name := range c.providers {
-		names = append(names, name)
-	}
-	slices.Sort(names)
-	return names
+	return slices.Sorted(maps.Keys(c.providers))
 }

@@ -456,12 +456,8 @@ func (w *Watermarks[T]) PublishErr() error {
 // run publishes the outbox in order until Close; failures are retried with backoff.
 func (w *Watermarks[T]) run() {
 	defer close(w.done)
-	retry := backoff.ExponentialBackOff{
-		InitialInterval:     w.cfg.RetryMin,
-		RandomizationFactor: backoff.DefaultRandomizationFactor,
-		Multiplier:          2,
-		MaxInterval:         w.cfg.RetryMax,
-	}
+	retry := backoff.NewExponentialBackOff() // ×1.5 per failure, ±50% jitter
+	retry.InitialInterval, retry.MaxInterval = w.cfg.RetryMin, w.cfg.RetryMax
 	for {
 		w.mu.Lock()
 		envs := make([]*envelope.Envelope, len(w.outbox))

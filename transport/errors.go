@@ -27,6 +27,14 @@ var (
 	ErrTooLarge = errors.New("transport: message too large for the broker")
 	// ErrMessageNotFound is wrapped by StreamAdmin.Get for an id the stream does not retain.
 	ErrMessageNotFound = errors.New("transport: message not found")
+
+	// ErrKeyNotFound is returned by KeyValue.Get for a key that has no value.
+	ErrKeyNotFound = errors.New("transport: key not found")
+	// ErrConflict is returned by KeyValue.Create for a key that has a value, and by Update
+	// and Delete when the key's revision is no longer the one given: someone else wrote it.
+	ErrConflict = errors.New("transport: key changed concurrently")
+	// ErrNotSupported is returned for an optional capability the backend does not have.
+	ErrNotSupported = errors.New("transport: not supported by this backend")
 )
 
 // Poison marks err as permanent: the message is dead-lettered at once with reason.

@@ -2,22 +2,10 @@ package transport
 
 import (
 	"context"
-	"errors"
 	"fmt"
 	"regexp"
 
 	"github.com/pulse-bus/pulse/transport/driver"
-)
-
-// Errors of a KeyValue, matched with errors.Is.
-var (
-	// ErrKeyNotFound is returned by KeyValue.Get for a key that has no value.
-	ErrKeyNotFound = errors.New("transport: key not found")
-	// ErrConflict is returned by KeyValue.Create for a key that has a value, and by Update
-	// and Delete when the key's revision is no longer the one given: someone else wrote it.
-	ErrConflict = errors.New("transport: key changed concurrently")
-	// ErrNotSupported is returned for an optional capability the backend does not have.
-	ErrNotSupported = errors.New("transport: not supported by this backend")
 )
 
 var bucketRE = regexp.MustCompile(`^[a-z0-9][a-z0-9_-]{0,63}$`)

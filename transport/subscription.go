@@ -281,12 +281,8 @@ func (s *Subscription) run() {
 			<-s.ackerDone
 		}()
 	}
-	retry := backoff.ExponentialBackOff{
-		InitialInterval:     receiveRetryMin,
-		RandomizationFactor: backoff.DefaultRandomizationFactor,
-		Multiplier:          2,
-		MaxInterval:         receiveRetryMax,
-	}
+	retry := backoff.NewExponentialBackOff() // ×1.5 per failure, ±50% jitter
+	retry.InitialInterval, retry.MaxInterval = receiveRetryMin, receiveRetryMax
 	for {
 		batch, err := s.ds.Receive(s.fetchCtx, s.opts.BatchSize)
 		if len(batch) > 0 {

@@ -60,6 +60,16 @@ func (b loopBus) replicaEnv(t *testing.T, extra map[string]string) map[string]st
 	return env
 }
 
+// startReady starts one replica on b with the defaults, waits until it is ready, and opens
+// the test's own client; it returns the replica's environment too, for commands beside it.
+func (b loopBus) startReady(t *testing.T) (map[string]string, *server, *transport.Bus) {
+	t.Helper()
+	env := b.replicaEnv(t, nil)
+	s := startRun(t, env)
+	s.ready(t)
+	return env, s, b.client(t, "")
+}
+
 // client opens the test's own Bus on b (signing with token when not empty).
 func (b loopBus) client(t *testing.T, token string) *transport.Bus {
 	t.Helper()
@@ -252,10 +262,7 @@ func TestTwoDefaultReplicasEachApplyEveryEvent(t *testing.T) {
 func TestFutureTimestampDeadLettered(t *testing.T) {
 	for _, b := range sharedBuses(t) {
 		t.Run(b.name, func(t *testing.T) {
-			env := b.replicaEnv(t, nil)
-			s := startRun(t, env)
-			s.ready(t)
-			bus := b.client(t, "")
+			env, s, bus := b.startReady(t)
 			year3000 := float64(time.Date(3000, 1, 1, 0, 0, 0, 0, time.UTC).Unix())
 			publishAt(t, bus, "c1", feedback.LevelHard, year3000)
 			s.waitMetric(t, `pulse_dlq_total{reason="clock_skew",stream="telemetry.feedback"}`, 1)
@@ -278,9 +285,7 @@ func TestFutureTimestampDeadLettered(t *testing.T) {
 func TestClockStepBackAppliesTheNextEvent(t *testing.T) {
 	for _, b := range sharedBuses(t) {
 		t.Run(b.name, func(t *testing.T) {
-			s := startRun(t, b.replicaEnv(t, nil))
-			s.ready(t)
-			bus := b.client(t, "")
+			_, s, bus := b.startReady(t)
 			publishAt(t, bus, "c1", feedback.LevelHard, now())
 			s.waitRate(t, 1)
 			publishAt(t, bus, "c1", feedback.LevelOK, now()-600)
@@ -395,10 +400,7 @@ func TestCapturedSignedEventReplayedAfterRestart(t *testing.T) {
 func TestDLQReplayNeverOverridesNewer(t *testing.T) {
 	for _, b := range sharedBuses(t) {
 		t.Run(b.name, func(t *testing.T) {
-			env := b.replicaEnv(t, nil)
-			s := startRun(t, env)
-			s.ready(t)
-			bus := b.client(t, "")
+			env, s, bus := b.startReady(t)
 			old, err := feedback.Event{CoordinatorID: "c1", QueueSize: 90, Capacity: 100, Level: feedback.LevelHard, TS: envelope.Float(now() - 5)}.Envelope(nil)
 			require.NoError(t, err)
 			body, err := bus.Codec().Encode(old)

@@ -216,16 +216,12 @@ func (a *App) restoreRetrying(ctx context.Context, h *feedback.Handler) error {
 }
 
 // untilAvailable runs op until it succeeds or fails with an error that does not wrap
-// transport.ErrUnavailable, retrying with jittered backoff (openRetryMin doubling to openRetryMax)
+// transport.ErrUnavailable, retrying with jittered backoff (openRetryMin growing to openRetryMax)
 // while the broker is away: each failure is logged and /readyz reports it, as what. It
 // returns early, with op's last error, once ctx is done.
 func (a *App) untilAvailable(ctx context.Context, what string, op func() error) error {
-	retry := backoff.ExponentialBackOff{
-		InitialInterval:     openRetryMin,
-		RandomizationFactor: backoff.DefaultRandomizationFactor,
-		Multiplier:          2,
-		MaxInterval:         openRetryMax,
-	}
+	retry := backoff.NewExponentialBackOff() // ×1.5 per failure, ±50% jitter
+	retry.InitialInterval, retry.MaxInterval = openRetryMin, openRetryMax
 	for {
 		err := op()
 		if err == nil {

@@ -165,8 +165,7 @@ func newLogger(cfg Config, w io.Writer) *slog.Logger {
 // nothing else, and loads the configuration. When ok is false the command exits with code.
 func configCommand(env Env, name, summary string, args []string) (cfg Config, code int, ok bool) {
 	fs := newFlagSet(env, name, "[flags]", summary)
-	over := overrides{}
-	over.register(fs)
+	over := flagOverrides(fs)
 	if code, ok := parseFlags(fs, args); !ok {
 		return Config{}, code, false
 	}

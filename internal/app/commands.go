@@ -50,8 +50,7 @@ func cmdDLQ(ctx context.Context, args []string, env Env) int {
 			"          dead letter only once the broker confirmed its publish\n"+
 			"  purge   drops every dead letter, once confirmed: it asks when standard input is a\n"+
 			"          terminal, and needs --yes when it is not")
-	over := overrides{}
-	over.register(fs, clientSettings...)
+	over := flagOverrides(fs, clientSettings...)
 	stream := fs.String("stream", "", "source stream whose dead letters to handle, as S or S.dlq (default: PULSE_FEEDBACK_STREAM)")
 	limit := fs.Int("limit", 0, "list or replay at most this many, oldest first (0: all)")
 	yes := fs.Bool("yes", false, "purge without asking")
@@ -216,8 +215,7 @@ func cmdPublish(ctx context.Context, args []string, env Env) int {
 		"The Store side: publish one FeedbackEvent to PULSE_FEEDBACK_STREAM, signed when\n"+
 			"PUBLISHER_TOKEN is set. With the jetstream backend and no NATS_URL it connects to the\n"+
 			"embedded server of `pulse run` on PULSE_NATS_LISTEN.")
-	over := overrides{}
-	over.register(fs, clientSettings...)
+	over := flagOverrides(fs, clientSettings...)
 	coordinator := fs.String("coordinator", "", "the Store coordinator (queue) reporting (required)")
 	level := fs.String("level", "", "backpressure level: ok, soft or hard (required)")
 	queueSize := fs.Int("queue-size", 0, "queue depth, ≥ 0 (default: derived from --level and --capacity: ok 0, soft 50%, hard 80%)")

@@ -130,6 +130,14 @@ var settings = []setting{
 // overrides holds the values given by flags, keyed by the variable they override.
 type overrides map[string]string
 
+// flagOverrides registers the overridable settings' flags on fs (see register) and returns
+// the overrides they collect.
+func flagOverrides(fs *flag.FlagSet, only ...string) overrides {
+	o := overrides{}
+	o.register(fs, only...)
+	return o
+}
+
 // register adds one flag per overridable setting to fs, or only for the variables named in
 // only when it is not empty.
 func (o overrides) register(fs *flag.FlagSet, only ...string) {

@@ -35,8 +35,7 @@ func cmdDemo(ctx context.Context, args []string, env Env) int {
 			"watermarks, drained slower than the provider's base rate, publishes FeedbackEvents; the\n"+
 			"pipeline's consumer scales the provider's token bucket that feeds the queue. Shown live,\n"+
 			"a line per tick, with a summary at the end.")
-	over := overrides{}
-	over.register(fs, demoSettings...)
+	over := flagOverrides(fs, demoSettings...)
 	duration := fs.Duration("duration", demo.DefaultDuration, "simulated time to run")
 	plot := fs.String("plot", "", "also draw queue depth and rate over time into this SVG file")
 	tick := fs.Duration("tick", demo.DefaultTick, "time between two lines")

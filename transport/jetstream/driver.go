@@ -242,7 +242,7 @@ func (d *Driver) Close() error {
 		// its own subscription.
 		d.closed.Store(true)
 		d.subsMu.Lock()
-		subs := make([]*subscription, 0, len(d.subs))
+		var subs []*subscription
 		for s := range d.subs {
 			subs = append(subs, s)
 		}

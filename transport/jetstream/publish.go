@@ -72,12 +72,8 @@ func (d *Driver) Publish(ctx context.Context, stream string, msgs []driver.Messa
 		pending[i] = i
 	}
 	var giveUp time.Time
-	retry := backoff.ExponentialBackOff{
-		InitialInterval:     publishRetryMin,
-		RandomizationFactor: backoff.DefaultRandomizationFactor,
-		Multiplier:          2,
-		MaxInterval:         publishRetryMax,
-	}
+	retry := backoff.NewExponentialBackOff() // ×1.5 per failure, ±50% jitter
+	retry.InitialInterval, retry.MaxInterval = publishRetryMin, publishRetryMax
 	for {
 		var err error
 		if _, err = d.ensureStream(ctx, stream); err == nil {

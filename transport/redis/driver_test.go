@@ -4,7 +4,6 @@ import (
 	"context"
 	"errors"
 	"fmt"
-	"log/slog"
 	"os/exec"
 	"strconv"
 	"strings"
@@ -99,9 +98,7 @@ func bodies(n int) []driver.Message {
 // group created after the publish still reads every entry from the start, each as attempt 1,
 // and that one Ack clears them all from the pending list.
 func TestPublishLayoutAndReceive(t *testing.T) {
-	cfg := testConfig(t)
-	d := openDriver(t, cfg)
-	c := rawClient(t, cfg.RedisURL)
+	cfg, d, c := driverAndClient(t)
 	ctx := context.Background()
 
 	ids := publish(t, d, "telemetry.feedback", bodies(3))
@@ -135,9 +132,7 @@ func TestPublishLayoutAndReceive(t *testing.T) {
 // dead letters carry original_id, reason, … on Redis) and come back as Headers, with the body
 // unchanged.
 func TestDeadLetterLayout(t *testing.T) {
-	cfg := testConfig(t)
-	d := openDriver(t, cfg)
-	c := rawClient(t, cfg.RedisURL)
+	cfg, d, c := driverAndClient(t)
 	ctx := context.Background()
 	body := []byte(`{"not": "an envelope"}`)
 	hdr := map[string]string{"original_id": "1-1", "reason": "malformed", "attempts": "1", "failed_at": "2025-01-01T00:00:00Z", "stream": "telemetry.feedback", "error": "boom"}
@@ -166,9 +161,7 @@ func TestDeadLetterLayout(t *testing.T) {
 // the entry is not handed out again before its delay, comes back once afterwards as attempt 2,
 // and Redis's delivery count says 2 as well.
 func TestNakWaitsItsDelayAndCountsOneAttempt(t *testing.T) {
-	cfg := testConfig(t)
-	d := openDriver(t, cfg)
-	c := rawClient(t, cfg.RedisURL)
+	cfg, d, c := driverAndClient(t)
 	ctx := context.Background()
 	publish(t, d, "s", bodies(1))
 	s := sub(t, d, "s", "g", "c1", time.Minute)
@@ -314,11 +307,7 @@ func TestReceiveCancelIsPrompt(t *testing.T) {
 // a Redis flush) is recovered: the group is recreated from the start and later entries are
 // read, with a warning logged.
 func TestGroupRecreatedOnNoGroup(t *testing.T) {
-	cfg := testConfig(t)
-	logs := &recordingHandler{}
-	cfg.Logger = slog.New(logs)
-	d := openDriver(t, cfg)
-	c := rawClient(t, cfg.RedisURL)
+	cfg, d, c, logs := loggedDriverAndClient(t)
 	ctx := context.Background()
 	s := sub(t, d, "s", "g", "c1", time.Minute)
 	publish(t, d, "s", bodies(1))
@@ -334,11 +323,7 @@ func TestGroupRecreatedOnNoGroup(t *testing.T) {
 // TestPendingTrimmedIsReported proves that an entry trimmed away while still pending (what
 // MAXLEN trimming can do) is not lost silently: the claim that finds it gone logs it.
 func TestPendingTrimmedIsReported(t *testing.T) {
-	cfg := testConfig(t)
-	logs := &recordingHandler{}
-	cfg.Logger = slog.New(logs)
-	d := openDriver(t, cfg)
-	c := rawClient(t, cfg.RedisURL)
+	cfg, d, c, logs := loggedDriverAndClient(t)
 	ctx := context.Background()
 	ids := publish(t, d, "s", bodies(1))
 	s := sub(t, d, "s", "g", "c1", 100*time.Millisecond)
@@ -552,9 +537,7 @@ func TestInvalidNames(t *testing.T) {
 // longer than AckWait is handed out once, as attempt 1, with its idle time reset — not also
 // claimed back as abandoned by the member's own scan for idle entries.
 func TestReadAheadHandedOutOnce(t *testing.T) {
-	cfg := testConfig(t)
-	d := openDriver(t, cfg)
-	c := rawClient(t, cfg.RedisURL)
+	cfg, d, c := driverAndClient(t)
 	ctx := context.Background()
 	ids := publish(t, d, "s", bodies(2))
 	const ackWait = 200 * time.Millisecond
@@ -621,9 +604,7 @@ func TestTrimSchedule(t *testing.T) {
 // closing it hands both back at once (not after AckWait), and another member gets exactly
 // those entries, each as its second delivery (Redis counted the unread read).
 func TestCloseHandsReadAheadBack(t *testing.T) {
-	cfg := testConfig(t)
-	d := openDriver(t, cfg)
-	c := rawClient(t, cfg.RedisURL)
+	cfg, d, c := driverAndClient(t)
 	ctx := context.Background()
 	ids := publish(t, d, "s", bodies(15))
 	const ackWait = time.Minute // a handback that did not happen would show as a long wait

@@ -79,6 +79,23 @@ func openDriver(t testing.TB, cfg transport.Config) *Driver {
 }
 
 // rawClient is a plain go-redis client on url, closed at cleanup: the test's view of Redis.
+// driverAndClient opens a driver on a namespace of the test's own, and a raw client to the
+// same server to look at what it wrote.
+func driverAndClient(t testing.TB) (transport.Config, *Driver, *goredis.Client) {
+	t.Helper()
+	cfg := testConfig(t)
+	return cfg, openDriver(t, cfg), rawClient(t, cfg.RedisURL)
+}
+
+// loggedDriverAndClient is driverAndClient with the driver's log recorded.
+func loggedDriverAndClient(t testing.TB) (transport.Config, *Driver, *goredis.Client, *recordingHandler) {
+	t.Helper()
+	cfg := testConfig(t)
+	logs := &recordingHandler{}
+	cfg.Logger = slog.New(logs)
+	return cfg, openDriver(t, cfg), rawClient(t, cfg.RedisURL), logs
+}
+
 func rawClient(t testing.TB, url string) *goredis.Client {
 	t.Helper()
 	opts, err := goredis.ParseURL(url)
