@@ -84,6 +84,18 @@ func (r *Reader) PositiveInt(name string, dst *int) {
 	}
 }
 
+// NonNegativeInt reads an integer ≥ 0.
+func (r *Reader) NonNegativeInt(name string, dst *int) {
+	if v, ok := r.get(name); ok {
+		n, err := strconv.Atoi(v)
+		if err != nil || n < 0 {
+			r.fail(name, v, "an integer ≥ 0")
+			return
+		}
+		*dst = n
+	}
+}
+
 // Int64 reads an integer ≥ 0.
 func (r *Reader) Int64(name string, dst *int64) {
 	if v, ok := r.get(name); ok {

@@ -96,7 +96,17 @@ type Config struct {
 	SharedIdempotency bool
 
 	// Backend settings.
-	RedisURL      string // REDIS_URL
+	RedisURL string // REDIS_URL
+	// RedisMode (PULSE_REDIS_MODE) is how REDIS_URL is read: "single" (the default), "cluster"
+	// (Redis Cluster: the URL's host and its addr= parameters are seed nodes) or "sentinel"
+	// (the URL's host and addr= parameters are sentinels; master_name= names the primary).
+	RedisMode string
+	// RedisMinReplicas (PULSE_REDIS_MIN_REPLICAS, default 0): when > 0 a publish, a dead
+	// letter and a key-value write return only once that many replicas have them (WAIT).
+	RedisMinReplicas int
+	// RedisWaitTimeout (PULSE_REDIS_WAIT_TIMEOUT, default 2s) bounds that wait; fewer
+	// replicas by then is an error wrapping ErrUnavailable (the primary has the write).
+	RedisWaitTimeout time.Duration
 	NATSURL       string // NATS_URL; "" = the embedded server
 	NATSCredsFile string // PULSE_NATS_CREDS: a JWT + nkey seed credentials file
 	// NATSToken (PULSE_NATS_TOKEN, a secret) is the token the embedded server requires of
@@ -249,6 +259,9 @@ func FromEnv(lookup func(string) (string, bool)) (Config, error) {
 	p.Duration("PULSE_RETRY_BACKOFF_MAX", &c.RetryBackoffMax)
 	p.PositiveInt("PULSE_BATCH_SIZE", &c.BatchSize)
 	p.String("REDIS_URL", &c.RedisURL)
+	p.OneOf("PULSE_REDIS_MODE", &c.RedisMode, "single", "cluster", "sentinel")
+	p.NonNegativeInt("PULSE_REDIS_MIN_REPLICAS", &c.RedisMinReplicas)
+	p.Duration("PULSE_REDIS_WAIT_TIMEOUT", &c.RedisWaitTimeout)
 	p.String("NATS_URL", &c.NATSURL)
 	p.String("PULSE_NATS_CREDS", &c.NATSCredsFile)
 	p.String("PULSE_NATS_TOKEN", &c.NATSToken)

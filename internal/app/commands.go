@@ -18,7 +18,7 @@ import (
 // clientSettings are the configuration variables the client commands (publish, dlq) take
 // flags for: where the bus is and how to write on it.
 var clientSettings = []string{
-	"EVENT_BUS_BACKEND", "NATS_URL", "PULSE_NATS_LISTEN", "PULSE_NATS_CREDS", "REDIS_URL",
+	"EVENT_BUS_BACKEND", "NATS_URL", "PULSE_NATS_LISTEN", "PULSE_NATS_CREDS", "REDIS_URL", "PULSE_REDIS_MODE",
 	"MD_NAMESPACE", "SCHEMA_TRACK", "PULSE_FEEDBACK_STREAM", "PULSE_LOG_LEVEL", "PULSE_LOG_FORMAT",
 }
 

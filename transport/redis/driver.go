@@ -7,7 +7,6 @@ import (
 	"fmt"
 	"log/slog"
 	"maps"
-	"net/url"
 	"slices"
 	"strconv"
 	"strings"
@@ -38,27 +37,27 @@ const IdempotencyKeyInfix = ":idem:"
 func init() {
 	transport.Register(Name, func(ctx context.Context, cfg transport.Config) (driver.Driver, error) {
 		return Open(ctx, cfg)
-	}, func(cfg transport.Config) error {
-		_, err := ParseURL(cfg.RedisURL)
-		return err
-	})
+	}, CheckConfig)
 }
 
 // Driver is the Redis Streams backend. It is safe for concurrent use. After Close every
 // method returns transport.ErrClosed.
 //
-// A pool of the driver's own RESP connections (see respConn) serves publishing and acks; one
-// go-redis client (its own connection pool) serves claims, the admin commands and the
+// A pool of the driver's own RESP connections (see respConn) per primary serves publishing
+// and acks; one go-redis client (its own connection pools: one server, a cluster, or the
+// primary behind Sentinel) serves claims, the admin commands, the key-value buckets and the
 // idempotency record; every subscription reads on a connection of its own, so a blocked
-// XREADGROUP never holds a connection a publisher is waiting for.
+// XREADGROUP never holds a connection a publisher is waiting for. The RESP connections go
+// to the primary that owns the key (router); a reply that says it moved is followed.
 type Driver struct {
-	opts      *goredis.Options // parsed REDIS_URL, completed by go-redis: how to dial
-	client    *goredis.Client
-	pool      *connPool
-	ns        string
-	retention retention
-	trims     trimSchedule
-	log       *slog.Logger
+	client      goredis.UniversalClient
+	nodes       *router
+	minReplicas int           // PULSE_REDIS_MIN_REPLICAS
+	waitTimeout time.Duration // PULSE_REDIS_WAIT_TIMEOUT
+	ns          string
+	retention   retention
+	trims       trimSchedule
+	log         *slog.Logger
 
 	mu     sync.Mutex
 	closed bool // no new work; set first by Close
@@ -95,13 +94,13 @@ type Options struct {
 
 // OpenWith is Open with driver options.
 func OpenWith(ctx context.Context, cfg transport.Config, o Options) (*Driver, error) {
-	var opts *goredis.Options
+	var s setup
 	if o.Client != nil {
 		c := *o.Client
-		opts = &c
+		s = setup{mode: ModeSingle, single: &c}
 	} else {
 		var err error
-		if opts, err = ParseURL(cfg.RedisURL); err != nil {
+		if s, err = parseSetup(cfg); err != nil {
 			return nil, err
 		}
 	}
@@ -117,50 +116,40 @@ func OpenWith(ctx context.Context, cfg transport.Config, o Options) (*Driver, er
 	if log == nil {
 		log = slog.New(slog.DiscardHandler)
 	}
-	client := goredis.NewClient(opts)
-	opts = client.Options() // with go-redis's defaults filled in: dialer, timeouts, pool size
+	client := s.newClient()
 	d := &Driver{
-		opts:      opts,
-		client:    client,
-		pool:      newConnPool(opts, "pulse:"+ns),
-		trims:     trimSchedule{keys: map[string]*trimState{}},
-		ns:        ns,
-		retention: ret,
-		log:       log.With("backend", Name),
-		subs:      map[*subscription]struct{}{},
+		client:      client,
+		nodes:       newRouter(client, "pulse:"+ns),
+		minReplicas: cfg.RedisMinReplicas,
+		waitTimeout: cmp.Or(cfg.RedisWaitTimeout, DefaultWaitTimeout),
+		trims:       trimSchedule{keys: map[string]*trimState{}},
+		ns:          ns,
+		retention:   ret,
+		log:         log.With("backend", Name),
+		subs:        map[*subscription]struct{}{},
 	}
 	if err := d.Ping(ctx); err != nil {
-		d.pool.close()
+		d.nodes.close()
 		d.client.Close()
 		where := transport.RedactURLs(cfg.RedisURL)
 		if o.Client != nil {
-			where = opts.Addr
+			where = o.Client.Addr
 		}
 		return nil, fmt.Errorf("redis: connect to %s: %w", where, err)
 	}
 	return d, nil
 }
 
-// ParseURL parses a REDIS_URL. Only `redis://` and `rediss://` (TLS) are accepted, with an
-// optional user and password and a database number as the path. An error is a
-// *envconf.Error naming REDIS_URL (the password masked) and the accepted forms.
+// ParseURL parses a REDIS_URL of PULSE_REDIS_MODE=single. Only `redis://` and `rediss://`
+// (TLS) are accepted, with an optional user and password and a database number as the path.
+// An error is a *envconf.Error naming REDIS_URL (the password masked) and the accepted forms.
+// CheckConfig checks the URL of every mode.
 func ParseURL(raw string) (*goredis.Options, error) {
-	if raw == "" {
-		raw = transport.DefaultRedisURL
-	}
-	bad := func() error {
-		return &envconf.Error{Var: "REDIS_URL", Value: transport.RedactURLs(raw),
-			Accepted: "redis://[user[:password]@]host[:port][/db] or rediss://… (TLS), db a number ≥ 0"}
-	}
-	u, err := url.Parse(raw)
-	if err != nil || (u.Scheme != "redis" && u.Scheme != "rediss") || u.Host == "" || u.Opaque != "" {
-		return nil, bad()
-	}
-	opts, err := goredis.ParseURL(raw)
+	s, err := parseSetup(transport.Config{RedisURL: raw, RedisMode: ModeSingle})
 	if err != nil {
-		return nil, bad()
+		return nil, err
 	}
-	return opts, nil
+	return s.single, nil
 }
 
 // key is the Redis key of a logical stream: `{ns}:{stream}` (docs/contract.md §1).
@@ -197,6 +186,26 @@ func (d *Driver) Publish(ctx context.Context, stream string, msgs []driver.Messa
 		return nil, nil
 	}
 	key := d.key(stream)
+	ids := make([]string, 0, len(msgs))
+	err := d.nodes.followMoves(ctx, func() error {
+		n, err := d.nodes.nodeFor(ctx, key)
+		if err != nil {
+			return err
+		}
+		got, err := d.publishTo(ctx, n, stream, key, msgs[len(ids):])
+		ids = append(ids, got...)
+		return err
+	})
+	if err != nil {
+		return ids, d.wrap("publish to "+key, err)
+	}
+	return ids, nil
+}
+
+// publishTo writes msgs to key on node n in one round trip (XADDs, the trims due, and the
+// WAIT for PULSE_REDIS_MIN_REPLICAS), returning the ids of the leading entries stored. When
+// fewer replicas than asked confirmed the batch in time, none of it counts as published.
+func (d *Driver) publishTo(ctx context.Context, n *node, stream, key string, msgs []driver.Message) ([]string, error) {
 	now := time.Now()
 	minID, maxLen := d.retention.limits(stream, now)
 	trims := 0
@@ -206,8 +215,12 @@ func (d *Driver) Publish(ctx context.Context, stream string, msgs []driver.Messa
 	head := xaddHead(key)
 	ids := make([]string, 0, len(msgs))
 	idBuf := arena{chunk: idBytes * len(msgs)}
-	var trimErr error
-	err := d.pool.roundTrip(ctx, func(c *respConn) {
+	var trimErr, waitErr error
+	var extraRead time.Duration
+	if d.minReplicas > 0 {
+		extraRead = d.waitTimeout
+	}
+	err := n.pool.roundTrip(ctx, extraRead, func(c *respConn) {
 		for i := range msgs {
 			c.appendXAdd(key, head, &msgs[i])
 		}
@@ -217,8 +230,11 @@ func (d *Driver) Publish(ctx context.Context, stream string, msgs []driver.Messa
 		if trims > 1 {
 			c.appendCommand("xtrim", key, "maxlen", "~", strconv.FormatInt(maxLen, 10))
 		}
+		if d.minReplicas > 0 {
+			c.appendCommand("wait", strconv.Itoa(d.minReplicas), strconv.FormatInt(d.waitTimeout.Milliseconds(), 10))
+		}
 	}, func(c *respConn) (int, error) {
-		ids, trimErr = ids[:0], nil // a retry reads afresh
+		ids, trimErr, waitErr = ids[:0], nil, nil // a retry reads afresh
 		var failed error
 		var reply respError
 		for i := range msgs {
@@ -241,15 +257,39 @@ func (d *Driver) Publish(ctx context.Context, stream string, msgs []driver.Messa
 				return len(msgs) + i, err
 			}
 		}
-		return len(msgs) + trims, failed
+		if d.minReplicas > 0 {
+			got, err := c.reply(nil)
+			if err != nil && !errors.As(err, &reply) {
+				return len(msgs) + trims, err
+			}
+			waitErr = d.checkReplicas(got, err)
+		}
+		return len(msgs) + trims + min(d.minReplicas, 1), failed
 	})
-	if err != nil {
-		return ids, d.wrap("publish to "+key, err)
-	}
 	if trimErr != nil { // the messages are stored: trimming waits for the next publish
 		d.log.Warn("trimming failed", "key", key, "err", trimErr)
 	}
-	return ids, nil
+	if err == nil && waitErr != nil {
+		return nil, waitErr
+	}
+	return ids, err
+}
+
+// checkReplicas reads WAIT's reply (or its error): nil when at least PULSE_REDIS_MIN_REPLICAS
+// replicas have the connection's writes.
+func (d *Driver) checkReplicas(reply []byte, err error) error {
+	if err != nil {
+		return fmt.Errorf("%w: WAIT for %d replicas: %w", transport.ErrUnavailable, d.minReplicas, err)
+	}
+	got, perr := strconv.Atoi(string(reply))
+	if perr != nil {
+		return fmt.Errorf("redis: WAIT answered %q", reply)
+	}
+	if got < d.minReplicas {
+		return fmt.Errorf("%w: stored on the primary, but %d of the %d replicas PULSE_REDIS_MIN_REPLICAS asks for confirmed it within %s (PULSE_REDIS_WAIT_TIMEOUT)",
+			transport.ErrUnavailable, got, d.minReplicas, d.waitTimeout)
+	}
+	return nil
 }
 
 // Subscribe joins group on stream as opts.Consumer. The group is created if it does not exist
@@ -302,7 +342,7 @@ func (d *Driver) Close() error {
 		s.Close()
 	}
 	d.gone.Store(true)
-	d.pool.close()
+	d.nodes.close()
 	if err := d.client.Close(); err != nil && !errors.Is(err, goredis.ErrClosed) {
 		return fmt.Errorf("redis: close: %w", err)
 	}

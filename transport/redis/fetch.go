@@ -20,7 +20,7 @@ import (
 // batches that were delivered to this consumer but not yet handed out. The goroutine is owned
 // by the subscription: stop ends it.
 type fetcher struct {
-	opts     *goredis.Options // the driver's: how to dial
+	dialOpts func(ctx context.Context) (*goredis.Options, error) // how to dial the key's node
 	group    string
 	consumer string
 	key      string
@@ -53,9 +53,9 @@ type fetchResult struct {
 	at   time.Time
 }
 
-func newFetcher(opts *goredis.Options, key, group, consumer string) *fetcher {
+func newFetcher(dialOpts func(ctx context.Context) (*goredis.Options, error), key, group, consumer string) *fetcher {
 	f := &fetcher{
-		opts:     opts,
+		dialOpts: dialOpts,
 		key:      key,
 		group:    group,
 		consumer: consumer,
@@ -113,6 +113,9 @@ func (f *fetcher) read(n int) ([]entry, error) {
 			}
 		case f.isStopped():
 			return nil, errFetcherStopped
+		case isMoved(err): // the key is elsewhere now: the next read dials where it is
+			f.drop(c)
+			return nil, err
 		case errors.As(err, &reply):
 			return nil, err
 		default:
@@ -135,7 +138,11 @@ func (f *fetcher) connection() (*respConn, error) {
 	case c != nil:
 		return c, nil
 	}
-	c, err := dialResp(f.dialCtx, f.opts, readerName(f.key, f.group, f.consumer))
+	opts, err := f.dialOpts(f.dialCtx)
+	if err != nil {
+		return nil, err
+	}
+	c, err = dialResp(f.dialCtx, opts, readerName(f.key, f.group, f.consumer))
 	if err != nil {
 		if f.isStopped() {
 			return nil, errFetcherStopped

@@ -123,7 +123,7 @@ func (p *connPool) close() {
 // server while idle, and the commands are sent once more on a fresh one, as go-redis retries a
 // command on a bad connection. (Should the server instead have run them and died before
 // answering, they are then stored twice: publishing is at least once.)
-func (p *connPool) roundTrip(ctx context.Context, write func(*respConn), read func(*respConn) (int, error)) error {
+func (p *connPool) roundTrip(ctx context.Context, extraRead time.Duration, write func(*respConn), read func(*respConn) (int, error)) error {
 	if err := ctx.Err(); err != nil {
 		return err // before taking a connection that the cancellation would cost
 	}
@@ -138,13 +138,13 @@ func (p *connPool) roundTrip(ctx context.Context, write func(*respConn), read fu
 		n := 0
 		err = c.flush(earliest(ctx, c.writeTO))
 		if err == nil {
-			c.conn.SetReadDeadline(earliest(ctx, c.readTO))
+			c.conn.SetReadDeadline(earliest(ctx, c.readTO+extraRead))
 			n, err = read(c)
 		}
 		interrupted := !stop()
 		var reply respError
 		answered := err == nil || errors.As(err, &reply)
-		if answered && !interrupted {
+		if answered && !interrupted && !isMoved(err) { // a demoted primary's connections go
 			p.put(c)
 			return err
 		}

@@ -18,7 +18,7 @@ func poolConnIDs(t *testing.T, d *Driver) []string {
 	require.NoError(t, err)
 	var ids []string
 	for _, line := range strings.Split(list, "\n") {
-		if !strings.Contains(line, " name="+d.pool.name+" ") {
+		if !strings.Contains(line, " name="+d.nodes.single.pool.name+" ") {
 			continue
 		}
 		for _, f := range strings.Fields(line) {
@@ -41,7 +41,7 @@ func TestPoolReusesConnections(t *testing.T) {
 	require.Len(t, poolConnIDs(t, d), 1)
 
 	var wg sync.WaitGroup
-	for range 3 * d.opts.PoolSize {
+	for range 3 * d.nodes.single.opts.PoolSize {
 		wg.Go(func() {
 			_, err := d.Publish(context.Background(), "s", bodies(50))
 			require.NoError(t, err)
@@ -50,10 +50,10 @@ func TestPoolReusesConnections(t *testing.T) {
 	wg.Wait()
 	n := len(poolConnIDs(t, d))
 	require.GreaterOrEqual(t, n, 1)
-	require.LessOrEqual(t, n, d.opts.PoolSize)
+	require.LessOrEqual(t, n, d.nodes.single.opts.PoolSize)
 	info, err := d.Info(context.Background(), "s", "")
 	require.NoError(t, err)
-	require.EqualValues(t, 15+3*d.opts.PoolSize*50, info.Length)
+	require.EqualValues(t, 15+3*d.nodes.single.opts.PoolSize*50, info.Length)
 }
 
 // TestPoolConnectionClosedWhileIdle: a pooled connection the server closed (CLIENT KILL, as a

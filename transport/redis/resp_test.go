@@ -289,7 +289,7 @@ func TestTLS(t *testing.T) {
 	require.Zero(t, p.Count, "the ack went through")
 	list, err := plain.ClientList(ctx).Result()
 	require.NoError(t, err)
-	for _, name := range []string{d.pool.name, readerName(cfg.Namespace+":s", "g", "c1")} {
+	for _, name := range []string{d.nodes.single.pool.name, readerName(cfg.Namespace+":s", "g", "c1")} {
 		require.Contains(t, list, "name="+name+" ", "a connection of the driver's own")
 	}
 }

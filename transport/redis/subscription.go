@@ -13,6 +13,7 @@ import (
 
 	"github.com/pulse-bus/pulse/transport"
 	"github.com/pulse-bus/pulse/transport/driver"
+	goredis "github.com/redis/go-redis/v9"
 )
 
 // Tuning of a subscription, defined once.
@@ -83,15 +84,17 @@ func newSubscription(d *Driver, stream string, o driver.SubscribeOptions) *subsc
 	}
 	key := d.key(stream)
 	return &subscription{
-		d:           d,
-		stream:      stream,
-		key:         key,
-		group:       o.Group,
-		consumer:    o.Consumer,
-		ackWait:     ackWait,
-		claimEvery:  min(max(ackWait/4, minClaimEvery), maxClaimEvery),
-		log:         d.log.With("stream", stream, "group", o.Group, "consumer", o.Consumer),
-		fetch:       newFetcher(d.opts, key, o.Group, o.Consumer),
+		d:          d,
+		stream:     stream,
+		key:        key,
+		group:      o.Group,
+		consumer:   o.Consumer,
+		ackWait:    ackWait,
+		claimEvery: min(max(ackWait/4, minClaimEvery), maxClaimEvery),
+		log:        d.log.With("stream", stream, "group", o.Group, "consumer", o.Consumer),
+		fetch: newFetcher(func(ctx context.Context) (*goredis.Options, error) {
+			return d.nodes.dialOptions(ctx, key)
+		}, key, o.Group, o.Consumer),
 		closed:      make(chan struct{}),
 		delayed:     newDelayQueue(ackWait / touchFraction),
 		wake:        make(chan struct{}, 1),
@@ -386,11 +389,17 @@ func (s *subscription) ack(ctx context.Context, op string, ids []string) error {
 		return transport.ErrClosed
 	}
 	s.forgetDelayed(ids)
-	err := s.d.pool.roundTrip(ctx, func(c *respConn) {
-		c.appendXAck(s.key, s.group, ids)
-	}, func(c *respConn) (int, error) {
-		_, err := c.reply(nil)
-		return 1, err
+	err := s.d.nodes.followMoves(ctx, func() error {
+		n, err := s.d.nodes.nodeFor(ctx, s.key)
+		if err != nil {
+			return err
+		}
+		return n.pool.roundTrip(ctx, 0, func(c *respConn) {
+			c.appendXAck(s.key, s.group, ids)
+		}, func(c *respConn) (int, error) {
+			_, err := c.reply(nil)
+			return 1, err
+		})
 	})
 	return s.d.wrap(op+" on "+s.key, err)
 }
