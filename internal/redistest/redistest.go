@@ -57,6 +57,9 @@ type Server struct {
 	port int
 	dir  string
 	tls  *tlsListener // nil: plain TCP only
+	// role shapes the command line: extra arguments for a cluster node or a replica, or a
+	// sentinel's configuration file (see cluster.go).
+	role role
 
 	mu   sync.Mutex
 	cmd  *exec.Cmd
@@ -90,16 +93,16 @@ type tlsListener struct {
 
 // Start starts a redis-server on a free loopback port and returns once it answers PING.
 // The caller must Stop it.
-func Start() (*Server, error) { return start(nil) }
+func Start() (*Server, error) { return start(nil, role{}) }
 
 // StartTLS is Start with a second, TLS, listener on another free loopback port (TLSAddr),
 // serving the PEM certificate and key in certFile and keyFile (a self-signed certificate
 // will do); clients are not asked for a certificate. The plain port stays open for the test's own checks.
 func StartTLS(certFile, keyFile string) (*Server, error) {
-	return start(&tlsListener{certFile: certFile, keyFile: keyFile})
+	return start(&tlsListener{certFile: certFile, keyFile: keyFile}, role{})
 }
 
-func start(tls *tlsListener) (*Server, error) {
+func start(tls *tlsListener, r role) (*Server, error) {
 	bin, err := Binary()
 	if err != nil {
 		return nil, err
@@ -108,9 +111,13 @@ func start(tls *tlsListener) (*Server, error) {
 	if err != nil {
 		return nil, fmt.Errorf("redistest: temp dir: %w", err)
 	}
-	s := &Server{bin: bin, dir: dir, tls: tls}
+	s := &Server{bin: bin, dir: dir, tls: tls, role: r}
 	for try := 1; ; try++ {
-		s.port, err = freePort()
+		if r.clusterBus {
+			s.port, err = freeClusterPort()
+		} else {
+			s.port, err = freePort()
+		}
 		if err == nil && tls != nil {
 			if tls.port, err = freePort(); err == nil && tls.port == s.port {
 				err = errors.New("redistest: the same free port twice: Address already in use")
@@ -250,13 +257,21 @@ func (s *Server) start() error {
 	args := []string{
 		"--port", strconv.Itoa(s.port),
 		"--bind", "127.0.0.1",
-		"--save", "",
-		"--appendonly", "no",
 		"--dir", s.dir,
 		"--daemonize", "no",
 		"--protected-mode", "no",
 		"--loglevel", "warning",
 	}
+	if s.role.sentinel == nil {
+		args = append(args, "--save", "", "--appendonly", "no")
+	} else {
+		conf, err := s.role.sentinel(s)
+		if err != nil {
+			return err
+		}
+		args = append([]string{conf, "--sentinel"}, args...)
+	}
+	args = append(args, s.role.args...)
 	if s.tls != nil {
 		args = append(args,
 			"--tls-port", strconv.Itoa(s.tls.port),

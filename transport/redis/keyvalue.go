@@ -100,7 +100,9 @@ func (b *kvBucket) write(ctx context.Context, key string, value []byte, mode str
 	if err := b.op(ctx, key); err != nil {
 		return 0, err
 	}
-	n, err := kvWriteScript.Run(ctx, b.d.client, []string{b.key}, key, mode, strconv.FormatUint(revision, 10), value).Uint64()
+	n, err := b.d.replicated(ctx, b.key, func(c goredis.Scripter) *goredis.Cmd {
+		return kvWriteScript.Run(ctx, c, []string{b.key}, key, mode, strconv.FormatUint(revision, 10), value)
+	}).Uint64()
 	if err != nil {
 		return 0, b.d.wrap("write "+b.key, err)
 	}
@@ -126,7 +128,9 @@ func (b *kvBucket) Delete(ctx context.Context, key string, revision uint64) erro
 	if err := b.op(ctx, key); err != nil {
 		return err
 	}
-	n, err := kvDeleteScript.Run(ctx, b.d.client, []string{b.key}, key, strconv.FormatUint(revision, 10)).Int64()
+	n, err := b.d.replicated(ctx, b.key, func(c goredis.Scripter) *goredis.Cmd {
+		return kvDeleteScript.Run(ctx, c, []string{b.key}, key, strconv.FormatUint(revision, 10))
+	}).Int64()
 	if err != nil {
 		return b.d.wrap("delete from "+b.key, err)
 	}

@@ -5,6 +5,7 @@ import (
 	"errors"
 	"fmt"
 	"net/url"
+	"strconv"
 	"strings"
 	"sync"
 	"time"
@@ -249,4 +250,40 @@ func sleepCtx(ctx context.Context, d time.Duration) bool {
 	case <-ctx.Done():
 		return false
 	}
+}
+
+// replicated runs write (a script on key) and, when PULSE_REDIS_MIN_REPLICAS > 0, WAITs on
+// the same connection of key's primary for that many replicas; fewer in time is an error
+// wrapping transport.ErrUnavailable (set on the returned command).
+func (d *Driver) replicated(ctx context.Context, key string, write func(goredis.Scripter) *goredis.Cmd) *goredis.Cmd {
+	if d.minReplicas == 0 {
+		return write(d.client)
+	}
+	var primary *goredis.Client
+	if c, ok := d.client.(*goredis.Client); ok {
+		primary = c
+	} else if c, err := d.nodes.cluster.MasterForKey(ctx, key); err == nil {
+		primary = c
+	} else {
+		cmd := goredis.NewCmd(ctx)
+		cmd.SetErr(err)
+		return cmd
+	}
+	// A dedicated connection, so that WAIT counts this write: a pipeline's EVALSHA cannot
+	// fall back to EVAL, which Script.Run needs on a fresh server.
+	conn := primary.Conn()
+	defer conn.Close()
+	cmd := write(conn)
+	if cmd.Err() != nil {
+		return cmd
+	}
+	n, err := conn.Wait(ctx, d.minReplicas, d.waitTimeout).Result()
+	var reply []byte
+	if err == nil {
+		reply = []byte(strconv.FormatInt(n, 10))
+	}
+	if err := d.checkReplicas(reply, err); err != nil {
+		cmd.SetErr(err)
+	}
+	return cmd
 }
