@@ -34,7 +34,7 @@ MATRIX_BACKENDS ?= inmem redis jetstream
 test-matrix:
 	@set -e; for track in $(MATRIX_TRACKS); do for backend in $(MATRIX_BACKENDS); do \
 	  echo "== matrix: backend=$$backend track=$$track"; \
-	  PULSE_TEST_TRACK=$$track PULSE_TEST_BACKEND=$$backend $(GO) test -race -count=1 -run '^TestConformance$$' ./transport/$$backend; \
+	  PULSE_TEST_TRACK=$$track PULSE_TEST_BACKEND=$$backend $(GO) test -race -count=1 -run '^TestConformance(Cluster)?$$' ./transport/$$backend; \
 	  PULSE_TEST_TRACK=$$track PULSE_TEST_BACKEND=$$backend $(GO) test -race -count=1 ./feedback/...; \
 	  PULSE_TEST_TRACK=$$track PULSE_TEST_BACKEND=$$backend $(GO) test -race -count=1 -run '^(TestApp|TestPublishThenApply|TestDLQ|TestDemoSettles)' ./internal/app; \
 	done; done

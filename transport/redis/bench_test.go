@@ -13,6 +13,7 @@ import (
 	goredis "github.com/redis/go-redis/v9"
 
 	"github.com/pulse-bus/pulse/envelope"
+	"github.com/pulse-bus/pulse/internal/redistest"
 	"github.com/pulse-bus/pulse/transport"
 	"github.com/pulse-bus/pulse/transport/driver"
 )
@@ -269,4 +270,35 @@ func BenchmarkConsume(b *testing.B) {
 		}
 		report(b.N)
 	})
+}
+
+// BenchmarkPublishMinReplicas is what PULSE_REDIS_MIN_REPLICAS costs: batches of 200
+// through the driver to a primary with one replica, without WAIT and with WAIT 1.
+func BenchmarkPublishMinReplicas(b *testing.B) {
+	primary := redistest.StartT(b)
+	replica, err := redistest.StartReplica(primary)
+	if err != nil {
+		b.Fatal(err)
+	}
+	b.Cleanup(func() { replica.Close() })
+	for _, n := range []int{0, 1} {
+		b.Run(fmt.Sprintf("min-replicas=%d", n), func(b *testing.B) {
+			cfg := benchConfig(b)
+			cfg.RedisURL, cfg.RedisMinReplicas = primary.URL(), n
+			d := openDriver(b, cfg)
+			_, bodies := benchEnvelopes(b, benchBatch)
+			msgs := make([]driver.Message, len(bodies))
+			for i := range msgs {
+				msgs[i].Body = bodies[i]
+			}
+			ctx := context.Background()
+			report := startClock(b)
+			for i := 0; i < b.N; i += benchBatch {
+				if _, err := d.Publish(ctx, "bench", msgs[:min(benchBatch, b.N-i)]); err != nil {
+					b.Fatal(err)
+				}
+			}
+			report(b.N)
+		})
+	}
 }

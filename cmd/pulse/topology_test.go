@@ -1,0 +1,56 @@
+package main
+
+import (
+	"context"
+	"strings"
+	"testing"
+
+	goredis "github.com/redis/go-redis/v9"
+	"github.com/stretchr/testify/require"
+
+	"github.com/pulse-bus/pulse/internal/redistest"
+)
+
+// TestRunOnRedisCluster proves the issue's first symptom is gone: with REDIS_URL naming one
+// master of a three-master cluster and PULSE_REDIS_MODE=cluster, `pulse run` starts and
+// `pulse publish` publishes to a feedback stream whose slot another master owns (both
+// failed with MOVED), and the event applies.
+func TestRunOnRedisCluster(t *testing.T) {
+	c := redistest.StartClusterT(t, 3, 0)
+	seed := goredis.NewClient(&goredis.Options{Addr: c.Masters[0].Addr()})
+	defer seed.Close()
+	ns := ""
+	for _, candidate := range []string{"mdp", "mdp1", "mdp2", "mdp3", "mdp4", "mdp5", "mdp6", "mdp7"} {
+		err := seed.XLen(context.Background(), candidate+":telemetry.feedback").Err()
+		if err != nil && strings.HasPrefix(err.Error(), "MOVED") {
+			ns = candidate
+			break
+		}
+	}
+	require.NotEmpty(t, ns, "a namespace whose feedback stream the seed does not own")
+	env := map[string]string{"PULSE_HTTP_ADDR": "127.0.0.1:0", "PULSE_DATA_DIR": t.TempDir(), "EVENT_BUS_BACKEND": "redis",
+		"REDIS_URL": "redis://" + c.Masters[0].Addr() + "/0", "PULSE_REDIS_MODE": "cluster", "MD_NAMESPACE": ns}
+	s := startRun(t, env)
+	s.ready(t)
+	code, _, errOut := pulse(t, env, "publish", "--coordinator", "c1", "--level", "hard")
+	require.Equal(t, 0, code, errOut)
+	s.waitRate(t, 1)
+}
+
+// TestRedisModeMismatchStopsStartUp proves a REDIS_URL that names cluster seeds or a
+// Sentinel master under another PULSE_REDIS_MODE stops start-up with exit status 2 and a
+// message naming both variables.
+func TestRedisModeMismatchStopsStartUp(t *testing.T) {
+	for _, env := range []map[string]string{
+		{"REDIS_URL": "redis://127.0.0.1:7001?addr=127.0.0.1:7002"},
+		{"REDIS_URL": "redis://127.0.0.1:26379/0", "PULSE_REDIS_MODE": "sentinel"},
+		{"REDIS_URL": "redis://127.0.0.1:7001/2", "PULSE_REDIS_MODE": "cluster"},
+		{"REDIS_URL": "redis://127.0.0.1:6379/0", "PULSE_REDIS_MODE": "ring"},
+	} {
+		env["EVENT_BUS_BACKEND"] = "redis"
+		env["PULSE_HTTP_ADDR"] = "127.0.0.1:0"
+		code, _, errOut := pulse(t, env, "run")
+		require.Equal(t, 2, code, "%v: %s", env, errOut)
+		require.Contains(t, errOut, "PULSE_REDIS_MODE", env)
+	}
+}
