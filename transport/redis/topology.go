@@ -225,16 +225,19 @@ const movedRetryFor = 15 * time.Second
 // followMoves runs op until it returns anything but a topology reply (isMoved), reloading
 // the topology and waiting with jittered backoff between tries, for up to movedRetryFor.
 func (r *router) followMoves(ctx context.Context, op func() error) error {
+	err := op()
+	if !isMoved(err) { // the hot path: no retry state
+		return err
+	}
 	retry := backoff.NewExponentialBackOff()
 	retry.InitialInterval, retry.MaxInterval = 10*time.Millisecond, 500*time.Millisecond
 	giveUp := time.Now().Add(movedRetryFor)
 	for {
-		err := op()
-		if !isMoved(err) || time.Now().After(giveUp) {
-			return err
-		}
 		r.moved(ctx)
 		if !sleepCtx(ctx, retry.NextBackOff()) {
+			return err
+		}
+		if err = op(); !isMoved(err) || time.Now().After(giveUp) {
 			return err
 		}
 	}
