@@ -107,8 +107,8 @@ type Config struct {
 	// RedisWaitTimeout (PULSE_REDIS_WAIT_TIMEOUT, default 2s) bounds that wait; fewer
 	// replicas by then is an error wrapping ErrUnavailable (the primary has the write).
 	RedisWaitTimeout time.Duration
-	NATSURL       string // NATS_URL; "" = the embedded server
-	NATSCredsFile string // PULSE_NATS_CREDS: a JWT + nkey seed credentials file
+	NATSURL          string // NATS_URL; "" = the embedded server
+	NATSCredsFile    string // PULSE_NATS_CREDS: a JWT + nkey seed credentials file
 	// NATSToken (PULSE_NATS_TOKEN, a secret) is the token the embedded server requires of
 	// every client and that clients present to the NATS server (unless NATS_URL carries
 	// credentials of its own).

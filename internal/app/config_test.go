@@ -87,6 +87,19 @@ func TestConfigMasksSecrets(t *testing.T) {
 	require.Contains(t, errOut, "?password=xxxxx")
 }
 
+// TestBackendChecksItsOwnSettings proves backend settings are checked by the backend that owns
+// them: a malformed REDIS_URL does not stop a jetstream deployment, and stops a redis one
+// (exit 2, naming the variable).
+func TestBackendChecksItsOwnSettings(t *testing.T) {
+	env := map[string]string{"REDIS_URL": "not a url", "PULSE_REDIS_MODE": "cluster"}
+	code, _, errOut := runMain(t, env, "config")
+	require.Equal(t, ExitOK, code, "jetstream ignores the redis settings: %s", errOut)
+	env["EVENT_BUS_BACKEND"] = "redis"
+	code, _, errOut = runMain(t, env, "config")
+	require.Equal(t, ExitUsage, code)
+	require.Contains(t, errOut, "REDIS_URL")
+}
+
 // TestUsage proves the top-level usage: no command or an unknown one exits 2 with the list
 // of commands; help exits 0.
 func TestUsage(t *testing.T) {

@@ -18,8 +18,8 @@ import (
 
 // role is what a server is besides a plain redis-server.
 type role struct {
-	args       []string                     // extra command-line arguments
-	clusterBus bool                         // needs its port + 10000 free too
+	args       []string                      // extra command-line arguments
+	clusterBus bool                          // needs its port + 10000 free too
 	sentinel   func(*Server) (string, error) // writes (once) and returns a sentinel's config file
 }
 
@@ -152,7 +152,9 @@ func (c *Cluster) WaitHealthy(ctx context.Context) error {
 }
 
 // Nodes returns the masters and then the replicas.
-func (c *Cluster) Nodes() []*Server { return append(append([]*Server(nil), c.Masters...), c.Replicas...) }
+func (c *Cluster) Nodes() []*Server {
+	return append(append([]*Server(nil), c.Masters...), c.Replicas...)
+}
 
 // URL is a REDIS_URL for PULSE_REDIS_MODE=cluster: the first master, the others as addr=.
 func (c *Cluster) URL() string {

@@ -2,6 +2,7 @@ package redistest_test
 
 import (
 	"context"
+	"sync/atomic"
 	"testing"
 
 	goredis "github.com/redis/go-redis/v9"
@@ -24,12 +25,12 @@ func TestClusterForms(t *testing.T) {
 	for _, k := range []string{"a", "b", "c", "d", "e", "f"} {
 		require.NoError(t, cl.Set(ctx, k, "1", 0).Err())
 	}
-	masters := 0
+	var masters atomic.Int32 // ForEachMaster runs fn on every master at once
 	require.NoError(t, cl.ForEachMaster(ctx, func(ctx context.Context, m *goredis.Client) error {
-		masters++
+		masters.Add(1)
 		return nil
 	}))
-	require.Equal(t, 3, masters)
+	require.EqualValues(t, 3, masters.Load())
 }
 
 // TestSentinelForms proves StartSentinel's sentinels name the primary and go-redis's
