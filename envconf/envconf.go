@@ -73,23 +73,16 @@ func (r *Reader) OneOf(name string, dst *string, accepted ...string) {
 }
 
 // PositiveInt reads an integer ≥ 1.
-func (r *Reader) PositiveInt(name string, dst *int) {
-	if v, ok := r.get(name); ok {
-		n, err := strconv.Atoi(v)
-		if err != nil || n < 1 {
-			r.fail(name, v, "an integer ≥ 1")
-			return
-		}
-		*dst = n
-	}
-}
+func (r *Reader) PositiveInt(name string, dst *int) { r.intFrom(name, dst, 1) }
 
 // NonNegativeInt reads an integer ≥ 0.
-func (r *Reader) NonNegativeInt(name string, dst *int) {
+func (r *Reader) NonNegativeInt(name string, dst *int) { r.intFrom(name, dst, 0) }
+
+func (r *Reader) intFrom(name string, dst *int, lo int) {
 	if v, ok := r.get(name); ok {
 		n, err := strconv.Atoi(v)
-		if err != nil || n < 0 {
-			r.fail(name, v, "an integer ≥ 0")
+		if err != nil || n < lo {
+			r.fail(name, v, fmt.Sprintf("an integer ≥ %d", lo))
 			return
 		}
 		*dst = n

@@ -69,12 +69,18 @@ func StartCluster(masters, replicasEach int) (*Cluster, error) {
 // StartClusterT is StartCluster for one test, closed at its cleanup.
 func StartClusterT(t testing.TB, masters, replicasEach int) *Cluster {
 	t.Helper()
-	c, err := StartCluster(masters, replicasEach)
+	return startT(t, func() (*Cluster, error) { return StartCluster(masters, replicasEach) })
+}
+
+// startT runs start for one test, failing it on error, and closes what started at cleanup.
+func startT[T interface{ Close() error }](t testing.TB, start func() (T, error)) T {
+	t.Helper()
+	v, err := start()
 	if err != nil {
 		t.Fatal(err)
 	}
-	t.Cleanup(func() { _ = c.Close() })
-	return c
+	t.Cleanup(func() { _ = v.Close() })
+	return v
 }
 
 func (c *Cluster) form(replicasEach int) error {
@@ -101,14 +107,14 @@ func (c *Cluster) form(replicasEach int) error {
 			return fmt.Errorf("redistest: cluster meet %s: %w", s.Addr(), err)
 		}
 	}
-	if err := until(ctx, "every node knows every other", func() (bool, error) {
+	if err := until(ctx, "every node knows every other", func() bool {
 		for _, cl := range clients {
 			nodes, err := cl.ClusterNodes(ctx).Result()
 			if err != nil || strings.Count(nodes, "\n") < len(all) || strings.Contains(nodes, "handshake") {
-				return false, nil
+				return false
 			}
 		}
-		return true, nil
+		return true
 	}); err != nil {
 		return err
 	}
@@ -119,8 +125,8 @@ func (c *Cluster) form(replicasEach int) error {
 			return fmt.Errorf("redistest: cluster myid: %w", err)
 		}
 		replica := clients[len(c.Masters)+i]
-		if err := until(ctx, "replicas attached", func() (bool, error) {
-			return replica.ClusterReplicate(ctx, id).Err() == nil, nil
+		if err := until(ctx, "replicas attached", func() bool {
+			return replica.ClusterReplicate(ctx, id).Err() == nil
 		}); err != nil {
 			return err
 		}
@@ -131,7 +137,7 @@ func (c *Cluster) form(replicasEach int) error {
 // WaitHealthy returns once every running node reports cluster_state:ok and every running
 // replica's link to its master is up (after a failover or a restart, say).
 func (c *Cluster) WaitHealthy(ctx context.Context) error {
-	return until(ctx, "cluster_state:ok on every node, replicas in sync", func() (bool, error) {
+	return until(ctx, "cluster_state:ok on every node, replicas in sync", func() bool {
 		for _, s := range c.Nodes() {
 			if !s.Running() {
 				continue
@@ -141,14 +147,44 @@ func (c *Cluster) WaitHealthy(ctx context.Context) error {
 			repl, rerr := cl.Info(ctx, "replication").Result()
 			cl.Close()
 			if err != nil || rerr != nil || !strings.Contains(info, "cluster_state:ok") {
-				return false, nil
+				return false
 			}
 			if strings.Contains(repl, "role:slave") && !strings.Contains(repl, "master_link_status:up") {
-				return false, nil
+				return false
 			}
 		}
-		return true, nil
+		return true
 	})
+}
+
+// MasterOf returns the running master that owns key's slot now.
+func (c *Cluster) MasterOf(ctx context.Context, key string) (*Server, error) {
+	for _, s := range c.Masters {
+		if !s.Running() {
+			continue
+		}
+		cl := goredis.NewClient(&goredis.Options{Addr: s.Addr()})
+		defer cl.Close()
+		slot, err := cl.ClusterKeySlot(ctx, key).Result()
+		if err != nil {
+			return nil, err
+		}
+		ranges, err := cl.ClusterSlots(ctx).Result()
+		if err != nil {
+			return nil, err
+		}
+		for _, r := range ranges {
+			if int64(r.Start) <= slot && slot <= int64(r.End) {
+				for _, n := range c.Nodes() {
+					if n.Addr() == r.Nodes[0].Addr {
+						return n, nil
+					}
+				}
+			}
+		}
+		return nil, fmt.Errorf("redistest: no node owns slot %d of %q", slot, key)
+	}
+	return nil, errors.New("redistest: no master running")
 }
 
 // Nodes returns the masters and then the replicas.
@@ -199,9 +235,9 @@ func StartReplica(primary *Server) (*Server, error) {
 	defer cancel()
 	cl := goredis.NewClient(&goredis.Options{Addr: s.Addr()})
 	defer cl.Close()
-	if err := until(ctx, "the replica in sync", func() (bool, error) {
+	if err := until(ctx, "the replica in sync", func() bool {
 		info, err := cl.Info(ctx, "replication").Result()
-		return err == nil && strings.Contains(info, "master_link_status:up"), nil
+		return err == nil && strings.Contains(info, "master_link_status:up")
 	}); err != nil {
 		s.Close()
 		return nil, err
@@ -242,16 +278,16 @@ func StartSentinel() (*Sentinel, error) {
 	}
 	ctx, cancel := context.WithTimeout(context.Background(), formTimeout)
 	defer cancel()
-	if err := until(ctx, "every sentinel sees the replica and the other sentinels", func() (bool, error) {
+	if err := until(ctx, "every sentinel sees the replica and the other sentinels", func() bool {
 		for _, s := range set.Sentinels {
 			sc := goredis.NewSentinelClient(&goredis.Options{Addr: s.Addr()})
 			m, err := sc.Master(ctx, MasterName).Result()
 			sc.Close()
 			if err != nil || m["num-slaves"] != "1" || m["num-other-sentinels"] != "2" {
-				return false, nil
+				return false
 			}
 		}
-		return true, nil
+		return true
 	}); err != nil {
 		set.Close()
 		return nil, err
@@ -262,12 +298,7 @@ func StartSentinel() (*Sentinel, error) {
 // StartSentinelT is StartSentinel for one test, closed at its cleanup.
 func StartSentinelT(t testing.TB) *Sentinel {
 	t.Helper()
-	s, err := StartSentinel()
-	if err != nil {
-		t.Fatal(err)
-	}
-	t.Cleanup(func() { _ = s.Close() })
-	return s
+	return startT(t, StartSentinel)
 }
 
 // URL is a REDIS_URL for PULSE_REDIS_MODE=sentinel: the sentinels, and the master's name.
@@ -301,29 +332,40 @@ func (s *Sentinel) Close() error {
 	return errors.Join(errs...)
 }
 
-// until polls cond every 50 ms until it holds, fails, or ctx ends (then the error names what).
-func until(ctx context.Context, what string, cond func() (bool, error)) error {
-	for {
-		ok, err := cond()
-		if err != nil {
-			return err
-		}
-		if ok {
-			return nil
-		}
+// until polls cond every 50 ms until it holds or ctx ends (then the error names what).
+func until(ctx context.Context, what string, cond func() bool) error {
+	for !cond() {
 		select {
 		case <-ctx.Done():
 			return fmt.Errorf("redistest: %s: not within %s", what, formTimeout)
 		case <-time.After(50 * time.Millisecond): // polling servers that form on their own
 		}
 	}
+	return nil
 }
 
-// freeClusterPort returns a free loopback port whose cluster bus port (+10000) is free too.
-func freeClusterPort() (int, error) {
+// freeClusterPort returns a free loopback port whose cluster bus port (+10000) is free too,
+// both below the kernel's ephemeral range: a node killed and restarted must find its port
+// again, which an outgoing connection could otherwise have been given meanwhile.
+func freeClusterPort() (int, error) { return portBelowEphemeral(10000) }
+
+// portBelowEphemeral returns a free loopback port p below the ephemeral range, with p+bus
+// free too when bus > 0.
+func portBelowEphemeral(bus int) (int, error) {
+	lo := 32768 // Linux's default start of ip_local_port_range
+	if b, err := os.ReadFile("/proc/sys/net/ipv4/ip_local_port_range"); err == nil {
+		if f := strings.Fields(string(b)); len(f) == 2 {
+			if n, err := strconv.Atoi(f[0]); err == nil {
+				lo = n
+			}
+		}
+	}
+	if lo < bus+2048 {
+		return 0, fmt.Errorf("redistest: the ephemeral ports start at %d, too low for cluster port pairs", lo)
+	}
 	for range 100 {
-		p := 20000 + rand.IntN(35000)
-		if free(p) && free(p+10000) {
+		p := 1024 + rand.IntN(lo-bus-1024)
+		if free(p) && (bus == 0 || free(p+bus)) {
 			return p, nil
 		}
 	}

@@ -113,10 +113,12 @@ func start(tls *tlsListener, r role) (*Server, error) {
 	}
 	s := &Server{bin: bin, dir: dir, tls: tls, role: r}
 	for try := 1; ; try++ {
+		// Below the ephemeral range, so that a server killed and restarted finds its port
+		// again (an outgoing connection could have been given it meanwhile).
 		if r.clusterBus {
 			s.port, err = freeClusterPort()
 		} else {
-			s.port, err = freePort()
+			s.port, err = portBelowEphemeral(0)
 		}
 		if err == nil && tls != nil {
 			if tls.port, err = freePort(); err == nil && tls.port == s.port {

@@ -113,21 +113,8 @@ func BenchmarkPublish(b *testing.B) {
 	})
 	b.Run("pulse-driver", func(b *testing.B) { // the driver alone: the same bytes as raw, no encoding
 		cfg := benchConfig(b)
-		d := openDriver(b, cfg)
 		cleanupNS(b, rawClient(b, cfg.RedisURL), cfg.Namespace)
-		_, bodies := benchEnvelopes(b, benchBatch)
-		msgs := make([]driver.Message, len(bodies))
-		for i := range msgs {
-			msgs[i].Body = bodies[i]
-		}
-		ctx := context.Background()
-		report := startClock(b)
-		for i := 0; i < b.N; i += benchBatch {
-			if _, err := d.Publish(ctx, "bench", msgs[:min(benchBatch, b.N-i)]); err != nil {
-				b.Fatal(err)
-			}
-		}
-		report(b.N)
+		benchDriverPublish(b, openDriver(b, cfg))
 	})
 	b.Run("raw-go-redis", func(b *testing.B) {
 		cfg := benchConfig(b)
@@ -285,20 +272,24 @@ func BenchmarkPublishMinReplicas(b *testing.B) {
 		b.Run(fmt.Sprintf("min-replicas=%d", n), func(b *testing.B) {
 			cfg := benchConfig(b)
 			cfg.RedisURL, cfg.RedisMinReplicas = primary.URL(), n
-			d := openDriver(b, cfg)
-			_, bodies := benchEnvelopes(b, benchBatch)
-			msgs := make([]driver.Message, len(bodies))
-			for i := range msgs {
-				msgs[i].Body = bodies[i]
-			}
-			ctx := context.Background()
-			report := startClock(b)
-			for i := 0; i < b.N; i += benchBatch {
-				if _, err := d.Publish(ctx, "bench", msgs[:min(benchBatch, b.N-i)]); err != nil {
-					b.Fatal(err)
-				}
-			}
-			report(b.N)
+			benchDriverPublish(b, openDriver(b, cfg))
 		})
 	}
+}
+
+// benchDriverPublish publishes b.N encoded envelopes through d in batches of benchBatch.
+func benchDriverPublish(b *testing.B, d *Driver) {
+	_, bodies := benchEnvelopes(b, benchBatch)
+	msgs := make([]driver.Message, len(bodies))
+	for i := range msgs {
+		msgs[i].Body = bodies[i]
+	}
+	ctx := context.Background()
+	report := startClock(b)
+	for i := 0; i < b.N; i += benchBatch {
+		if _, err := d.Publish(ctx, "bench", msgs[:min(benchBatch, b.N-i)]); err != nil {
+			b.Fatal(err)
+		}
+	}
+	report(b.N)
 }

@@ -234,24 +234,14 @@ func (r *router) followMoves(ctx context.Context, op func() error) error {
 	giveUp := time.Now().Add(movedRetryFor)
 	for {
 		r.moved(ctx)
-		if !sleepCtx(ctx, retry.NextBackOff()) {
+		select {
+		case <-time.After(retry.NextBackOff()):
+		case <-ctx.Done():
 			return err
 		}
 		if err = op(); !isMoved(err) || time.Now().After(giveUp) {
 			return err
 		}
-	}
-}
-
-// sleepCtx waits for d or ctx; it reports whether d passed.
-func sleepCtx(ctx context.Context, d time.Duration) bool {
-	t := time.NewTimer(d)
-	defer t.Stop()
-	select {
-	case <-t.C:
-		return true
-	case <-ctx.Done():
-		return false
 	}
 }
 

@@ -77,12 +77,12 @@ func TestConformanceCluster(t *testing.T) {
 func TestClusterStreamOnAnotherNode(t *testing.T) {
 	c := redistest.StartClusterT(t, 3, 0)
 	ctx := context.Background()
-	seed := goredis.NewClient(&goredis.Options{Addr: c.Masters[0].Addr()})
-	defer seed.Close()
 	stream := ""
 	for i := 0; stream == ""; i++ { // a stream whose key the seed does not own
 		s := "telemetry.feedback" + strconv.Itoa(i)
-		if err := seed.XLen(ctx, "onenode:"+s).Err(); err != nil && isMovedText(err.Error()) {
+		owner, err := c.MasterOf(ctx, "onenode:"+s)
+		require.NoError(t, err)
+		if owner != c.Masters[0] {
 			stream = s
 		}
 	}
@@ -103,8 +103,6 @@ func TestClusterStreamOnAnotherNode(t *testing.T) {
 		t.Fatal("the message published to a stream on another master was not consumed")
 	}
 }
-
-func isMovedText(s string) bool { return isMoved(respError(s)) }
 
 // loss runs publishers and a consumer of stream on b while disrupt runs, then checks that
 // every publish Publish acknowledged was consumed (at least once) and none dead-lettered.
@@ -205,19 +203,11 @@ func migrate(t *testing.T, c *redistest.Cluster, key string) {
 	seed := clients[c.Masters[0].Addr()]
 	slot, err := seed.ClusterKeySlot(ctx, key).Result()
 	require.NoError(t, err)
-	var from, to *redistest.Server
-	slots, err := seed.ClusterSlots(ctx).Result()
+	from, err := c.MasterOf(ctx, key)
 	require.NoError(t, err)
-	for _, r := range slots {
-		if int64(r.Start) <= slot && slot <= int64(r.End) {
-			for _, m := range c.Masters {
-				if m.Addr() == r.Nodes[0].Addr {
-					from = m
-				} else if to == nil {
-					to = m
-				}
-			}
-		}
+	to := c.Masters[0]
+	if to == from {
+		to = c.Masters[1]
 	}
 	require.NotNil(t, from)
 	src, dst := clients[from.Addr()], clients[to.Addr()]
@@ -266,19 +256,9 @@ func TestClusterPrimaryFailover(t *testing.T) {
 // ownerOf is the master that owns key's slot now.
 func ownerOf(t *testing.T, c *redistest.Cluster, key string) *redistest.Server {
 	t.Helper()
-	opts, err := goredis.ParseClusterURL(c.URL())
+	s, err := c.MasterOf(context.Background(), key)
 	require.NoError(t, err)
-	cl := goredis.NewClusterClient(opts)
-	defer cl.Close()
-	m, err := cl.MasterForKey(context.Background(), key)
-	require.NoError(t, err)
-	for _, s := range c.Nodes() {
-		if s.Addr() == m.Options().Addr {
-			return s
-		}
-	}
-	t.Fatalf("no node at %s", m.Options().Addr)
-	return nil
+	return s
 }
 
 // TestSentinelFailover proves the Sentinel case of the issue: with PULSE_REDIS_MIN_REPLICAS=1
