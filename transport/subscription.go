@@ -285,9 +285,11 @@ func (s *Subscription) run() {
 	retry.InitialInterval, retry.MaxInterval = receiveRetryMin, receiveRetryMax
 	for {
 		batch, err := s.ds.Receive(s.fetchCtx, s.opts.BatchSize)
-		if len(batch) > 0 {
+		if err == nil || len(batch) > 0 { // a receive that worked, even empty: fetching works
 			s.setErr(nil)
 			retry.Reset()
+		}
+		if len(batch) > 0 {
 			s.process(batch)
 		}
 		if s.fetchCtx.Err() != nil || errors.Is(err, ErrClosed) {

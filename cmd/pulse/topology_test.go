@@ -3,6 +3,7 @@ package main
 import (
 	"context"
 	"testing"
+	"time"
 
 	"github.com/stretchr/testify/require"
 
@@ -50,4 +51,32 @@ func TestRedisModeMismatchStopsStartUp(t *testing.T) {
 		require.Equal(t, 2, code, "%v: %s", env, errOut)
 		require.Contains(t, errOut, "PULSE_REDIS_MODE", env)
 	}
+}
+
+// TestRunBehindSentinelFailover proves the Sentinel case end to end: `pulse run` behind
+// three sentinels with PULSE_REDIS_MIN_REPLICAS=1 applies a hard event; the primary is
+// SIGKILLed, /readyz reports the outage, the replica is promoted, the old primary comes back
+// as its replica, and /readyz is 200 again and the next event applies — without a restart.
+func TestRunBehindSentinelFailover(t *testing.T) {
+	set := redistest.StartSentinelT(t)
+	env := map[string]string{"PULSE_HTTP_ADDR": "127.0.0.1:0", "PULSE_DATA_DIR": t.TempDir(), "EVENT_BUS_BACKEND": "redis",
+		"REDIS_URL": set.URL(), "PULSE_REDIS_MODE": "sentinel", "PULSE_REDIS_MIN_REPLICAS": "1", "MD_NAMESPACE": "e2e_sentinel"}
+	s := startRun(t, env)
+	s.ready(t)
+	code, _, errOut := pulse(t, env, "publish", "--coordinator", "c1", "--level", "hard")
+	require.Equal(t, 0, code, errOut)
+	s.waitRate(t, 1)
+
+	require.NoError(t, set.Primary.Kill())
+	eventually(t, "/readyz reports the outage", func() bool { code, _ := get(t, s.url("/readyz")); return code != 200 })
+	eventuallyWithin(t, time.Minute, "the sentinels promote the replica", func() bool {
+		p, err := set.CurrentPrimary(context.Background())
+		return err == nil && p == set.Replica.Addr()
+	})
+	require.NoError(t, set.Primary.Restart()) // back as the new primary's replica
+	eventuallyWithin(t, time.Minute, "/readyz 200 again", func() bool { code, _ := get(t, s.url("/readyz")); return code == 200 })
+	eventuallyWithin(t, time.Minute, "the next event applies", func() bool {
+		code, _, _ := pulse(t, env, "publish", "--coordinator", "c1", "--level", "ok")
+		return code == 0 && state(t, s).Coordinators["c1"].Level == "ok"
+	})
 }

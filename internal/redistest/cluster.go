@@ -169,15 +169,20 @@ func (c *Cluster) MasterOf(ctx context.Context, key string) (*Server, error) {
 		if err != nil {
 			return nil, err
 		}
-		ranges, err := cl.ClusterSlots(ctx).Result()
+		shards, err := cl.ClusterShards(ctx).Result()
 		if err != nil {
 			return nil, err
 		}
-		for _, r := range ranges {
-			if int64(r.Start) <= slot && slot <= int64(r.End) {
-				for _, n := range c.Nodes() {
-					if n.Addr() == r.Nodes[0].Addr {
-						return n, nil
+		for _, sh := range shards {
+			for _, r := range sh.Slots {
+				if slot < r.Start || slot > r.End {
+					continue
+				}
+				for _, n := range sh.Nodes {
+					for _, x := range c.Nodes() {
+						if n.Role == "master" && x.Port() == int(n.Port) {
+							return x, nil
+						}
 					}
 				}
 			}

@@ -65,6 +65,8 @@ type subscription struct {
 	nextClaim   time.Time
 	claimCursor string
 	lastRegroup time.Time
+	// failing is whether the last Receive failed (Receive is called from one goroutine).
+	failing bool
 	// staleReads is the fetcher's request count when the group was last recreated: reads asked
 	// up to then may fail with NOGROUP, which the recreation has already answered.
 	staleReads int
@@ -145,6 +147,15 @@ func (s *subscription) isClosed() bool {
 // Attempt is Redis's delivery count of the entry in the group's pending entries list right
 // after this delivery: 1 for a first read, and one more for every XCLAIM/XAUTOCLAIM since.
 func (s *subscription) Receive(ctx context.Context, limit int) ([]*driver.Delivery, error) {
+	ds, err := s.receive(ctx, limit, s.failing)
+	s.failing = err != nil && ctx.Err() == nil
+	return ds, err
+}
+
+// receive is Receive. After a failed Receive (recovering), the first scan that Redis answers
+// returns, even with nothing, so that the caller learns at once that Redis is back rather
+// than with the next message.
+func (s *subscription) receive(ctx context.Context, limit int, recovering bool) ([]*driver.Delivery, error) {
 	limit = min(max(limit, 1), maxDelayed)
 	for {
 		if err := ctx.Err(); err != nil {
@@ -178,7 +189,7 @@ func (s *subscription) Receive(ctx context.Context, limit int) ([]*driver.Delive
 					continue
 				}
 			}
-			if err != nil || len(ds) > 0 {
+			if err != nil || len(ds) > 0 || recovering {
 				return ds, err
 			}
 		}
