@@ -127,9 +127,7 @@ func (w *walker) value(depth int) bool {
 	}
 	switch c := w.src[w.i]; c {
 	case '{':
-		w.punct('{', false)
-		if w.at('}') {
-			w.punct('}', false)
+		if w.open('{', '}') {
 			return true
 		}
 		for {
@@ -151,9 +149,7 @@ func (w *walker) value(depth int) bool {
 			}
 		}
 	case '[':
-		w.punct('[', false)
-		if w.at(']') {
-			w.punct(']', false)
+		if w.open('[', ']') {
 			return true
 		}
 		for {
@@ -182,6 +178,17 @@ func (w *walker) value(depth int) bool {
 		return true
 	}
 	return w.fail("unexpected character")
+}
+
+// open consumes the opener at w.i and reports whether the object or array ends at once
+// (closer consumed too).
+func (w *walker) open(opener, closer byte) bool {
+	w.punct(opener, false)
+	if w.at(closer) {
+		w.punct(closer, false)
+		return true
+	}
+	return false
 }
 
 // next consumes what follows a member or an element: ',' (more to come) or closer (the end);

@@ -192,8 +192,7 @@ func (d *Driver) Publish(ctx context.Context, stream string, msgs []driver.Messa
 		if err != nil {
 			return err
 		}
-		got, err := d.publishTo(ctx, n, stream, key, msgs[len(ids):])
-		ids = append(ids, got...)
+		ids, err = d.publishTo(ctx, n, stream, key, msgs[len(ids):], ids)
 		return err
 	})
 	if err != nil {
@@ -203,9 +202,9 @@ func (d *Driver) Publish(ctx context.Context, stream string, msgs []driver.Messa
 }
 
 // publishTo writes msgs to key on node n in one round trip (XADDs, the trims due, and the
-// WAIT for PULSE_REDIS_MIN_REPLICAS), returning the ids of the leading entries stored. When
-// fewer replicas than asked confirmed the batch in time, none of it counts as published.
-func (d *Driver) publishTo(ctx context.Context, n *node, stream, key string, msgs []driver.Message) ([]string, error) {
+// WAIT for PULSE_REDIS_MIN_REPLICAS), appending to ids those of the leading entries stored.
+// When fewer replicas than asked confirmed the batch in time, none of it counts as published.
+func (d *Driver) publishTo(ctx context.Context, n *node, stream, key string, msgs []driver.Message, ids []string) ([]string, error) {
 	now := time.Now()
 	minID, maxLen := d.retention.limits(stream, now)
 	trims := 0
@@ -213,7 +212,7 @@ func (d *Driver) publishTo(ctx context.Context, n *node, stream, key string, msg
 		trims = 1 + int(min(maxLen, 1))
 	}
 	head := xaddHead(key)
-	ids := make([]string, 0, len(msgs))
+	base := len(ids)
 	idBuf := arena{chunk: idBytes * len(msgs)}
 	var trimErr, waitErr error
 	var extraRead time.Duration
@@ -234,7 +233,7 @@ func (d *Driver) publishTo(ctx context.Context, n *node, stream, key string, msg
 			c.appendCommand("wait", strconv.Itoa(d.minReplicas), strconv.FormatInt(d.waitTimeout.Milliseconds(), 10))
 		}
 	}, func(c *respConn) (int, error) {
-		ids, trimErr, waitErr = ids[:0], nil, nil // a retry reads afresh
+		ids, trimErr, waitErr = ids[:base], nil, nil // a retry reads afresh
 		var failed error
 		var reply respError
 		for i := range msgs {
@@ -262,7 +261,11 @@ func (d *Driver) publishTo(ctx context.Context, n *node, stream, key string, msg
 			if err != nil && !errors.As(err, &reply) {
 				return len(msgs) + trims, err
 			}
-			waitErr = d.checkReplicas(got, err)
+			n, perr := strconv.ParseInt(string(got), 10, 64)
+			if err == nil && perr != nil {
+				err = fmt.Errorf("redis: WAIT answered %q", got)
+			}
+			waitErr = d.checkReplicas(n, err)
 		}
 		return len(msgs) + trims + min(d.minReplicas, 1), failed
 	})
@@ -270,22 +273,18 @@ func (d *Driver) publishTo(ctx context.Context, n *node, stream, key string, msg
 		d.log.Warn("trimming failed", "key", key, "err", trimErr)
 	}
 	if err == nil && waitErr != nil {
-		return nil, waitErr
+		return ids[:base], waitErr
 	}
 	return ids, err
 }
 
-// checkReplicas reads WAIT's reply (or its error): nil when at least PULSE_REDIS_MIN_REPLICAS
-// replicas have the connection's writes.
-func (d *Driver) checkReplicas(reply []byte, err error) error {
+// checkReplicas judges WAIT's answer, got replicas (or its error): nil when at least
+// PULSE_REDIS_MIN_REPLICAS replicas have the connection's writes.
+func (d *Driver) checkReplicas(got int64, err error) error {
 	if err != nil {
 		return fmt.Errorf("%w: WAIT for %d replicas: %w", transport.ErrUnavailable, d.minReplicas, err)
 	}
-	got, perr := strconv.Atoi(string(reply))
-	if perr != nil {
-		return fmt.Errorf("redis: WAIT answered %q", reply)
-	}
-	if got < d.minReplicas {
+	if got < int64(d.minReplicas) {
 		return fmt.Errorf("%w: stored on the primary, but %d of the %d replicas PULSE_REDIS_MIN_REPLICAS asks for confirmed it within %s (PULSE_REDIS_WAIT_TIMEOUT)",
 			transport.ErrUnavailable, got, d.minReplicas, d.waitTimeout)
 	}
@@ -414,12 +413,7 @@ func unavailable(err error) bool {
 		return true // dial, I/O, timeout, pool: nothing was answered
 	}
 	msg := rerr.Error()
-	for _, p := range []string{"LOADING", "BUSY ", "TRYAGAIN", "CLUSTERDOWN", "MASTERDOWN", "READONLY", "MISCONF"} {
-		if strings.HasPrefix(msg, p) {
-			return true
-		}
-	}
-	return false
+	return hasPrefix(msg, transientStates...) || hasPrefix(msg, "BUSY ", "MISCONF")
 }
 
 // isNoGroup reports a missing stream or group: NOGROUP (Redis restarted without persistence,

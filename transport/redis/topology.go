@@ -5,7 +5,6 @@ import (
 	"errors"
 	"fmt"
 	"net/url"
-	"strconv"
 	"strings"
 	"sync"
 	"time"
@@ -207,11 +206,17 @@ func (r *router) close() {
 // The command did nothing; it is sent again once the topology is known.
 func isMoved(err error) bool {
 	var reply respError
-	if !errors.As(err, &reply) {
-		return false
-	}
-	for _, p := range []string{"MOVED ", "ASK ", "READONLY", "TRYAGAIN", "CLUSTERDOWN", "MASTERDOWN", "LOADING"} {
-		if strings.HasPrefix(string(reply), p) {
+	return errors.As(err, &reply) && (hasPrefix(string(reply), "MOVED ", "ASK ") || hasPrefix(string(reply), transientStates...))
+}
+
+// transientStates are the error replies of a server that cannot serve now but will: a
+// primary demoted by a failover, a cluster or a failover in progress, a dataset loading.
+var transientStates = []string{"READONLY", "TRYAGAIN", "CLUSTERDOWN", "MASTERDOWN", "LOADING"}
+
+// hasPrefix reports whether s starts with one of prefixes.
+func hasPrefix(s string, prefixes ...string) bool {
+	for _, p := range prefixes {
+		if strings.HasPrefix(s, p) {
 			return true
 		}
 	}
@@ -270,12 +275,7 @@ func (d *Driver) replicated(ctx context.Context, key string, write func(goredis.
 	if cmd.Err() != nil {
 		return cmd
 	}
-	n, err := conn.Wait(ctx, d.minReplicas, d.waitTimeout).Result()
-	var reply []byte
-	if err == nil {
-		reply = []byte(strconv.FormatInt(n, 10))
-	}
-	if err := d.checkReplicas(reply, err); err != nil {
+	if err := d.checkReplicas(conn.Wait(ctx, d.minReplicas, d.waitTimeout).Result()); err != nil {
 		cmd.SetErr(err)
 	}
 	return cmd
