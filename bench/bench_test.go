@@ -26,6 +26,10 @@ var (
 	natsOnce sync.Once
 	natsSrv  *NATSServer
 	natsErr  error
+
+	clusterOnce sync.Once
+	clusterSrv  *RedisCluster
+	clusterErr  error
 )
 
 func TestMain(m *testing.M) {
@@ -33,6 +37,9 @@ func TestMain(m *testing.M) {
 	redisSrv.Stop()
 	if natsSrv != nil {
 		natsSrv.Stop()
+	}
+	if clusterSrv != nil {
+		clusterSrv.Stop()
 	}
 	if code == 0 {
 		if err := goleak.Find(); err != nil {
@@ -57,6 +64,17 @@ func redisEnv(b *testing.B) *Env {
 	srv := redisSrv.Server(b)
 	env := benchEnv(b)
 	env.RedisAddr = srv.Addr()
+	return env
+}
+
+func redisClusterEnv(b *testing.B) *Env {
+	b.Helper()
+	clusterOnce.Do(func() { clusterSrv, clusterErr = StartRedisCluster() })
+	if clusterErr != nil {
+		b.Fatal(clusterErr)
+	}
+	env := benchEnv(b)
+	env.RedisCluster = clusterSrv
 	return env
 }
 
@@ -114,6 +132,12 @@ func BenchmarkInmem(b *testing.B) {
 func BenchmarkRedis(b *testing.B) {
 	_, cs := redisSection()
 	brokerBenchmarks(b, cs, redisEnv)
+}
+
+// BenchmarkRedisCluster measures publish, and consume+ack, on a three-master Redis Cluster.
+func BenchmarkRedisCluster(b *testing.B) {
+	_, cs := redisClusterSection()
+	brokerBenchmarks(b, cs, redisClusterEnv)
 }
 
 // BenchmarkJetStream measures publish, consume+ack, and publish→handle latency at

@@ -47,29 +47,41 @@ func redisSection() (*Section, []*Contender) {
 	}
 }
 
-// deleteRedisKeys removes every key matching pattern (the trial's streams).
-func deleteRedisKeys(ctx context.Context, addr, pattern string) error {
-	c := redis.NewClient(&redis.Options{Addr: addr})
-	defer c.Close()
-	var keys []string
+// deleteRedisKeys removes every key matching pattern (the trial's streams) from each of the
+// servers at addrs (a cluster's masters: every key lives on one). Keys are deleted one per
+// command, as a cluster refuses a DEL of keys in different slots.
+func deleteRedisKeys(ctx context.Context, addrs []string, pattern string) error {
+	for _, addr := range addrs {
+		c := redis.NewClient(&redis.Options{Addr: addr})
+		err := deleteKeysOn(ctx, c, pattern)
+		c.Close()
+		if err != nil {
+			return err
+		}
+	}
+	return nil
+}
+
+func deleteKeysOn(ctx context.Context, c *redis.Client, pattern string) error {
+	pipe := c.Pipeline()
 	iter := c.Scan(ctx, 0, pattern, 1000).Iterator()
 	for iter.Next(ctx) {
-		keys = append(keys, iter.Val())
+		pipe.Unlink(ctx, iter.Val())
 	}
 	if err := iter.Err(); err != nil {
-		return fmt.Errorf("bench: scan %s: %w", pattern, err)
+		return fmt.Errorf("bench: scan %s on %s: %w", pattern, c.Options().Addr, err)
 	}
-	if len(keys) == 0 {
+	if pipe.Len() == 0 {
 		return nil
 	}
-	if err := c.Del(ctx, keys...).Err(); err != nil {
-		return fmt.Errorf("bench: delete %v: %w", keys, err)
+	if _, err := pipe.Exec(ctx); err != nil {
+		return fmt.Errorf("bench: delete %s on %s: %w", pattern, c.Options().Addr, err)
 	}
 	return nil
 }
 
 // redisPendingZero waits until group on key has no pending entries.
-func redisPendingZero(ctx context.Context, c *redis.Client, key, group string) error {
+func redisPendingZero(ctx context.Context, c redis.Cmdable, key, group string) error {
 	return waitFor(ctx, ackPollInterval, func(ctx context.Context) (bool, error) {
 		p, err := c.XPending(ctx, key, group).Result()
 		if err != nil {
@@ -86,17 +98,18 @@ func newPulseRedisTrial(ctx context.Context, env *Env, id string) (Trial, error)
 		return nil, err
 	}
 	return &pulseTrial{bus: bus, env: env, inFlight: redisPipelinesInFlight, cleanup: func(ctx context.Context) error {
-		return deleteRedisKeys(ctx, env.RedisAddr, ns+":*")
+		return deleteRedisKeys(ctx, []string{env.RedisAddr}, ns+":*")
 	}}, nil
 }
 
 // rawRedisTrial is what a careful hand-written go-redis client does: XADD pipelined in batches
 // of env.Batch (one field "data", the envelope bytes, as Pulse stores them) with up to
 // redisPipelinesInFlight pipelines awaiting Redis, XREADGROUP with COUNT env.Batch and one
-// XACK per batch, the reader on its own client.
+// XACK per batch, the reader on its own client. On a cluster the clients are go-redis's
+// ClusterClient, which sends each pipeline to the node owning the stream's slot.
 type rawRedisTrial struct {
 	env        *Env
-	pub, sub   *redis.Client
+	pub, sub   redis.UniversalClient
 	key, group string
 	tal        *tally
 }

@@ -23,11 +23,15 @@ func (r *Report) WriteText(w io.Writer) error {
 	}
 
 	var goals []string
+	width := 0
+	for _, s := range r.Sections {
+		width = max(width, len(s.Name))
+	}
 	for _, s := range r.Sections {
 		b.WriteString("\n")
 		writeSection(&b, s)
 		for _, g := range s.Goals {
-			goals = append(goals, fmt.Sprintf("%-10s %s", s.Name, goalLine(s, g)))
+			goals = append(goals, fmt.Sprintf("%-*s %s", width, s.Name, goalLine(s, g)))
 		}
 	}
 	if len(goals) > 0 {

@@ -22,13 +22,14 @@ import (
 
 // Section names, as accepted by Options.Only.
 const (
-	SectionInmem     = "inmem"
-	SectionRedis     = "redis"
-	SectionJetStream = "jetstream"
+	SectionInmem        = "inmem"
+	SectionRedis        = "redis"
+	SectionRedisCluster = "redis-cluster"
+	SectionJetStream    = "jetstream"
 )
 
 // Sections lists every section in the order they run.
-var Sections = []string{SectionInmem, SectionRedis, SectionJetStream}
+var Sections = []string{SectionInmem, SectionRedis, SectionRedisCluster, SectionJetStream}
 
 // Defaults of Options.
 const (
@@ -298,6 +299,16 @@ func runSection(ctx context.Context, name string, env *Env, opts Options) (*Sect
 		version, _ := srv.Version() // only shown in the report
 		sec, cs = redisSection()
 		sec.Server = fmt.Sprintf("redis-server %s, own process on %s, no persistence", version, srv.Addr())
+		sec.N = pick(opts.N, DefaultBrokerN)
+	case SectionRedisCluster:
+		rc, err := StartRedisCluster()
+		if err != nil {
+			return nil, err
+		}
+		stop = func() { rc.Stop() }
+		env.RedisCluster = rc
+		sec, cs = redisClusterSection()
+		sec.Server = fmt.Sprintf("redis-server %s, %d masters in own processes, no persistence, seed %s", rc.Version, len(rc.Masters), rc.Masters[0])
 		sec.N = pick(opts.N, DefaultBrokerN)
 	case SectionJetStream:
 		srv, err := StartNATS(ctx)

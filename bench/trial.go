@@ -23,6 +23,8 @@ type Env struct {
 	// RedisAddr and NATSURL are the bench's own servers ("" when the section does not run).
 	RedisAddr string
 	NATSURL   string
+	// RedisCluster is the Redis Cluster section's cluster (nil when it does not run).
+	RedisCluster *RedisCluster
 	// Log receives progress; nil discards it.
 	Log *slog.Logger
 

@@ -156,5 +156,9 @@
 // # Redis Cluster
 //
 // Every command and Lua script touches one key (one stream), so each stream may live on any
-// slot of a cluster.
+// slot of a cluster (transport.Config.RedisMode ModeCluster, PULSE_REDIS_MODE=cluster). go-redis's
+// ClusterClient keeps the slot map; the driver's own connections go to the primary that owns
+// each key (see topology.go). MOVED, READONLY and the transient states reload the map and
+// retry for up to 15 s; ASK is followed at once on the importing node with ASKING for
+// publishes and acks, while a read waits for the migration to end.
 package redis

@@ -187,12 +187,8 @@ func (d *Driver) Publish(ctx context.Context, stream string, msgs []driver.Messa
 	}
 	key := d.key(stream)
 	ids := make([]string, 0, len(msgs))
-	err := d.nodes.followMoves(ctx, func() error {
-		n, err := d.nodes.nodeFor(ctx, key)
-		if err != nil {
-			return err
-		}
-		ids, err = d.publishTo(ctx, n, stream, key, msgs[len(ids):], ids)
+	err := d.nodes.followMoves(ctx, key, func(n *node, asking bool) (err error) {
+		ids, err = d.publishTo(ctx, n, asking, stream, key, msgs[len(ids):], ids)
 		return err
 	})
 	if err != nil {
@@ -204,11 +200,13 @@ func (d *Driver) Publish(ctx context.Context, stream string, msgs []driver.Messa
 // publishTo writes msgs to key on node n in one round trip (XADDs, the trims due, and the
 // WAIT for PULSE_REDIS_MIN_REPLICAS), appending to ids those of the leading entries stored.
 // When fewer replicas than asked confirmed the batch in time, none of it counts as published.
-func (d *Driver) publishTo(ctx context.Context, n *node, stream, key string, msgs []driver.Message, ids []string) ([]string, error) {
+// With asking (n is importing key's slot, see followMoves) each XADD is preceded by ASKING,
+// and trimming waits for a publish after the migration.
+func (d *Driver) publishTo(ctx context.Context, n *node, asking bool, stream, key string, msgs []driver.Message, ids []string) ([]string, error) {
 	now := time.Now()
 	minID, maxLen := d.retention.limits(stream, now)
 	trims := 0
-	if d.trims.due(key, now, len(msgs), maxLen) {
+	if !asking && d.trims.due(key, now, len(msgs), maxLen) {
 		trims = 1 + int(min(maxLen, 1))
 	}
 	head := xaddHead(key)
@@ -221,6 +219,9 @@ func (d *Driver) publishTo(ctx context.Context, n *node, stream, key string, msg
 	}
 	err := n.pool.roundTrip(ctx, extraRead, func(c *respConn) {
 		for i := range msgs {
+			if asking {
+				c.appendCommand("asking")
+			}
 			c.appendXAdd(key, head, &msgs[i])
 		}
 		if trims > 0 { // after the batch's entries: trimming is housekeeping, see trimSchedule
@@ -237,6 +238,11 @@ func (d *Driver) publishTo(ctx context.Context, n *node, stream, key string, msg
 		var failed error
 		var reply respError
 		for i := range msgs {
+			if asking { // an error reply here shows in the XADD's too: ASK or MOVED
+				if err := c.askingReply(); err != nil && !errors.As(err, &reply) {
+					return i, err
+				}
+			}
 			id, err := c.reply(&idBuf)
 			switch {
 			case errors.As(err, &reply):

@@ -246,6 +246,16 @@ func (rc *respConn) reply(a *arena) ([]byte, error) {
 	return nil, fmt.Errorf("%w: unexpected reply %q", errProtocol, line)
 }
 
+// askingReply reads ASKING's reply: nil for OK, else an error (a respError for an error
+// reply, which leaves the connection usable).
+func (rc *respConn) askingReply() error {
+	ok, err := rc.reply(nil)
+	if err == nil && string(ok) != "OK" {
+		err = fmt.Errorf("%w: ASKING answered %q", errProtocol, ok)
+	}
+	return err
+}
+
 // readGroup runs XREADGROUP GROUP group consumer COUNT count BLOCK block STREAMS key > and
 // returns the entries of key: none when BLOCK passed without any. An error reply (NOGROUP) is a
 // respError and leaves the connection usable; any other error means it is not.

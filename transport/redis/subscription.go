@@ -2,6 +2,7 @@ package redis
 
 import (
 	"context"
+	"errors"
 	"fmt"
 	"log/slog"
 	"math"
@@ -400,14 +401,19 @@ func (s *subscription) ack(ctx context.Context, op string, ids []string) error {
 		return transport.ErrClosed
 	}
 	s.forgetDelayed(ids)
-	err := s.d.nodes.followMoves(ctx, func() error {
-		n, err := s.d.nodes.nodeFor(ctx, s.key)
-		if err != nil {
-			return err
-		}
+	err := s.d.nodes.followMoves(ctx, s.key, func(n *node, asking bool) error {
 		return n.pool.roundTrip(ctx, 0, func(c *respConn) {
+			if asking {
+				c.appendCommand("asking")
+			}
 			c.appendXAck(s.key, s.group, ids)
 		}, func(c *respConn) (int, error) {
+			if asking { // an error reply here shows in the XACK's too: ASK or MOVED
+				var reply respError
+				if err := c.askingReply(); err != nil && !errors.As(err, &reply) {
+					return 0, err
+				}
+			}
 			_, err := c.reply(nil)
 			return 1, err
 		})

@@ -227,27 +227,73 @@ func hasPrefix(s string, prefixes ...string) bool {
 // a failover electing a new primary) before it returns the error.
 const movedRetryFor = 15 * time.Second
 
-// followMoves runs op until it returns anything but a topology reply (isMoved), reloading
-// the topology and waiting with jittered backoff between tries, for up to movedRetryFor.
-func (r *router) followMoves(ctx context.Context, op func() error) error {
-	err := op()
-	if !isMoved(err) { // the hot path: no retry state
+// followMoves runs op on the node that owns key until op returns anything but a topology
+// reply (isMoved), for up to movedRetryFor. After MOVED or a transient state it reloads the
+// topology and waits with jittered backoff before the next try. After ASK (the slot is
+// migrating and the key has gone already) it tries at once on the importing node the reply
+// names, with asking set: op must then precede each command with ASKING, which that node
+// needs to serve a slot it does not own yet.
+func (r *router) followMoves(ctx context.Context, key string, op func(n *node, asking bool) error) error {
+	n, err := r.nodeFor(ctx, key)
+	if err != nil {
+		return err
+	}
+	if err = op(n, false); !isMoved(err) { // the hot path: no retry state
 		return err
 	}
 	retry := backoff.NewExponentialBackOff()
 	retry.InitialInterval, retry.MaxInterval = 10*time.Millisecond, 500*time.Millisecond
 	giveUp := time.Now().Add(movedRetryFor)
 	for {
+		if addr, ok := askTarget(err); ok {
+			if err = op(r.nodeAt(n, addr), true); !isMoved(err) {
+				return err
+			}
+		}
+		if time.Now().After(giveUp) {
+			return err
+		}
 		r.moved(ctx)
 		select {
 		case <-time.After(retry.NextBackOff()):
 		case <-ctx.Done():
 			return err
 		}
-		if err = op(); !isMoved(err) || time.Now().After(giveUp) {
+		if n, err = r.nodeFor(ctx, key); err != nil {
+			return err
+		}
+		if err = op(n, false); !isMoved(err) {
 			return err
 		}
 	}
+}
+
+// askTarget returns the address an ASK reply ("ASK <slot> <host:port>") names.
+func askTarget(err error) (string, bool) {
+	var reply respError
+	if !errors.As(err, &reply) || !strings.HasPrefix(string(reply), "ASK ") {
+		return "", false
+	}
+	f := strings.Fields(string(reply))
+	if len(f) != 3 {
+		return "", false
+	}
+	return f[2], true
+}
+
+// nodeAt returns the cluster node at addr, dialed as from is (credentials, TLS, dialer, which
+// go-redis gives every node of a cluster alike).
+func (r *router) nodeAt(from *node, addr string) *node {
+	r.mu.Lock()
+	defer r.mu.Unlock()
+	n := r.nodes[addr]
+	if n == nil {
+		opts := *from.opts
+		opts.Addr = addr
+		n = &node{opts: &opts, pool: newConnPool(&opts, r.name)}
+		r.nodes[addr] = n
+	}
+	return n
 }
 
 // replicated runs write (a script on key) and, when PULSE_REDIS_MIN_REPLICAS > 0, WAITs on

@@ -189,12 +189,22 @@ func TestClusterSlotMigration(t *testing.T) {
 // migrate moves key's slot from its master to another one.
 func migrate(t *testing.T, c *redistest.Cluster, key string) {
 	t.Helper()
+	startMigration(t, c, key)()
+}
+
+// startMigration begins moving key's slot from its master to another one, as redis-cli
+// --cluster reshard does: IMPORTING on the target, MIGRATING on the source, then MIGRATE of
+// every key in the slot. The slot stays migrating (the source answers ASK for the keys that
+// have gone) until the returned finish is called, which assigns it to the target
+// (SETSLOT NODE on every master).
+func startMigration(t *testing.T, c *redistest.Cluster, key string) (finish func()) {
+	t.Helper()
 	ctx := context.Background()
 	clients := map[string]*goredis.Client{}
 	ids := map[string]string{}
 	for _, m := range c.Masters {
 		cl := goredis.NewClient(&goredis.Options{Addr: m.Addr()})
-		defer cl.Close()
+		t.Cleanup(func() { cl.Close() })
 		clients[m.Addr()] = cl
 		id, err := cl.Do(ctx, "cluster", "myid").Text()
 		require.NoError(t, err)
@@ -226,10 +236,59 @@ func migrate(t *testing.T, c *redistest.Cluster, key string) {
 		}
 		require.NoError(t, src.Do(ctx, args...).Err())
 	}
-	for _, cl := range clients {
-		require.NoError(t, cl.Do(ctx, "cluster", "setslot", s, "node", ids[to.Addr()]).Err())
+	return func() {
+		for _, cl := range clients {
+			require.NoError(t, cl.Do(ctx, "cluster", "setslot", s, "node", ids[to.Addr()]).Err())
+		}
+		t.Logf("slot %d of %s moved from %s to %s", slot, key, from.Addr(), to.Addr())
 	}
-	t.Logf("slot %d of %s moved from %s to %s", slot, key, from.Addr(), to.Addr())
+}
+
+// TestClusterAskFollowed proves publish and ack follow ASK while a slot is migrating: with the
+// stream's key already on the importing master and the slot not yet assigned to it, both
+// succeed at once on the importing master (ASKING), rather than waiting for the migration
+// to end (it does not end during the test), and nothing is lost once it does.
+func TestClusterAskFollowed(t *testing.T) {
+	c := redistest.StartClusterT(t, 3, 0)
+	ctx := context.Background()
+	cfg := transport.Config{Backend: Name, RedisURL: c.URL(), RedisMode: ModeCluster, Namespace: "ask", Logger: testLogger(t)}
+	d, err := Open(ctx, cfg)
+	require.NoError(t, err)
+	t.Cleanup(func() { d.Close() })
+	const stream = "telemetry.feedback"
+	key := cfg.Namespace + ":" + stream
+	sub, err := d.Subscribe(ctx, stream, driver.SubscribeOptions{Group: "g", Consumer: "c1", BatchSize: 10, AckWait: time.Minute})
+	require.NoError(t, err)
+	t.Cleanup(func() { sub.Close() })
+	msgs := func(n int) []driver.Message {
+		ms := make([]driver.Message, n)
+		for i := range ms {
+			ms[i].Body = []byte(`{"n":` + strconv.Itoa(i) + `}`)
+		}
+		return ms
+	}
+	_, err = d.Publish(ctx, stream, msgs(5))
+	require.NoError(t, err)
+	var got []*driver.Delivery
+	for len(got) < 5 {
+		ds, err := sub.Receive(ctx, 10)
+		require.NoError(t, err)
+		got = append(got, ds...)
+	}
+
+	finish := startMigration(t, c, key)
+	ids, err := d.Publish(ctx, stream, msgs(5))
+	require.NoError(t, err, "publish while the slot migrates")
+	require.Len(t, ids, 5)
+	require.NoError(t, sub.Ack(ctx, got), "ack while the slot migrates")
+	finish()
+
+	cc := goredis.NewClusterClient(&goredis.ClusterOptions{Addrs: []string{c.Masters[0].Addr()}})
+	t.Cleanup(func() { cc.Close() })
+	require.Equal(t, int64(10), cc.XLen(ctx, key).Val(), "every published entry is on the new owner")
+	pending, err := cc.XPending(ctx, key, "g").Result()
+	require.NoError(t, err)
+	require.Zero(t, pending.Count, "the acks reached the new owner")
 }
 
 // TestClusterPrimaryFailover proves a stream survives the SIGKILL of its slot's master
