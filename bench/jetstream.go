@@ -15,7 +15,6 @@ import (
 	"github.com/nats-io/nats.go/jetstream"
 
 	"github.com/pulse-bus/pulse/transport"
-	pulsejs "github.com/pulse-bus/pulse/transport/jetstream"
 )
 
 // Contender names of the JetStream section.
@@ -188,13 +187,7 @@ func newRawNATSTrial(ctx context.Context, env *Env, id string) (*rawNATSTrial, e
 		nc.Close()
 		return nil, fmt.Errorf("bench: jetstream: %w", err)
 	}
-	// The same limits as the stream Pulse creates (its defaults: messages kept for
-	// transport.DefaultStreamMaxAge, a 2-minute duplicate window), so that both contenders ask
-	// the same work of the server and the comparison measures the clients.
-	t.stream, err = t.js.CreateStream(ctx, jetstream.StreamConfig{
-		Name: t.name, Subjects: []string{t.subject}, Storage: jetstream.FileStorage,
-		MaxAge: transport.DefaultStreamMaxAge, Duplicates: pulsejs.DefaultDuplicateWindow, AllowDirect: true,
-	})
+	t.stream, err = t.js.CreateStream(ctx, benchStreamConfig(t.name, t.subject))
 	if err != nil {
 		nc.Close()
 		return nil, fmt.Errorf("bench: create stream %s: %w", t.name, err)

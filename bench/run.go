@@ -26,10 +26,12 @@ const (
 	SectionRedis        = "redis"
 	SectionRedisCluster = "redis-cluster"
 	SectionJetStream    = "jetstream"
+	// SectionJetStreamExternal is JetStream on a nats-server process, beside `nats bench`.
+	SectionJetStreamExternal = "jetstream-external"
 )
 
 // Sections lists every section in the order they run.
-var Sections = []string{SectionInmem, SectionRedis, SectionRedisCluster, SectionJetStream}
+var Sections = []string{SectionInmem, SectionRedis, SectionRedisCluster, SectionJetStream, SectionJetStreamExternal}
 
 // Defaults of Options.
 const (
@@ -251,11 +253,13 @@ func Run(ctx context.Context, opts Options) (*Report, error) {
 		CPUs: runtime.NumCPU(), MaxProcs: runtime.GOMAXPROCS(0), MsgSize: work.Size, Opts: opts,
 		LoadStart: loadAverage(),
 	}
+	tools := &Tools{}
+	defer tools.Close()
 	for _, name := range Sections {
 		if !slices.Contains(opts.Only, name) {
 			continue
 		}
-		env := &Env{Work: work, Batch: opts.Batch, Log: opts.Log}
+		env := &Env{Work: work, Batch: opts.Batch, Log: opts.Log, Tools: tools}
 		sec, err := runSection(ctx, name, env, opts)
 		if err != nil {
 			return nil, err
@@ -321,6 +325,17 @@ func runSection(ctx context.Context, name string, env *Env, opts Options) (*Sect
 		sec.Server = fmt.Sprintf("embedded nats-server %s, file store, %s", srv.Version, srv.URL)
 		sec.N = pick(opts.N, DefaultBrokerN)
 		sec.LatencyRate = opts.LatencyRate
+	case SectionJetStreamExternal:
+		srv, err := StartNATSProcess(ctx, env.Tools)
+		if err != nil {
+			return nil, err
+		}
+		stop = func() { srv.Stop() }
+		env.NATSURL = srv.URL
+		sec, cs = jetstreamExternalSection()
+		sec.Server = fmt.Sprintf("nats-server %s process (built from the module graph), file store, %s; nats bench from natscli %s", srv.Version, srv.URL, NATSCLIVersion)
+		sec.N = pick(opts.N, DefaultBrokerN)
+		sec.LatencyRate = opts.LatencyRate
 	}
 	if stop != nil {
 		defer stop()
@@ -366,7 +381,7 @@ func runSection(ctx context.Context, name string, env *Env, opts Options) (*Sect
 			}
 		}
 	}
-	if name == SectionJetStream {
+	if sec.LatencyRate > 0 {
 		for i, c := range cs {
 			row := sec.Rows[i]
 			if c.NewLatency == nil || (row.Err != "" && len(row.Publish) == 0) {
@@ -461,7 +476,7 @@ func runTrial(ctx context.Context, env *Env, c *Contender, row *Row, id string, 
 	stopProf := prof.start("publish")
 	start := time.Now()
 	err = publishAll(pctx, t, n, publishers)
-	pub := time.Since(start)
+	pub := selfTimed(t, time.Since(start))
 	stopProf()
 	if err != nil {
 		return fmt.Errorf("publish: %w", err)
@@ -471,7 +486,7 @@ func runTrial(ctx context.Context, env *Env, c *Contender, row *Row, id string, 
 	stopProf = prof.start("consume")
 	start = time.Now()
 	err = t.Consume(cctx, n)
-	con := time.Since(start)
+	con := selfTimed(t, time.Since(start))
 	stopProf()
 	if err != nil {
 		return fmt.Errorf("consume: %w", err)
@@ -484,6 +499,15 @@ func runTrial(ctx context.Context, env *Env, c *Contender, row *Row, id string, 
 		row.Dups += duplicatesOf(t)
 	}
 	return nil
+}
+
+// selfTimed is the duration a trial measured of its last phase itself (a contender that is
+// another program, which leaves out its start), or else measured.
+func selfTimed(t Trial, measured time.Duration) time.Duration {
+	if st, ok := t.(interface{ Took() time.Duration }); ok && st.Took() > 0 {
+		return st.Took()
+	}
+	return measured
 }
 
 // publishAll publishes [0, n) with t from the given number of goroutines, each a contiguous

@@ -25,6 +25,8 @@ type Env struct {
 	NATSURL   string
 	// RedisCluster is the Redis Cluster section's cluster (nil when it does not run).
 	RedisCluster *RedisCluster
+	// Tools builds the external programs of a run (nats-server, natscli).
+	Tools *Tools
 	// Log receives progress; nil discards it.
 	Log *slog.Logger
 

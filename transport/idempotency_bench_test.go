@@ -29,3 +29,23 @@ func BenchmarkMemoryIdempotency(b *testing.B) {
 		}
 	}
 }
+
+// BenchmarkMemoryIdempotencyFromEmpty measures Done of new keys on a record that starts
+// empty, as a fresh consumer's does until its first generation is full.
+func BenchmarkMemoryIdempotencyFromEmpty(b *testing.B) {
+	const size = DefaultIdempotencySize
+	ctx := context.Background()
+	keys := make([]string, size)
+	for i := range keys {
+		keys[i] = "telemetry.feedback/pipeline/" + strconv.Itoa(1_000_000+i)
+	}
+	var m *MemoryIdempotency
+	b.ReportAllocs()
+	b.ResetTimer()
+	for i := 0; i < b.N; i++ {
+		if i%size == 0 {
+			m = NewMemoryIdempotency(size, time.Hour)
+		}
+		m.Done(ctx, keys[i%size])
+	}
+}

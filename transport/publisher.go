@@ -9,6 +9,7 @@ import (
 	"time"
 
 	"github.com/pulse-bus/pulse/envelope"
+	"github.com/pulse-bus/pulse/transport/driver"
 )
 
 // DefaultMaxInFlight is how many batches an AsyncPublisher keeps awaiting the broker.
@@ -186,7 +187,12 @@ func (b *Bus) encode(stream string, envs []*envelope.Envelope) (*encodedBatch, e
 // (an asynchronous client retrying), so it is left to the garbage collector.
 func (b *Bus) publishEncoded(ctx context.Context, stream string, eb *encodedBatch) error {
 	start := time.Now()
-	_, err := b.drv.Publish(ctx, stream, eb.msgs)
+	var err error
+	if s, ok := b.drv.(driver.Sender); ok {
+		err = s.Send(ctx, stream, eb.msgs)
+	} else {
+		_, err = b.drv.Publish(ctx, stream, eb.msgs)
+	}
 	b.observePublish(stream, len(eb.msgs), err, time.Since(start))
 	if err != nil {
 		return fmt.Errorf("transport: publish %d message(s) to %s: %w", len(eb.msgs), stream, err)

@@ -42,6 +42,15 @@ type Driver interface {
 	Close() error
 }
 
+// A Sender stores messages without reporting the transport id of each, which lets a broker
+// confirm a whole batch at once (JetStream's fast-batch publishing). Send otherwise keeps
+// Publish's contract: in order, returning once the broker has every message; on error none,
+// some or all may be stored. The Bus publishes envelopes with Send when its driver implements
+// it; PublishRaw, which returns the ids, dead letters and replays use Publish.
+type Sender interface {
+	Send(ctx context.Context, stream string, msgs []Message) error
+}
+
 // SubscribeOptions are the resolved settings of one subscription.
 type SubscribeOptions struct {
 	Group    string

@@ -77,6 +77,9 @@ type Driver struct {
 
 	// inflight maps each asynchronously published *nats.Msg to its batch (see settlePub).
 	inflight pubTable
+	// lanes are the fast-batch lanes of Send (fastbatch.go); endLife ends their lifetime.
+	laneSet
+	endLife context.CancelFunc
 	// pubAckTimeout is DefaultPubAckTimeout (shorter in tests).
 	pubAckTimeout time.Duration
 
@@ -261,7 +264,9 @@ func (d *Driver) Close() error {
 		// stops nats.go's publisher goroutine (it hears CLOSED). Cleaning up can race with
 		// that goroutine's start, which then waits for ever on a nil channel (seen by goleak).
 		// A borrowed connection stays open: its publisher goroutine is the program's to end.
+		d.endLife()
 		d.release()
+		d.lanesWG.Wait() // each ends its batch: the connection is closed, or the commit cancelled
 		d.closeErr = errors.Join(errs...)
 	})
 	return d.closeErr
@@ -404,6 +409,8 @@ func newDriver(cfg transport.Config) *Driver {
 
 		pubAckTimeout: DefaultPubAckTimeout,
 	}
+	d.lanes = map[string]*fastLane{}
+	d.lifetime, d.endLife = context.WithCancel(context.Background())
 	d.conn.init()
 	return d
 }

@@ -47,15 +47,20 @@ const (
 // must not change while Publish runs, nor after an early return on ctx or Close (the client
 // may still resend a message it has in flight).
 func (d *Driver) Publish(ctx context.Context, stream string, msgs []driver.Message) ([]string, error) {
+	nmsgs, err := d.natsMessages(stream, msgs)
+	if err != nil {
+		return nil, err
+	}
+	return d.publishAsync(ctx, stream, nmsgs)
+}
+
+// natsMessages checks a publish to stream and builds the NATS messages of msgs.
+func (d *Driver) natsMessages(stream string, msgs []driver.Message) ([]*nats.Msg, error) {
 	if d.closed.Load() {
 		return nil, transport.ErrClosed
 	}
 	if err := checkStream(stream); err != nil {
 		return nil, err
-	}
-	ids := make([]string, len(msgs))
-	if len(msgs) == 0 {
-		return ids, nil
 	}
 	nmsgs := make([]*nats.Msg, len(msgs))
 	subject := Subject(d.cfg.Namespace, stream)
@@ -66,8 +71,16 @@ func (d *Driver) Publish(ctx context.Context, stream string, msgs []driver.Messa
 		}
 		nmsgs[i] = nm
 	}
+	return nmsgs, nil
+}
 
-	pending := make([]int, len(msgs))
+// publishAsync is Publish of NATS messages (see there).
+func (d *Driver) publishAsync(ctx context.Context, stream string, nmsgs []*nats.Msg) ([]string, error) {
+	ids := make([]string, len(nmsgs))
+	if len(nmsgs) == 0 {
+		return ids, nil
+	}
+	pending := make([]int, len(nmsgs))
 	for i := range pending {
 		pending[i] = i
 	}
