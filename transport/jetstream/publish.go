@@ -63,13 +63,13 @@ func (d *Driver) natsMessages(stream string, msgs []driver.Message) ([]*nats.Msg
 		return nil, err
 	}
 	nmsgs := make([]*nats.Msg, len(msgs))
+	slab := make([]nats.Msg, len(msgs)) // one allocation for the batch's messages
 	subject := Subject(d.cfg.Namespace, stream)
 	for i, m := range msgs {
-		nm, err := toNATS(subject, m)
-		if err != nil {
+		if err := toNATS(&slab[i], subject, m); err != nil {
 			return nil, err
 		}
-		nmsgs[i] = nm
+		nmsgs[i] = &slab[i]
 	}
 	return nmsgs, nil
 }
@@ -308,27 +308,27 @@ func (d *Driver) reclaimPending() {
 	d.js.CleanupPublisher()
 }
 
-// toNATS builds the NATS message of m. Headers are set directly (NATS header names are case
-// sensitive and kept as given).
-func toNATS(subject string, m driver.Message) (*nats.Msg, error) {
-	nm := &nats.Msg{Subject: subject, Data: m.Body}
+// toNATS builds the NATS message of m in nm. Headers are set directly (NATS header names are
+// case sensitive and kept as given).
+func toNATS(nm *nats.Msg, subject string, m driver.Message) error {
+	*nm = nats.Msg{Subject: subject, Data: m.Body}
 	if m.ID == "" && len(m.Headers) == 0 {
-		return nm, nil
+		return nil
 	}
 	nm.Header = make(nats.Header, len(m.Headers)+1)
 	for k, v := range m.Headers {
 		if k == "" || strings.ContainsAny(k, " \t\r\n:") {
-			return nil, fmt.Errorf("jetstream: invalid header name %q (accepted: non-empty, without spaces, colons or line breaks)", k)
+			return fmt.Errorf("jetstream: invalid header name %q (accepted: non-empty, without spaces, colons or line breaks)", k)
 		}
 		nm.Header[k] = []string{headerValue(v)}
 	}
 	if m.ID != "" {
 		if strings.ContainsAny(m.ID, "\r\n") {
-			return nil, fmt.Errorf("jetstream: invalid message id %q (accepted: a single line)", m.ID)
+			return fmt.Errorf("jetstream: invalid message id %q (accepted: a single line)", m.ID)
 		}
 		nm.Header[jetstream.MsgIDHeader] = []string{m.ID}
 	}
-	return nm, nil
+	return nil
 }
 
 var headerEscaper = strings.NewReplacer("\r", `\r`, "\n", `\n`)
