@@ -37,7 +37,7 @@ func TestMain(m *testing.M) { goleak.VerifyTestMain(m) }
 func promtool(t *testing.T) string {
 	t.Helper()
 	p, err := exec.LookPath("promtool")
-	require.NoError(t, err, "promtool is needed to test the alert rules: install it with `apt-get install prometheus` "+
+	require.NoError(t, err, "promtool is needed to test the operations pack (deploy/): install it with `apt-get install prometheus` "+
 		"(Debian; .ci/run does) or from a Prometheus release, and put it on PATH")
 	return p
 }
