@@ -21,6 +21,7 @@ import (
 	"net/http"
 	"slices"
 	"sync"
+	"sync/atomic"
 	"time"
 
 	"github.com/prometheus/client_golang/prometheus"
@@ -53,6 +54,9 @@ const (
 	// NameDLQFailures counts dead letters that could not be written, by what became of the
 	// original (action retried or settled).
 	NameDLQFailures = "pulse_dlq_failures_total"
+	// NameReady is 1 while the service is ready (what /readyz answers 200 for), else 0; see
+	// ObserveReady.
+	NameReady = "pulse_ready"
 )
 
 // The pulse_publish_total outcomes.
@@ -134,6 +138,7 @@ type Metrics struct {
 	backpressure metric.Int64Gauge
 
 	attrs attrCache
+	ready atomic.Pointer[func(context.Context) error] // ObserveReady's check, nil until set
 
 	shutdownOnce sync.Once
 	shutdownErr  error
@@ -214,6 +219,10 @@ func (m *Metrics) instruments(cfg config) error {
 	errs = append(errs, err)
 	m.backpressure, err = meter.Int64Gauge(NameBackpressureState, metric.WithDescription("Backpressure state of the provider: 0 ok, 1 soft, 2 hard."))
 	errs = append(errs, err)
+	_, err = meter.Int64ObservableGauge(NameReady,
+		metric.WithDescription("1 while the service is ready (/readyz answers 200), else 0; checked at each scrape."),
+		metric.WithInt64Callback(m.observeReady))
+	errs = append(errs, err)
 	if err := errors.Join(errs...); err != nil {
 		return fmt.Errorf("telemetry: create instruments: %w", err)
 	}
@@ -240,6 +249,32 @@ func (m *Metrics) Shutdown(ctx context.Context) error {
 		}
 	})
 	return m.shutdownErr
+}
+
+// ObserveReady makes pulse_ready report check at every scrape: 1 when it returns nil, 0 when
+// it returns an error. Before the first call pulse_ready is not exported; a later call
+// replaces check, and a nil check stops exporting it. check runs on the scraping goroutine, possibly on several at once, and the
+// scrape waits for it: it must be safe for concurrent use and bound its own time (the context
+// it is given has no deadline).
+func (m *Metrics) ObserveReady(check func(ctx context.Context) error) {
+	if check == nil {
+		m.ready.Store(nil)
+		return
+	}
+	m.ready.Store(&check)
+}
+
+func (m *Metrics) observeReady(ctx context.Context, o metric.Int64Observer) error {
+	check := m.ready.Load()
+	if check == nil {
+		return nil
+	}
+	var v int64
+	if (*check)(ctx) == nil {
+		v = 1
+	}
+	o.Observe(v)
+	return nil
 }
 
 // Published counts one published message in pulse_publish_total (outcome success when err is

@@ -12,6 +12,7 @@ import (
 	"slices"
 	"strings"
 	"sync"
+	"sync/atomic"
 	"testing"
 	"time"
 
@@ -97,6 +98,7 @@ func record(m *telemetry.Metrics) {
 	m.CoordinatorEvicted("ibkr")
 	m.DeadLetterFailed("telemetry.feedback", false)
 	m.DeadLetterFailed("telemetry.feedback", true)
+	m.ObserveReady(func(context.Context) error { return nil })
 }
 
 type series struct {
@@ -173,6 +175,9 @@ func TestExposition(t *testing.T) {
 		telemetry.NameDLQFailures: {dto.MetricType_COUNTER, []series{
 			{map[string]string{"stream": "telemetry.feedback", "action": "retried"}, 1},
 			{map[string]string{"stream": "telemetry.feedback", "action": "settled"}, 1},
+		}},
+		telemetry.NameReady: {dto.MetricType_GAUGE, []series{
+			{map[string]string{}, 1},
 		}},
 	}
 
@@ -314,6 +319,50 @@ func TestConcurrentRecording(t *testing.T) {
 		total += s.value
 	}
 	require.Equal(t, float64(goroutines*per), total)
+}
+
+// TestReady proves pulse_ready reports the check ObserveReady was given at each scrape — 1 for
+// nil, 0 for an error — and is absent before it is set and after it is set to nil.
+func TestReady(t *testing.T) {
+	notReady := errors.New("starting")
+	for _, tc := range []struct {
+		name   string
+		checks []func(context.Context) error // given to ObserveReady in turn; the last one counts
+		want   []series                      // nil: pulse_ready is not exported
+	}{
+		{"never set", nil, nil},
+		{"ready", []func(context.Context) error{func(context.Context) error { return nil }}, []series{{map[string]string{}, 1}}},
+		{"not ready", []func(context.Context) error{func(context.Context) error { return notReady }}, []series{{map[string]string{}, 0}}},
+		{"replaced", []func(context.Context) error{func(context.Context) error { return nil }, func(context.Context) error { return notReady }}, []series{{map[string]string{}, 0}}},
+		{"unset again", []func(context.Context) error{func(context.Context) error { return nil }, nil}, nil},
+	} {
+		t.Run(tc.name, func(t *testing.T) {
+			m := newMetrics(t)
+			for _, c := range tc.checks {
+				m.ObserveReady(c)
+			}
+			fams := parse(t, scrape(t, m))
+			if tc.want == nil {
+				require.NotContains(t, fams, telemetry.NameReady)
+				return
+			}
+			require.Equal(t, dto.MetricType_GAUGE, fams[telemetry.NameReady].GetType())
+			require.Equal(t, tc.want, seriesOf(fams[telemetry.NameReady]))
+		})
+	}
+
+	// Checked at each scrape, not once.
+	m := newMetrics(t)
+	var ready atomic.Bool
+	m.ObserveReady(func(context.Context) error {
+		if ready.Load() {
+			return nil
+		}
+		return notReady
+	})
+	require.Equal(t, 0.0, seriesOf(parse(t, scrape(t, m))[telemetry.NameReady])[0].value)
+	ready.Store(true)
+	require.Equal(t, 1.0, seriesOf(parse(t, scrape(t, m))[telemetry.NameReady])[0].value)
 }
 
 // TestShutdown proves Shutdown is idempotent and that recording afterwards is harmless.

@@ -93,6 +93,12 @@ func (a *App) start(ctx context.Context) error {
 	provider := a.cfg.Policy.Provider
 	a.metrics.RateScale(provider, a.rates.Scale(provider))
 	a.metrics.BackpressureState(provider, telemetry.BackpressureOK)
+	// pulse_ready is /readyz's answer at the time of the scrape, bounded as a probe is.
+	a.metrics.ObserveReady(func(ctx context.Context) error {
+		ctx, cancel := context.WithTimeout(ctx, readyTimeout)
+		defer cancel()
+		return a.ready(ctx)
+	})
 
 	srv, err := startHTTP(a.cfg.HTTPAddr, endpoints{
 		metrics:         a.metrics.Handler(),

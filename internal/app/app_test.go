@@ -221,6 +221,7 @@ func TestAppReportsAFailedConsumer(t *testing.T) {
 	require.Equal(t, 503, code)
 	require.Contains(t, body, "not ready: ")
 	require.Contains(t, body, "closed")
+	waitMetrics(t, "http://"+a.HTTPAddr()+"/metrics", "\npulse_ready 0\n")
 }
 
 // TestAppDisabledConsumer proves PULSE_ENABLED=false serves HTTP (ready, the provider at its
@@ -255,7 +256,8 @@ func TestAppStartFailureStopsWhatStarted(t *testing.T) {
 }
 
 // TestAppReadyzReportsTheBrokerGone proves /readyz answers 503 with the reason once the
-// broker stops answering, and that the App still stops within its deadline afterwards.
+// broker stops answering, pulse_ready going from 1 to 0 with it, and that the App still stops
+// within its deadline afterwards.
 func TestAppReadyzReportsTheBrokerGone(t *testing.T) {
 	srv := startNATS(t)
 	env := baseEnv(t, "inmem")
@@ -266,6 +268,7 @@ func TestAppReadyzReportsTheBrokerGone(t *testing.T) {
 	require.NoError(t, a.Start(context.Background()))
 	readyz := "http://" + a.HTTPAddr() + "/readyz"
 	require.True(t, waitCond(waitTimeout, func() bool { code, _ := get(t, readyz); return code == 200 }))
+	waitMetrics(t, "http://"+a.HTTPAddr()+"/metrics", "\npulse_ready 1\n")
 
 	srv.Shutdown()
 	var body string
@@ -276,6 +279,7 @@ func TestAppReadyzReportsTheBrokerGone(t *testing.T) {
 	}), "readyz never reported the broker gone")
 	require.Contains(t, body, "not ready: ")
 	t.Log(strings.TrimSpace(body))
+	waitMetrics(t, "http://"+a.HTTPAddr()+"/metrics", "\npulse_ready 0\n")
 
 	ctx, cancel := context.WithTimeout(context.Background(), waitTimeout)
 	defer cancel()
