@@ -141,7 +141,7 @@ func TestReportGoals(t *testing.T) {
 // TestOptionsValidate proves that bad options are refused with what is accepted.
 func TestOptionsValidate(t *testing.T) {
 	_, err := Run(context.Background(), Options{Only: []string{"kafka"}})
-	require.ErrorContains(t, err, `unknown section "kafka" (accepted: inmem, redis, jetstream)`)
+	require.ErrorContains(t, err, `unknown section "kafka" (accepted: inmem, redis, redis-cluster, jetstream, jetstream-external)`)
 	_, err = Run(context.Background(), Options{N: -1})
 	require.ErrorContains(t, err, "accepted: a positive integer")
 	_, err = Run(context.Background(), Options{N: 1e9})
