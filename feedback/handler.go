@@ -11,7 +11,10 @@ import (
 	"sync/atomic"
 	"time"
 
+	"go.opentelemetry.io/otel/trace"
+
 	"github.com/pulse-bus/pulse/envelope"
+	"github.com/pulse-bus/pulse/internal/tracing"
 	"github.com/pulse-bus/pulse/transport"
 )
 
@@ -74,6 +77,11 @@ type HandlerConfig struct {
 	// State keeps the loop's state where restarts and replicas find it (see Handler); nil
 	// keeps it in this process only.
 	State StateStore
+	// TracerProvider makes the handler's spans (SpanApply, SpanExpire, with the rate change
+	// as attributes); nil means the global one, a no-op unless the program sets one. The
+	// RateAdjustments an event causes are published in its span, and so in the trace of the
+	// delivery it came in.
+	TracerProvider trace.TracerProvider
 }
 
 // Handler applies FeedbackEvents to a provider's rate (the loop of docs/design.md):
@@ -153,6 +161,7 @@ type Handler struct {
 	now        func() time.Time
 	maxPending int
 	store      StateStore
+	tracer     *tracing.Tracer
 
 	mu      sync.Mutex
 	coords  coordSet
@@ -191,6 +200,7 @@ type pendingAdjustment struct {
 	env         *envelope.Envelope // kept, so that a retry re-sends the same v2 id
 	coordinator string             // the event that caused it; "" for an expiry
 	eventTS     float64
+	cause       trace.SpanContext // the span it was caused in, which its publish is a child of
 }
 
 // rescale is what one change of the provider's coordinators did to its scale.
@@ -225,6 +235,7 @@ func NewHandler(cfg HandlerConfig) (*Handler, error) {
 		now:        cfg.Now,
 		maxPending: cfg.MaxPending,
 		store:      cfg.State,
+		tracer:     tracing.New(cfg.TracerProvider, TracerName),
 		coords:     newCoordSet(),
 		dirty:      map[string]struct{}{},
 	}
@@ -276,8 +287,40 @@ func (h *Handler) HandleDelivery(ctx context.Context, d *transport.Delivery) err
 	return h.ApplyFrom(ctx, ev, Origin{Position: d.Position, Replayed: d.Replayed})
 }
 
-// ApplyFrom applies one event from origin, with Apply's results.
-func (h *Handler) ApplyFrom(ctx context.Context, ev Event, o Origin) error {
+// ApplyFrom applies one event from origin, with Apply's results. While tracing it does so in
+// a span SpanApply, a child of ctx's (the delivery's process span), with the event and the
+// rate change it caused as attributes; the RateAdjustment is published as its child.
+func (h *Handler) ApplyFrom(ctx context.Context, ev Event, o Origin) (err error) {
+	ctx, span := h.startApply(ctx, ev)
+	defer func() { endApply(span, err) }()
+	return h.applyFrom(ctx, span, ev, o)
+}
+
+// startApply starts the span of applying ev; nil while tracing is off.
+func (h *Handler) startApply(ctx context.Context, ev Event) (context.Context, trace.Span) {
+	tr := h.tracer.Get()
+	if tr == nil {
+		return ctx, nil
+	}
+	ctx, span := tr.Start(ctx, SpanApply, internalSpan...)
+	if span.IsRecording() {
+		span.SetAttributes(AttrCoordinator.String(ev.CoordinatorID), AttrLevel.String(string(ev.Level)),
+			AttrQueueSize.Int(ev.QueueSize), AttrCapacity.Int(ev.Capacity), AttrSource.String(ev.Source),
+			AttrEventTS.Float64(float64(ev.TS)), AttrApplied.Bool(false))
+	}
+	return ctx, span
+}
+
+// endApply ends the apply span: an event that is stale is no error (it changed nothing, as
+// designed); any other error is.
+func endApply(span trace.Span, err error) {
+	if errors.Is(err, transport.ErrStale) {
+		err = nil
+	}
+	endSpan(span, err)
+}
+
+func (h *Handler) applyFrom(ctx context.Context, span trace.Span, ev Event, o Origin) error {
 	if err := ev.Validate(); err != nil {
 		return transport.Poison(ReasonInvalidPayload, err)
 	}
@@ -330,13 +373,16 @@ func (h *Handler) ApplyFrom(ctx context.Context, ev Event, o Origin) error {
 		h.coords.touched(c)
 	}
 	h.markDirtyLocked(c)
-	rs, err := h.rescaleLocked(provider, now, ev.CoordinatorID, ts, true)
+	rs, err := h.rescaleLocked(provider, now, ev.CoordinatorID, ts, true, causeOf(ctx))
 	if err != nil {
 		h.mu.Unlock()
 		return err
 	}
 	h.obs.FeedbackProcessed(provider, string(ev.Level))
 	h.mu.Unlock()
+	if recording(span) {
+		span.SetAttributes(append(h.rescaleAttrs(rs), AttrApplied.Bool(true))...)
+	}
 
 	if back {
 		h.log.Info("expired coordinator is back", "coordinator", ev.CoordinatorID, "level", ev.Level, "event_ts", ts)
@@ -580,7 +626,7 @@ func (h *Handler) Restore(ctx context.Context) (int, error) {
 		h.coords.restore(fromRecord(l.rec, l.rev))
 		adopted++
 	}
-	rs, err := h.rescaleLocked(h.policy.Provider, h.now(), "", 0, false)
+	rs, err := h.rescaleLocked(h.policy.Provider, h.now(), "", 0, false, trace.SpanContext{})
 	forgetting := len(h.forget)
 	h.mu.Unlock()
 	if err != nil {
@@ -609,12 +655,15 @@ func (h *Handler) Restored() bool { return h.restored.Load() }
 // when that failed (the change is applied and kept for the next try). With a TTL of 0 nothing
 // expires. It blocks only while saving and publishing, bounded by ctx. A Consumer calls it
 // periodically.
-func (h *Handler) Expire(ctx context.Context) error {
+//
+// An expiry that changes the rate is traced in a span SpanExpire, a child of ctx's, with the
+// rate change as attributes; its RateAdjustment is published as its child.
+func (h *Handler) Expire(ctx context.Context) (err error) {
 	h.mu.Lock()
 	var rs rescale
+	seq := h.seq
 	if h.policy.CoordinatorTTL > 0 {
-		var err error
-		if rs, err = h.rescaleLocked(h.policy.Provider, h.now(), "", 0, true); err != nil {
+		if rs, err = h.rescaleLocked(h.policy.Provider, h.now(), "", 0, true, causeOf(ctx)); err != nil {
 			h.mu.Unlock()
 			return err
 		}
@@ -622,6 +671,11 @@ func (h *Handler) Expire(ctx context.Context) error {
 	mustFlush := len(h.pending) > 0
 	h.mu.Unlock()
 
+	if rs.changed {
+		var span trace.Span
+		ctx, span = h.startExpire(ctx, rs, seq)
+		defer func() { endSpan(span, err) }()
+	}
 	h.logRescale(rs, Event{}, false)
 	if err := h.saveAll(ctx); err != nil {
 		return err
@@ -632,10 +686,32 @@ func (h *Handler) Expire(ctx context.Context) error {
 	return h.Flush(ctx)
 }
 
+// startExpire starts the span of an expiry that changed the rate (rs) and makes it the cause
+// of the adjustments enqueued after seq; nil while tracing is off.
+func (h *Handler) startExpire(ctx context.Context, rs rescale, seq uint64) (context.Context, trace.Span) {
+	tr := h.tracer.Get()
+	if tr == nil {
+		return ctx, nil
+	}
+	ctx, span := tr.Start(ctx, SpanExpire, internalSpan...)
+	if span.IsRecording() {
+		span.SetAttributes(h.rescaleAttrs(rs)...)
+	}
+	h.mu.Lock()
+	for i := range h.pending {
+		if h.pending[i].seq > seq {
+			h.pending[i].cause = span.SpanContext()
+		}
+	}
+	h.mu.Unlock()
+	return ctx, span
+}
+
 // rescaleLocked expires coordinators older than the TTL at now, recomputes provider's
 // scale, and sets it; a change is enqueued for publishing (when publish is set), attributed
-// to the event (coordinator, ts) ("" for an expiry). It updates the provider's gauges.
-func (h *Handler) rescaleLocked(provider string, now time.Time, coordinator string, ts float64, publish bool) (rescale, error) {
+// to the event (coordinator, ts) ("" for an expiry) and to the span it was caused in. It
+// updates the provider's gauges.
+func (h *Handler) rescaleLocked(provider string, now time.Time, coordinator string, ts float64, publish bool, cause trace.SpanContext) (rescale, error) {
 	rs := rescale{provider: provider, expired: h.expireLocked(now)}
 	rs.scale, rs.reason = h.coords.minimum(h.policy)
 	rs.old = h.rates.Scale(provider)
@@ -650,7 +726,7 @@ func (h *Handler) rescaleLocked(provider string, now time.Time, coordinator stri
 			if err != nil {
 				return rs, err // cannot happen: every field is valid
 			}
-			h.enqueueLocked(pendingAdjustment{env: env, coordinator: coordinator, eventTS: ts})
+			h.enqueueLocked(pendingAdjustment{env: env, coordinator: coordinator, eventTS: ts, cause: cause})
 		}
 	}
 	if rs.changed || len(rs.expired) > 0 || coordinator != "" || !publish {
@@ -734,8 +810,9 @@ func (h *Handler) flush(ctx context.Context, coordinator string, ts float64) err
 	return nil
 }
 
-// publishPending publishes the pending adjustments, in order, in one batch and forgets them
-// once the publisher has them.
+// publishPending publishes the pending adjustments, in order — in one batch, or one per run
+// of adjustments with the same cause, each in its cause's trace (publishByCause) — and
+// forgets each once the publisher has it.
 func (h *Handler) publishPending(ctx context.Context) error {
 	h.flushMu.Lock()
 	defer h.flushMu.Unlock()
@@ -745,24 +822,25 @@ func (h *Handler) publishPending(ctx context.Context) error {
 		return nil
 	}
 	envs := make([]*envelope.Envelope, len(h.pending))
+	causes := make([]trace.SpanContext, len(h.pending))
+	seqs := make([]uint64, len(h.pending))
 	for i, p := range h.pending {
-		envs[i] = p.env
+		envs[i], causes[i], seqs[i] = p.env, p.cause, p.seq
 	}
-	last := h.pending[len(h.pending)-1].seq
 	h.mu.Unlock()
 
-	if err := h.pub.Publish(ctx, h.stream, envs...); err != nil {
-		return err
+	n, err := publishByCause(ctx, h.pub, h.stream, envs, causes)
+	if n > 0 {
+		h.mu.Lock()
+		// Forget what was published; entries dropped meanwhile are gone already.
+		last, i := seqs[n-1], 0
+		for i < len(h.pending) && h.pending[i].seq <= last {
+			i++
+		}
+		h.pending = append(h.pending[:0], h.pending[i:]...)
+		h.mu.Unlock()
 	}
-	h.mu.Lock()
-	defer h.mu.Unlock()
-	// Forget what was published; entries dropped meanwhile are gone already.
-	i := 0
-	for i < len(h.pending) && h.pending[i].seq <= last {
-		i++
-	}
-	h.pending = append(h.pending[:0], h.pending[i:]...)
-	return nil
+	return err
 }
 
 // Flush publishes the adjustments kept after failed publishes, in order. Its error wraps

@@ -10,7 +10,10 @@ import (
 	"time"
 
 	"github.com/cenkalti/backoff/v5"
+	"go.opentelemetry.io/otel/trace"
+
 	"github.com/pulse-bus/pulse/envelope"
+	"github.com/pulse-bus/pulse/internal/tracing"
 	"github.com/pulse-bus/pulse/transport"
 )
 
@@ -97,6 +100,10 @@ type WatermarkConfig struct {
 	Logger *slog.Logger
 	// Now is the clock for event ts; nil means time.Now.
 	Now func() time.Time
+	// TracerProvider makes a span SpanWatermark at each change of level (a child of the
+	// context given to the Put or Get that caused it, if any), whose child is the publish of
+	// the FeedbackEvent; nil means the global one, a no-op unless the program sets one.
+	TracerProvider trace.TracerProvider
 }
 
 // Watermarks is the Store's bounded queue with backpressure feedback (docs/design.md "The loop's
@@ -135,6 +142,7 @@ type Watermarks[T any] struct {
 	cfg             WatermarkConfig
 	high, low, soft int
 	log             *slog.Logger
+	tracer          *tracing.Tracer
 
 	mu       sync.Mutex
 	buf      []T // ring of Capacity items
@@ -160,8 +168,9 @@ type Watermarks[T any] struct {
 }
 
 type outboxEvent struct {
-	seq uint64
-	env *envelope.Envelope
+	seq   uint64
+	env   *envelope.Envelope
+	cause trace.SpanContext // the level change's span (or the caller's context), parent of the publish
 }
 
 // NewWatermarks returns an empty queue at level ok and starts its publishing goroutine;
@@ -230,6 +239,7 @@ func NewWatermarks[T any](cfg WatermarkConfig) (*Watermarks[T], error) {
 		low:     low,
 		soft:    soft,
 		log:     log.With("coordinator", cfg.CoordinatorID, "stream", cfg.Stream),
+		tracer:  tracing.New(cfg.TracerProvider, TracerName),
 		buf:     make([]T, cfg.Capacity),
 		level:   LevelOK,
 		wake:    make(chan struct{}, 1),
@@ -276,7 +286,7 @@ func (w *Watermarks[T]) Offer(item T) error {
 	case w.n == len(w.buf):
 		return ErrQueueFull
 	}
-	w.pushLocked(item)
+	w.pushLocked(context.Background(), item)
 	return nil
 }
 
@@ -290,7 +300,7 @@ func (w *Watermarks[T]) Put(ctx context.Context, item T) error {
 			return ErrQueueClosed
 		}
 		if w.n < len(w.buf) {
-			w.pushLocked(item)
+			w.pushLocked(ctx, item)
 			w.mu.Unlock()
 			return nil
 		}
@@ -312,7 +322,7 @@ func (w *Watermarks[T]) Take() (item T, ok bool) {
 	if w.n == 0 {
 		return item, false
 	}
-	return w.popLocked(), true
+	return w.popLocked(context.Background()), true
 }
 
 // Get removes and returns the oldest item, blocking while the queue is empty. It returns
@@ -321,7 +331,7 @@ func (w *Watermarks[T]) Get(ctx context.Context) (T, error) {
 	for {
 		w.mu.Lock()
 		if w.n > 0 {
-			item := w.popLocked()
+			item := w.popLocked(ctx)
 			w.mu.Unlock()
 			return item, nil
 		}
@@ -341,21 +351,23 @@ func (w *Watermarks[T]) Get(ctx context.Context) (T, error) {
 	}
 }
 
-func (w *Watermarks[T]) pushLocked(item T) {
+// pushLocked and popLocked change the depth in ctx, the caller's (a level change is traced
+// as its child).
+func (w *Watermarks[T]) pushLocked(ctx context.Context, item T) {
 	w.buf[(w.head+w.n)%len(w.buf)] = item
 	w.n++
 	signal(&w.notEmpty)
-	w.checkLocked()
+	w.checkLocked(ctx)
 }
 
-func (w *Watermarks[T]) popLocked() T {
+func (w *Watermarks[T]) popLocked(ctx context.Context) T {
 	var zero T
 	item := w.buf[w.head]
 	w.buf[w.head] = zero // let the item be collected
 	w.head = (w.head + 1) % len(w.buf)
 	w.n--
 	signal(&w.notFull)
-	w.checkLocked()
+	w.checkLocked(ctx)
 	return item
 }
 
@@ -376,23 +388,40 @@ func signal(p *chan struct{}) {
 
 // checkLocked signals a change of level after the depth changed: the state machine of the
 // Watermarks doc comment.
-func (w *Watermarks[T]) checkLocked() {
+func (w *Watermarks[T]) checkLocked(ctx context.Context) {
 	switch {
 	case w.n >= w.high:
 		if w.level != LevelHard {
-			w.signalLocked(LevelHard, ReasonHighWatermark)
+			w.signalLocked(ctx, LevelHard, ReasonHighWatermark)
 		}
 	case w.n <= w.low:
 		if w.level != LevelOK {
-			w.signalLocked(LevelOK, ReasonQueueRecovered)
+			w.signalLocked(ctx, LevelOK, ReasonQueueRecovered)
 		}
 	case w.level == LevelOK && w.n >= w.soft, // rose through the band above the low mark
 		w.level == LevelHard && w.n <= w.soft: // fell through the band below the high mark
-		w.signalLocked(LevelSoft, ReasonAboveLowMark)
+		w.signalLocked(ctx, LevelSoft, ReasonAboveLowMark)
 	}
 }
 
-func (w *Watermarks[T]) signalLocked(level Level, reason string) {
+// traceLevelChange marks a change of level with a span SpanWatermark, a child of ctx's, and
+// returns what its event's publish is a child of: that span, or ctx's own context while
+// tracing is off.
+func (w *Watermarks[T]) traceLevelChange(ctx context.Context, ev Event, reason string) trace.SpanContext {
+	tr := w.tracer.Get()
+	if tr == nil {
+		return causeOf(ctx)
+	}
+	_, span := tr.Start(ctx, SpanWatermark, internalSpan...)
+	if span.IsRecording() {
+		span.SetAttributes(AttrCoordinator.String(ev.CoordinatorID), AttrLevel.String(string(ev.Level)), AttrReason.String(reason),
+			AttrQueueSize.Int(ev.QueueSize), AttrCapacity.Int(ev.Capacity), AttrSource.String(ev.Source), AttrEventTS.Float64(float64(ev.TS)))
+	}
+	span.End()
+	return span.SpanContext()
+}
+
+func (w *Watermarks[T]) signalLocked(ctx context.Context, level Level, reason string) {
 	w.level = level
 	if w.cfg.Publisher == nil {
 		return
@@ -425,7 +454,7 @@ func (w *Watermarks[T]) signalLocked(level Level, reason string) {
 			"max_pending", w.cfg.MaxPendingEvents, "dropped_total", w.dropped)
 		w.outbox = append(w.outbox[:0], w.outbox[1:]...)
 	}
-	w.outbox = append(w.outbox, outboxEvent{seq: w.seq, env: env})
+	w.outbox = append(w.outbox, outboxEvent{seq: w.seq, env: env, cause: w.traceLevelChange(ctx, ev, reason)})
 	select {
 	case w.wake <- struct{}{}:
 	default:
@@ -461,12 +490,10 @@ func (w *Watermarks[T]) run() {
 	for {
 		w.mu.Lock()
 		envs := make([]*envelope.Envelope, len(w.outbox))
+		causes := make([]trace.SpanContext, len(w.outbox))
+		seqs := make([]uint64, len(w.outbox))
 		for i, e := range w.outbox {
-			envs[i] = e.env
-		}
-		var last uint64
-		if len(w.outbox) > 0 {
-			last = w.outbox[len(w.outbox)-1].seq
+			envs[i], causes[i], seqs[i] = e.env, e.cause, e.seq
 		}
 		w.mu.Unlock()
 		if len(envs) == 0 {
@@ -480,12 +507,12 @@ func (w *Watermarks[T]) run() {
 			}
 		}
 		ctx, cancel := context.WithTimeout(w.ctx, w.cfg.PublishTimeout)
-		err := w.cfg.Publisher.Publish(ctx, w.cfg.Stream, envs...)
+		n, err := publishByCause(ctx, w.cfg.Publisher, w.cfg.Stream, envs, causes)
 		cancel()
 		w.mu.Lock()
 		w.pubErr = err
-		if err == nil {
-			i := 0
+		if n > 0 { // forget what was published
+			last, i := seqs[n-1], 0
 			for i < len(w.outbox) && w.outbox[i].seq <= last {
 				i++
 			}

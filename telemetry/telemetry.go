@@ -1,6 +1,8 @@
 // Package telemetry holds Pulse's metrics: an OpenTelemetry MeterProvider exported in the
 // Prometheus text format on a private registry, and the instruments of docs/contract.md §8 under
-// their exact Prometheus names.
+// their exact Prometheus names. It also starts the service's trace export (StartTracing) from
+// the standard OpenTelemetry environment (TracingFromEnv): OTLP over HTTP or gRPC, off unless
+// an endpoint is set.
 //
 // It is a leaf package: it imports neither transport nor feedback. *Metrics implements
 // transport.Observer (Published, Consumed, Redelivered, DeadLettered, Lag) and the feedback

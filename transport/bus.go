@@ -23,6 +23,7 @@ type Bus struct {
 	cfg   Config
 	codec *envelope.Codec
 	idem  IdempotencyStore
+	tr    *busTracing
 
 	mu     sync.Mutex
 	closed bool
@@ -45,6 +46,7 @@ func New(drv driver.Driver, cfg Config) (*Bus, error) {
 			Signer:  envelope.NewSigner(cfg.PublisherToken),
 		},
 		idem: cfg.Idempotency,
+		tr:   newBusTracing(cfg, drv),
 		subs: map[*Subscription]struct{}{},
 	}
 	if b.idem == nil && cfg.SharedIdempotency {
@@ -93,7 +95,7 @@ func (b *Bus) Publish(ctx context.Context, stream string, envs ...*envelope.Enve
 	if len(envs) == 0 {
 		return nil
 	}
-	batch, err := b.encode(stream, envs)
+	batch, err := b.encode(ctx, stream, envs)
 	if err != nil {
 		return err
 	}
@@ -107,7 +109,10 @@ func (b *Bus) observePublish(stream string, n int, err error, latency time.Durat
 }
 
 // PublishRaw publishes bytes as they are (already-encoded envelopes, dead-letter replays, a
-// Python producer's message in tests) and returns their transport ids.
+// Python producer's message in tests) and returns their transport ids. A message whose
+// Headers carry no trace context gets ctx's (through the publish span, while tracing) in a
+// copy of its headers; one that carries its own keeps it. Neither msgs nor their headers are
+// written.
 func (b *Bus) PublishRaw(ctx context.Context, stream string, msgs ...RawMessage) ([]string, error) {
 	if b.isClosed() {
 		return nil, ErrClosed
@@ -115,7 +120,34 @@ func (b *Bus) PublishRaw(ctx context.Context, stream string, msgs ...RawMessage)
 	if !ValidStreamName(stream) {
 		return nil, fmt.Errorf("transport: invalid stream name %q (accepted: dot-separated tokens of letters, digits, '_' and '-')", stream)
 	}
+	var pt publishTrace
+	if b.tr.tracer.Get() != nil || hasContext(ctx) {
+		msgs = slices.Clone(msgs)
+		own := make([]map[string]string, len(msgs)) // the caller's headers of messages to inject into
+		b.tr.startPublish(ctx, stream, &pt, len(msgs), func(i int) *map[string]string {
+			if b.tr.carries(msgs[i].Headers) {
+				return nil
+			}
+			own[i], msgs[i].Headers = msgs[i].Headers, nil
+			return &msgs[i].Headers
+		})
+		for i, h := range own {
+			if h == nil {
+				continue
+			}
+			if msgs[i].Headers == nil {
+				msgs[i].Headers = h
+				continue
+			}
+			for k, v := range h {
+				if _, ok := msgs[i].Headers[k]; !ok {
+					msgs[i].Headers[k] = v
+				}
+			}
+		}
+	}
 	ids, err := b.drv.Publish(ctx, stream, msgs)
+	pt.end(msgs, ids, err)
 	if err != nil {
 		return ids, fmt.Errorf("transport: publish %d raw message(s) to %s: %w", len(msgs), stream, err)
 	}

@@ -8,6 +8,9 @@ import (
 	"strings"
 	"time"
 
+	"go.opentelemetry.io/otel/propagation"
+	"go.opentelemetry.io/otel/trace"
+
 	"github.com/pulse-bus/pulse/envconf"
 	"github.com/pulse-bus/pulse/envelope"
 )
@@ -134,6 +137,20 @@ type Config struct {
 	Observer Observer
 	// Idempotency overrides the record of handled ids (tests, custom stores).
 	Idempotency IdempotencyStore
+	// TracerProvider makes the Bus's spans (publish, process, settle; docs/design.md
+	// "Tracing"); nil means the global one (otel.GetTracerProvider, looked up at each
+	// span), a no-op unless the program sets one. While it is a no-op the Bus starts no
+	// span and allocates nothing for tracing; it still passes on the trace context a
+	// message or the caller's context carries. A delivery whose trace context is not
+	// sampled (the producer's sampler said no) gets no spans either, as a parent-based
+	// sampler (the SDK's default) would decide: only a sampler that records children of
+	// unsampled parents would see a difference.
+	TracerProvider trace.TracerProvider
+	// Propagator writes the trace context into what is published and reads it from what is
+	// delivered; nil means W3C Trace Context and Baggage (traceparent, tracestate, baggage:
+	// the wire format of docs/contract.md §2), whatever the global propagator is. Pass
+	// otel.GetTextMapPropagator() to follow the program's.
+	Propagator propagation.TextMapPropagator
 }
 
 // WithDefaults returns c with every zero field replaced by its default (a nil Logger and

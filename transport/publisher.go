@@ -81,13 +81,14 @@ func (p *AsyncPublisher) Publish(ctx context.Context, envs ...*envelope.Envelope
 	if closed || p.bus.isClosed() {
 		return ErrClosed
 	}
-	batch, err := p.bus.encode(p.stream, envs)
+	batch, err := p.bus.encode(ctx, p.stream, envs)
 	if err != nil {
 		return err
 	}
 	select {
 	case p.slots <- struct{}{}:
 	case <-ctx.Done():
+		batch.trace.end(batch.msgs, nil, ctx.Err())
 		batch.release()
 		return ctx.Err()
 	}
@@ -141,9 +142,10 @@ func (p *AsyncPublisher) Close(ctx context.Context) error {
 // the driver confirmed returns its batch for reuse (drivers keep no reference to the bodies
 // once Publish has returned without error), so steady publishing allocates no wire buffers.
 type encodedBatch struct {
-	buf  []byte
-	ends []int // ends[i] is where message i's bytes end in buf
-	msgs []RawMessage
+	buf   []byte
+	ends  []int // ends[i] is where message i's bytes end in buf
+	msgs  []RawMessage
+	trace publishTrace // the batch's spans, ended by publishEncoded
 }
 
 // maxPooledBatchBytes bounds the buffers kept for reuse: one unusually large batch must not
@@ -162,13 +164,21 @@ func (eb *encodedBatch) release() {
 	encodedBatches.Put(eb)
 }
 
-// encode encodes envs for stream (see Publish for what Encode fills in) into a pooled batch.
-func (b *Bus) encode(stream string, envs []*envelope.Envelope) (*encodedBatch, error) {
+// encode encodes envs for stream (see Publish for what Encode fills in) into a pooled batch,
+// starting its spans in ctx: each message's trace context goes into its headers and, on v2,
+// into its meta.headers, which are encoded.
+func (b *Bus) encode(ctx context.Context, stream string, envs []*envelope.Envelope) (*encodedBatch, error) {
 	eb := encodedBatches.Get().(*encodedBatch)
-	eb.msgs = slices.Grow(eb.msgs[:0], len(envs))
+	eb.msgs = slices.Grow(eb.msgs[:0], len(envs))[:len(envs)]
+	clear(eb.msgs)
+	b.tr.startPublish(ctx, stream, &eb.trace, len(envs), func(i int) *map[string]string { return &eb.msgs[i].Headers })
+	if b.cfg.Track == envelope.TrackV2 {
+		b.tr.injectMeta(envs, eb.msgs)
+	}
 	// Offsets first: the buffer may move while it grows, so bodies are sliced at the end.
 	var err error
 	if eb.buf, eb.ends, err = b.codec.AppendEncodeBatch(eb.buf[:0], eb.ends[:0], envs); err != nil {
+		eb.trace.end(eb.msgs, nil, err)
 		eb.release()
 		return nil, fmt.Errorf("transport: publish to %s: %w", stream, err)
 	}
@@ -176,7 +186,7 @@ func (b *Bus) encode(stream string, envs []*envelope.Envelope) (*encodedBatch, e
 	for i, e := range envs {
 		end := eb.ends[i]
 		// A full slice expression: a driver appending to one body cannot overwrite the next.
-		eb.msgs = append(eb.msgs, RawMessage{Body: eb.buf[start:end:end], ID: e.ID})
+		eb.msgs[i].Body, eb.msgs[i].ID = eb.buf[start:end:end], e.ID
 		start = end
 	}
 	return eb, nil
@@ -187,13 +197,17 @@ func (b *Bus) encode(stream string, envs []*envelope.Envelope) (*encodedBatch, e
 // (an asynchronous client retrying), so it is left to the garbage collector.
 func (b *Bus) publishEncoded(ctx context.Context, stream string, eb *encodedBatch) error {
 	start := time.Now()
-	var err error
-	if s, ok := b.drv.(driver.Sender); ok {
+	var (
+		ids []string
+		err error
+	)
+	if s, ok := b.drv.(driver.Sender); ok && !eb.trace.wantsIDs(eb.msgs) {
 		err = s.Send(ctx, stream, eb.msgs)
 	} else {
-		_, err = b.drv.Publish(ctx, stream, eb.msgs)
+		ids, err = b.drv.Publish(ctx, stream, eb.msgs)
 	}
 	b.observePublish(stream, len(eb.msgs), err, time.Since(start))
+	eb.trace.end(eb.msgs, ids, err)
 	if err != nil {
 		return fmt.Errorf("transport: publish %d message(s) to %s: %w", len(eb.msgs), stream, err)
 	}

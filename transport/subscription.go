@@ -14,6 +14,7 @@ import (
 	"sync"
 	"time"
 
+	"go.opentelemetry.io/otel/trace"
 	"golang.org/x/sync/errgroup"
 
 	"github.com/cenkalti/backoff/v5"
@@ -108,9 +109,11 @@ type Subscription struct {
 	stopWatch    func() bool
 	done         chan struct{}
 
-	localAcks bool                    // the driver's Ack does not wait for the broker: ack inline
-	acks      chan []*driver.Delivery // a batch's successes, to the acker; sent and closed by run
+	localAcks bool          // the driver's Ack does not wait for the broker: ack inline
+	acks      chan ackBatch // a batch's successes, to the acker; sent and closed by run
 	ackerDone chan struct{}
+
+	firstAttempts firstAttempts // for the links of redeliveries, while tracing
 
 	errMu   sync.Mutex
 	lastErr error
@@ -161,7 +164,7 @@ func (b *Bus) Subscribe(ctx context.Context, stream string, h Handler, opts Subs
 		ds:        ds,
 		log:       b.cfg.Logger.With("stream", stream, "group", opts.Group, "consumer", opts.Consumer),
 		done:      make(chan struct{}),
-		acks:      make(chan []*driver.Delivery),
+		acks:      make(chan ackBatch),
 		ackerDone: make(chan struct{}),
 
 		keyPrefix: stream + "/" + opts.Group + "/",
@@ -316,10 +319,17 @@ func sleepCtx(ctx context.Context, d time.Duration) bool {
 	}
 }
 
+// ackBatch is a batch's successes and, while tracing, the links of their recorded process
+// spans (for the ack span).
+type ackBatch struct {
+	ds    []*driver.Delivery
+	links []trace.Link
+}
+
 // process handles one batch and acks its successes in one call. The batch's lag is measured
 // against one reading of the clock, taken when it arrives.
 func (s *Subscription) process(batch []*driver.Delivery) {
-	acks := make([]*driver.Delivery, 0, len(batch))
+	acks := ackBatch{ds: make([]*driver.Delivery, 0, len(batch))}
 	dels := make([]Delivery, len(batch)) // one allocation for the batch's deliveries
 	received := time.Now()
 	if s.opts.Concurrency == 1 {
@@ -329,8 +339,11 @@ func (s *Subscription) process(batch []*driver.Delivery) {
 				break // past the drain deadline: leave the rest for redelivery
 			}
 			env, err := dec.get(i)
-			if s.handleOne(d, env, err, &dels[i], received) {
-				acks = append(acks, d)
+			if ack, link, traced := s.handleOne(d, env, err, &dels[i], received); ack {
+				acks.ds = append(acks.ds, d)
+				if traced {
+					acks.links = append(acks.links, link)
+				}
 			}
 		}
 		dec.finish()
@@ -344,9 +357,12 @@ func (s *Subscription) process(batch []*driver.Delivery) {
 			}
 			g.Go(func() error {
 				env, err := s.bus.codec.Decode(d.Body)
-				if s.handleOne(d, env, err, &dels[i], received) {
+				if ack, link, traced := s.handleOne(d, env, err, &dels[i], received); ack {
 					mu.Lock()
-					acks = append(acks, d)
+					acks.ds = append(acks.ds, d)
+					if traced {
+						acks.links = append(acks.links, link)
+					}
 					mu.Unlock()
 				}
 				return nil
@@ -355,7 +371,7 @@ func (s *Subscription) process(batch []*driver.Delivery) {
 		g.Wait()
 	}
 	switch {
-	case len(acks) == 0:
+	case len(acks.ds) == 0:
 	case s.localAcks:
 		s.ack(acks)
 	default:
@@ -378,18 +394,20 @@ func (s *Subscription) acker() {
 
 // ack settles a batch's successes with one driver call (an Ack that does not wait for the
 // broker needs no deadline).
-func (s *Subscription) ack(acks []*driver.Delivery) {
+func (s *Subscription) ack(acks ackBatch) {
+	span := s.ackSpan(acks.links, len(acks.ds))
 	var err error
 	if s.localAcks {
-		err = s.ds.Ack(context.WithoutCancel(s.handleCtx), acks)
+		err = s.ds.Ack(context.WithoutCancel(s.handleCtx), acks.ds)
 	} else {
 		ctx, cancel := s.settleCtx()
-		err = s.ds.Ack(ctx, acks)
+		err = s.ds.Ack(ctx, acks.ds)
 		cancel()
 	}
+	endSettle(span, err)
 	if err != nil {
 		// Handled ids are recorded, so the redeliveries this causes are absorbed as duplicates.
-		s.log.Warn("ack failed; the messages will be redelivered and de-duplicated", "count", len(acks), "err", err)
+		s.log.Warn("ack failed; the messages will be redelivered and de-duplicated", "count", len(acks.ds), "err", err)
 	}
 }
 
@@ -399,9 +417,11 @@ func (s *Subscription) settleCtx() (context.Context, context.CancelFunc) {
 
 // handleOne runs the policies for one delivery, decoded as env (or failing to decode with
 // decodeErr), filling del (its slot in the batch) for the handler; received is when the batch
-// arrived. It reports whether the delivery is to be acked; every other settlement (nak,
-// dead-letter) is done here.
-func (s *Subscription) handleOne(d *driver.Delivery, env *envelope.Envelope, decodeErr error, del *Delivery, received time.Time) (ack bool) {
+// arrived. It reports whether the delivery is to be acked, with its process span as a link for
+// the ack span when traced; every other settlement (nak, dead-letter) is done here.
+func (s *Subscription) handleOne(d *driver.Delivery, env *envelope.Envelope, decodeErr error, del *Delivery, received time.Time) (ack bool, link trace.Link, traced bool) {
+	pt := s.startProcess(d, env)
+	defer pt.end()
 	obs := s.bus.cfg.Observer
 	if d.Attempt > 1 {
 		obs.Redelivered(s.stream)
@@ -411,8 +431,9 @@ func (s *Subscription) handleOne(d *driver.Delivery, env *envelope.Envelope, dec
 		if track == "" {
 			track = "unknown"
 		}
-		s.deadLetter(d, poisonReason(decodeErr), decodeErr, track, OutcomeRejected)
-		return false
+		pt.identify(d.TransportID, track)
+		s.deadLetter(&pt, d, poisonReason(decodeErr), decodeErr, track, OutcomeRejected)
+		return false, trace.Link{}, false
 	}
 	obs.Lag(s.stream, lag(received, d.StoredAt, env.TS))
 	*del = Delivery{
@@ -421,29 +442,32 @@ func (s *Subscription) handleOne(d *driver.Delivery, env *envelope.Envelope, dec
 	}
 	key := s.keyPrefix + del.ID()
 	track := string(env.Meta.Track)
+	pt.identify(del.ID(), track)
 	// A message identified by its transport id (v1) on its first delivery to this group cannot
 	// have been handled by the group yet, so only later attempts and producer ids (which a
 	// retried publish repeats) are looked up.
 	if d.Attempt > 1 || env.ID != "" {
-		if seen, err := s.bus.idem.Seen(s.handleCtx, key); err != nil {
+		if seen, err := s.bus.idem.Seen(pt.ctx, key); err != nil {
 			s.log.Warn("idempotency record unavailable; handling anyway (at least once)", "err", err)
 		} else if seen {
 			obs.Consumed(s.stream, track, OutcomeDuplicate)
-			return true
+			pt.settled(OutcomeDuplicate, "", nil)
+			link, traced = pt.link()
+			return true, link, traced
 		}
 	}
 	if d.Attempt > s.opts.MaxDeliveries {
 		// Delivered past the limit without being settled: each attempt died with its consumer
 		// (or the dead-letter write failed). Dead-letter it without handling again, so a
 		// message that crashes its consumer cannot loop for ever.
-		s.deadLetter(d, "max_deliveries", fmt.Errorf("transport: delivered %d times without being settled (limit %d)", d.Attempt, s.opts.MaxDeliveries), track, OutcomeDeadLetter)
-		return false
+		s.deadLetter(&pt, d, "max_deliveries", fmt.Errorf("transport: delivered %d times without being settled (limit %d)", d.Attempt, s.opts.MaxDeliveries), track, OutcomeDeadLetter)
+		return false, trace.Link{}, false
 	}
 
-	err := s.callHandler(del)
+	err := s.callHandler(pt.ctx, del)
 	switch {
 	case err == nil, errors.Is(err, ErrStale):
-		if derr := s.bus.idem.Done(s.handleCtx, key); derr != nil {
+		if derr := s.bus.idem.Done(pt.ctx, key); derr != nil {
 			s.log.Warn("could not record handled id", "id", del.ID(), "err", derr)
 		}
 		outcome := OutcomeSuccess
@@ -451,22 +475,28 @@ func (s *Subscription) handleOne(d *driver.Delivery, env *envelope.Envelope, dec
 			outcome = OutcomeStale
 		}
 		obs.Consumed(s.stream, track, outcome)
-		return true
+		pt.settled(outcome, "", err)
+		link, traced = pt.link()
+		return true, link, traced
 	case s.handleCtx.Err() != nil && (errors.Is(err, context.Canceled) || errors.Is(err, context.DeadlineExceeded)):
 		// Cut off by the drain deadline: hand it back for another member.
-		s.nak(d, 0)
-		return false
+		pt.settled(OutcomeError, "", err)
+		s.retrying(&pt, d)
+		s.nak(&pt, d, 0)
+		return false, trace.Link{}, false
 	case errors.Is(err, ErrPoison):
-		s.deadLetter(d, poisonReason(err), err, track, OutcomeRejected)
-		return false
+		s.deadLetter(&pt, d, poisonReason(err), err, track, OutcomeRejected)
+		return false, trace.Link{}, false
 	case d.Attempt >= s.opts.MaxDeliveries:
-		s.deadLetter(d, "max_deliveries", err, track, OutcomeDeadLetter)
-		return false
+		s.deadLetter(&pt, d, "max_deliveries", err, track, OutcomeDeadLetter)
+		return false, trace.Link{}, false
 	default:
 		obs.Consumed(s.stream, track, OutcomeError)
+		pt.settled(OutcomeError, "", err)
 		s.log.Debug("handler failed; will retry", "id", del.ID(), "attempt", d.Attempt, "err", err)
-		s.nak(d, s.bus.backoff(d.Attempt))
-		return false
+		s.retrying(&pt, d)
+		s.nak(&pt, d, s.bus.backoff(d.Attempt))
+		return false, trace.Link{}, false
 	}
 }
 
@@ -491,21 +521,32 @@ const maxLag = 7 * 24 * time.Hour
 // conversion to nanoseconds would overflow.
 const maxLagTS = 9e9
 
-func (s *Subscription) callHandler(d *Delivery) (err error) {
+func (s *Subscription) callHandler(ctx context.Context, d *Delivery) (err error) {
 	defer func() {
 		if r := recover(); r != nil {
 			err = fmt.Errorf("transport: handler panicked: %v\n%s", r, debug.Stack())
 		}
 	}()
-	return s.h(s.handleCtx, d)
+	return s.h(ctx, d)
 }
 
-func (s *Subscription) nak(d *driver.Delivery, delay time.Duration) {
+func (s *Subscription) nak(pt *processTrace, d *driver.Delivery, delay time.Duration) {
+	span := pt.startSettle(s.bus.tr, opNak, pt.nameOf(opNak), s.opts.Group)
 	ctx, cancel := s.settleCtx()
 	defer cancel()
-	if err := s.ds.Nak(ctx, d, delay); err != nil {
+	err := s.ds.Nak(ctx, d, delay)
+	endSettle(span, err)
+	if err != nil {
 		s.log.Warn("nak failed; the message comes back after ack-wait", "transport_id", d.TransportID, "err", err)
 	}
+}
+
+// term settles d for good (it was dead-lettered, or could not be and is given up on).
+func (s *Subscription) term(ctx context.Context, pt *processTrace, d *driver.Delivery) error {
+	span := pt.startSettle(s.bus.tr, opTerm, pt.nameOf(opTerm), s.opts.Group)
+	err := s.ds.Term(ctx, d)
+	endSettle(span, err)
+	return err
 }
 
 // deadLetterRetries is how many deliveries past the attempt limit a dead letter that cannot
@@ -529,7 +570,11 @@ type DeadLetterFailureObserver interface {
 // deadLetterRetries deliveries past the attempt limit; then it is settled anyway, staying in
 // its stream, and the failure is logged, counted and reported (DeadLetterFailures). No
 // delivery loops for ever and none is dropped without a trace.
-func (s *Subscription) deadLetter(d *driver.Delivery, reason string, cause error, track string, outcome Outcome) {
+//
+// The dead letter carries the trace context the delivery failed in: while tracing, that of
+// its publish span, a child of the delivery's process span; otherwise the context the
+// original carried. A replay (`pulse dlq replay`) so continues the original's trace.
+func (s *Subscription) deadLetter(pt *processTrace, d *driver.Delivery, reason string, cause error, track string, outcome Outcome) {
 	ctx, cancel := s.settleCtx()
 	defer cancel()
 	why := cause.Error()
@@ -544,17 +589,24 @@ func (s *Subscription) deadLetter(d *driver.Delivery, reason string, cause error
 		DLQFailedAt:   time.Now().UTC().Format(time.RFC3339Nano),
 		DLQStream:     s.stream,
 	}
-	_, err := s.bus.drv.Publish(ctx, s.stream+DLQSuffix, []RawMessage{{Body: d.Body, Headers: headers}})
+	pt.settled(outcome, reason, cause)
+	var dt publishTrace
+	dlq := s.stream + DLQSuffix
+	s.bus.tr.startPublish(pt.ctx, dlq, &dt, 1, func(int) *map[string]string { return &headers })
+	msgs := []RawMessage{{Body: d.Body, Headers: headers}}
+	ids, err := s.bus.drv.Publish(ctx, dlq, msgs)
 	kept := false
 	if errors.Is(err, ErrTooLarge) {
 		kept = true
 		sum := sha256.Sum256(d.Body)
 		pointer, _ := json.Marshal(DeadLetterPointer{KeptIn: s.stream, OriginalID: d.TransportID, Size: len(d.Body), SHA256: hex.EncodeToString(sum[:])})
 		headers[DLQKeptIn] = s.stream
-		_, err = s.bus.drv.Publish(ctx, s.stream+DLQSuffix, []RawMessage{{Body: pointer, Headers: headers}})
+		msgs = []RawMessage{{Body: pointer, Headers: headers}}
+		ids, err = s.bus.drv.Publish(ctx, dlq, msgs)
 	}
+	dt.end(msgs, ids, err)
 	if err != nil {
-		s.deadLetterFailed(ctx, d, reason, err, track, outcome)
+		s.deadLetterFailed(ctx, pt, d, reason, err, track, outcome)
 		return
 	}
 	// Counted once the copy is stored, before the original is terminated, so that whoever sees
@@ -567,14 +619,14 @@ func (s *Subscription) deadLetter(d *driver.Delivery, reason string, cause error
 	}
 	s.bus.cfg.Observer.DeadLettered(s.stream, reason)
 	s.bus.cfg.Observer.Consumed(s.stream, track, outcome)
-	if err := s.ds.Term(ctx, d); err != nil {
+	if err := s.term(ctx, pt, d); err != nil {
 		s.log.Warn("terminating a dead-lettered message failed; it may be dead-lettered twice", "transport_id", d.TransportID, "err", err)
 	}
 }
 
 // deadLetterFailed handles a dead letter that could not be written: retry the original
 // later, or, past the last attempt, settle it where it is (see deadLetter).
-func (s *Subscription) deadLetterFailed(ctx context.Context, d *driver.Delivery, reason string, err error, track string, outcome Outcome) {
+func (s *Subscription) deadLetterFailed(ctx context.Context, pt *processTrace, d *driver.Delivery, reason string, err error, track string, outcome Outcome) {
 	s.dlqMu.Lock()
 	s.dlqFailures++
 	s.dlqLast = fmt.Errorf("%s %s (%s, attempt %d): %w", s.stream, d.TransportID, reason, d.Attempt, err)
@@ -586,13 +638,14 @@ func (s *Subscription) deadLetterFailed(ctx context.Context, d *driver.Delivery,
 	if !settle {
 		s.log.Error("dead-lettering failed; will retry the message", "transport_id", d.TransportID, "reason", reason,
 			"attempt", d.Attempt, "settled_after_attempt", s.opts.MaxDeliveries+deadLetterRetries, "err", err)
-		s.nak(d, s.bus.backoff(d.Attempt))
+		s.retrying(pt, d)
+		s.nak(pt, d, s.bus.backoff(d.Attempt))
 		return
 	}
 	s.log.Error("dead-lettering failed on the last attempt: the message is settled without a dead letter and stays in its stream until retention removes it",
 		"transport_id", d.TransportID, "position", d.Position.String(), "bytes", len(d.Body), "reason", reason, "attempts", d.Attempt, "err", err)
 	s.bus.cfg.Observer.Consumed(s.stream, track, outcome)
-	if err := s.ds.Term(ctx, d); err != nil {
+	if err := s.term(ctx, pt, d); err != nil {
 		s.log.Warn("terminating a message that could not be dead-lettered failed; it comes back after ack-wait", "transport_id", d.TransportID, "err", err)
 	}
 }

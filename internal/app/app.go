@@ -10,6 +10,8 @@ import (
 	"time"
 
 	"github.com/cenkalti/backoff/v5"
+	"go.opentelemetry.io/otel/trace"
+
 	"github.com/pulse-bus/pulse/feedback"
 	"github.com/pulse-bus/pulse/telemetry"
 	"github.com/pulse-bus/pulse/transport"
@@ -35,6 +37,7 @@ type App struct {
 	log     *slog.Logger
 	metrics *telemetry.Metrics
 	rates   *feedback.RateCoordinator
+	tracing atomic.Pointer[telemetry.Tracing] // set first in Start; off unless OTEL_* ask for export
 
 	stack    stack
 	stopping atomic.Bool
@@ -88,6 +91,14 @@ func (a *App) Start(ctx context.Context) error {
 }
 
 func (a *App) start(ctx context.Context) error {
+	// First in, last out: the spans of everything stopped before it are flushed.
+	tracing, err := telemetry.StartTracing(ctx, a.cfg.Tracing, versionString(), a.log)
+	if err != nil {
+		return fmt.Errorf("app: %w", err)
+	}
+	a.tracing.Store(tracing)
+	a.stack.push("trace export", tracing.Shutdown)
+	tp := tracing.TracerProvider()
 	a.stack.push("metrics", a.metrics.Shutdown)
 	// The provider's gauges show from the start, not only after the first event.
 	provider := a.cfg.Policy.Provider
@@ -115,7 +126,7 @@ func (a *App) start(ctx context.Context) error {
 	a.watch("http server", srv.Done(), srv.Err)
 
 	if !a.cfg.Enabled {
-		h, err := feedback.NewHandler(feedback.HandlerConfig{Policy: a.cfg.Policy, Rates: a.rates, Observer: a.metrics, Logger: a.log})
+		h, err := feedback.NewHandler(feedback.HandlerConfig{Policy: a.cfg.Policy, Rates: a.rates, Observer: a.metrics, Logger: a.log, TracerProvider: tp})
 		if err != nil {
 			return fmt.Errorf("app: feedback handler: %w", err)
 		}
@@ -138,6 +149,7 @@ func (a *App) start(ctx context.Context) error {
 	}
 	busCfg.Logger = a.log
 	busCfg.Observer = a.metrics
+	busCfg.TracerProvider = tp
 	busCfg.Schemas = feedback.Schemas()
 	bus, err := a.openBusRetrying(ctx, busCfg)
 	if err != nil {
@@ -158,6 +170,8 @@ func (a *App) start(ctx context.Context) error {
 		Observer:  a.metrics,
 		Logger:    a.log,
 		State:     store,
+
+		TracerProvider: tp,
 	})
 	if err != nil {
 		return fmt.Errorf("app: feedback handler: %w", err)
@@ -330,6 +344,10 @@ func (a *App) NATSURL() string {
 	}
 	return ""
 }
+
+// TracerProvider is what the App's spans are made with: the OTLP exporter's, or a no-op one
+// when export is off or before Start.
+func (a *App) TracerProvider() trace.TracerProvider { return a.tracing.Load().TracerProvider() }
 
 // Bus is the open bus, nil before Start or when the consumer is disabled.
 func (a *App) Bus() *transport.Bus { return a.bus.Load() }

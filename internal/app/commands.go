@@ -10,8 +10,11 @@ import (
 	"strings"
 	"time"
 
+	"go.opentelemetry.io/otel/trace"
+
 	"github.com/pulse-bus/pulse/envelope"
 	"github.com/pulse-bus/pulse/feedback"
+	"github.com/pulse-bus/pulse/telemetry"
 	"github.com/pulse-bus/pulse/transport"
 )
 
@@ -23,11 +26,12 @@ var clientSettings = []string{
 }
 
 // openClientBus opens cfg's bus for a command that connects as a client (publish, dlq),
-// validating payloads with schemas (nil: none). With the jetstream backend and no NATS_URL it
-// connects to the embedded server that `pulse run` hosts on PULSE_NATS_LISTEN.
-func openClientBus(ctx context.Context, cfg Config, log *slog.Logger, schemas *envelope.Schemas) (*transport.Bus, error) {
+// validating payloads with schemas (nil: none) and making spans with tp. With the jetstream
+// backend and no NATS_URL it connects to the embedded server that `pulse run` hosts on
+// PULSE_NATS_LISTEN.
+func openClientBus(ctx context.Context, cfg Config, log *slog.Logger, schemas *envelope.Schemas, tp trace.TracerProvider) (*transport.Bus, error) {
 	bc := cfg.Bus
-	bc.Logger, bc.Schemas = log, schemas
+	bc.Logger, bc.Schemas, bc.TracerProvider = log, schemas, tp
 	if cfg.EmbeddedNATS() {
 		bc.NATSURL = "nats://" + cfg.Embedded.Listen
 	}
@@ -84,7 +88,14 @@ func cmdDLQ(ctx context.Context, args []string, env Env) int {
 	if !transport.ValidStreamName(*stream) {
 		return usageError(fs, "invalid --stream=%q (accepted: dot-separated tokens of letters, digits, '_' and '-')", *stream)
 	}
-	bus, err := openClientBus(ctx, cfg, newLogger(cfg, env.Stderr), nil)
+	log := newLogger(cfg, env.Stderr)
+	tracing, err := startClientTracing(ctx, cfg, log)
+	if err != nil {
+		fmt.Fprintf(env.Stderr, "pulse dlq: %v\n", err)
+		return ExitFailure
+	}
+	defer tracing.flush(ctx, log)
+	bus, err := openClientBus(ctx, cfg, log, nil, tracing.TracerProvider())
 	if err != nil {
 		fmt.Fprintf(env.Stderr, "pulse dlq: %v\n", err)
 		return ExitFailure
@@ -191,6 +202,7 @@ func cmdRun(ctx context.Context, args []string, env Env) int {
 		"consumer_enabled", cfg.Enabled,
 		"provider", cfg.Policy.Provider,
 		"http", a.HTTPAddr(),
+		"tracing", cfg.Tracing.TracingSummary(),
 	)
 	code = ExitOK
 	select {
@@ -250,6 +262,12 @@ func cmdPublish(ctx context.Context, args []string, env Env) int {
 	if !ok {
 		return ExitUsage
 	}
+	// A script joins the publish to its own trace with TRACEPARENT.
+	pctx, err := telemetry.ContextFromEnv(ctx, env.Lookup)
+	if err != nil {
+		fmt.Fprintf(env.Stderr, "pulse publish: %v\n", err)
+		return ExitUsage
+	}
 	ev := feedback.Event{
 		CoordinatorID: *coordinator,
 		QueueSize:     *queueSize,
@@ -262,13 +280,20 @@ func cmdPublish(ctx context.Context, args []string, env Env) int {
 	if err != nil {
 		return usageError(fs, "%v", err)
 	}
-	bus, err := openClientBus(ctx, cfg, newLogger(cfg, env.Stderr), feedback.Schemas())
+	log := newLogger(cfg, env.Stderr)
+	tracing, err := startClientTracing(ctx, cfg, log)
+	if err != nil {
+		fmt.Fprintf(env.Stderr, "pulse publish: %v\n", err)
+		return ExitFailure
+	}
+	defer tracing.flush(ctx, log)
+	bus, err := openClientBus(ctx, cfg, log, feedback.Schemas(), tracing.TracerProvider())
 	if err != nil {
 		fmt.Fprintf(env.Stderr, "pulse publish: %v\n", err)
 		return ExitFailure
 	}
 	defer bus.Close()
-	pctx, cancel := context.WithTimeout(ctx, publishTimeout)
+	pctx, cancel := context.WithTimeout(pctx, publishTimeout)
 	defer cancel()
 	if err := bus.Publish(pctx, cfg.FeedbackStream, e); err != nil {
 		fmt.Fprintf(env.Stderr, "pulse publish: %v\n", err)
@@ -283,6 +308,27 @@ func cmdPublish(ctx context.Context, args []string, env Env) int {
 		envelope.NewSigner(cfg.Bus.PublisherToken) != nil)
 	return ExitOK
 }
+
+// clientTracing is the trace export of a short-lived command (publish, dlq).
+type clientTracing struct{ *telemetry.Tracing }
+
+// startClientTracing starts the trace export cfg asks for (off unless an OTLP endpoint is set).
+func startClientTracing(ctx context.Context, cfg Config, log *slog.Logger) (clientTracing, error) {
+	t, err := telemetry.StartTracing(ctx, cfg.Tracing, versionString(), log)
+	return clientTracing{t}, err
+}
+
+// flush sends the command's spans before it exits, for at most traceFlushTimeout.
+func (t clientTracing) flush(ctx context.Context, log *slog.Logger) {
+	fctx, cancel := context.WithTimeout(context.WithoutCancel(ctx), traceFlushTimeout)
+	defer cancel()
+	if err := t.Shutdown(fctx); err != nil {
+		log.Warn("spans not exported", "err", err)
+	}
+}
+
+// traceFlushTimeout bounds how long a command waits at exit for its spans to be exported.
+const traceFlushTimeout = 5 * time.Second
 
 // given reports whether the flag name was set on the command line.
 func given(fs *flag.FlagSet, name string) bool {

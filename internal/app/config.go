@@ -18,6 +18,7 @@ import (
 
 	"github.com/pulse-bus/pulse/envconf"
 	"github.com/pulse-bus/pulse/feedback"
+	"github.com/pulse-bus/pulse/telemetry"
 	"github.com/pulse-bus/pulse/transport"
 	"github.com/pulse-bus/pulse/transport/jetstream/embedded"
 )
@@ -58,6 +59,9 @@ type Config struct {
 	// ShutdownTimeout bounds the whole teardown after SIGINT/SIGTERM
 	// (PULSE_SHUTDOWN_TIMEOUT).
 	ShutdownTimeout time.Duration
+	// Tracing is span export (the standard OTEL_* variables; off unless an OTLP endpoint is
+	// set).
+	Tracing telemetry.TracingConfig
 
 	// sources records, per variable, where a non-default value came from ("env" or "flag").
 	sources map[string]string
@@ -129,6 +133,15 @@ var settings = []setting{
 	{env: "PULSE_LOG_LEVEL", flag: "log-level", usage: "debug, info, warn or error", show: func(c *Config) string { return strings.ToLower(c.LogLevel.String()) }},
 	{env: "PULSE_LOG_FORMAT", flag: "log-format", usage: "text or json", show: func(c *Config) string { return c.LogFormat }},
 	{env: "PULSE_SHUTDOWN_TIMEOUT", flag: "shutdown-timeout", usage: "deadline for the whole shutdown", show: func(c *Config) string { return c.ShutdownTimeout.String() }},
+	// Trace export: the standard OpenTelemetry variables, environment only (README "Tracing").
+	{env: telemetry.EnvSDKDisabled, show: func(c *Config) string { return strconv.FormatBool(c.Tracing.Disabled) }},
+	{env: telemetry.EnvTracesExporter, show: func(c *Config) string { return c.Tracing.Exporter }},
+	{env: telemetry.EnvEndpoint, show: func(c *Config) string { return transport.RedactURLs(c.Tracing.Endpoint) }},
+	{env: telemetry.EnvTracesEndpoint, show: func(c *Config) string { return transport.RedactURLs(c.Tracing.TracesEndpoint) }},
+	{env: telemetry.EnvProtocol, show: func(c *Config) string { return c.Tracing.Protocol }},
+	{env: telemetry.EnvServiceName, show: func(c *Config) string { return c.Tracing.ServiceName }},
+	{env: telemetry.EnvSampler, show: func(c *Config) string { return c.Tracing.Sampler }},
+	{env: telemetry.EnvSamplerArg, show: func(c *Config) string { return fmtFloat(c.Tracing.Ratio) }},
 }
 
 // overrides holds the values given by flags, keyed by the variable they override.
@@ -208,6 +221,9 @@ func (c *Config) load(look func(string) (string, bool)) error {
 		return err
 	}
 	if c.Policy, err = feedback.PolicyFromEnv(look); err != nil {
+		return err
+	}
+	if c.Tracing, err = telemetry.TracingFromEnv(look); err != nil {
 		return err
 	}
 	c.Enabled = true

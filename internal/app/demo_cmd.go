@@ -149,6 +149,7 @@ func RunDemo(ctx context.Context, cfg Config, p demo.Params, out io.Writer, log 
 	storeCfg.NATSURL = a.NATSURL()
 	storeCfg.Logger = log
 	storeCfg.Schemas = feedback.Schemas()
+	storeCfg.TracerProvider = a.TracerProvider()
 	store, err := transport.Open(ctx, storeCfg)
 	if err != nil {
 		return nil, fmt.Errorf("app: demo Store's bus: %w", err)
@@ -169,5 +170,7 @@ func RunDemo(ctx context.Context, cfg Config, p demo.Params, out io.Writer, log 
 		},
 		Backend: cfg.Bus.Backend,
 		Out:     out,
+
+		TracerProvider: a.TracerProvider(),
 	})
 }

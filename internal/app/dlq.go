@@ -93,8 +93,10 @@ func (q *DLQ) Replay(ctx context.Context, source string, limit int) (int, error)
 		// on the envelope's own id, which the failed original never recorded as done. The
 		// replay_of mark tells consumers the broker's order of the replay is not the
 		// original's (a replayed feedback event applies only if its ts is newer).
+		// The replay continues the trace the dead letter carries: its publish is a child of the
+		// context the delivery failed in.
 		replay := transport.RawMessage{Body: d.Body, Headers: map[string]string{transport.DLQReplayOf: orDash(d.header(transport.DLQOriginalID))}}
-		if _, err := q.bus.PublishRaw(ctx, target, replay); err != nil {
+		if _, err := q.bus.PublishRaw(q.bus.TraceContext(ctx, d.Headers), target, replay); err != nil {
 			return i, fmt.Errorf("app: replay %s (dead letter %s) to %s: %w", d.header(transport.DLQOriginalID), d.TransportID, target, err)
 		}
 		if err := q.admin.Delete(ctx, dlq, d.TransportID); err != nil {

@@ -100,8 +100,9 @@ type Message struct {
 	// ID is the producer id (v2), used by the broker for de-duplication where it can
 	// (JetStream Nats-Msg-Id); empty when there is none.
 	ID string
-	// Headers travel beside the body: dead-letter metadata (Redis: extra entry fields;
-	// JetStream: message headers). Nil for ordinary messages.
+	// Headers travel beside the body (Redis: extra entry fields after `data`; JetStream:
+	// NATS message headers; inmem: a copy): the trace context (traceparent, tracestate,
+	// baggage), dead-letter metadata, replay_of. Nil when there are none.
 	Headers map[string]string
 }
 
@@ -121,6 +122,17 @@ type Delivery struct {
 	StoredAt time.Time
 	// Handle is the driver's own state for settling this delivery.
 	Handle any
+}
+
+// Describer is implemented by drivers that name their broker for traces, in the terms of the
+// OpenTelemetry messaging conventions; the Bus falls back to the backend's registered name and
+// the logical stream name.
+type Describer interface {
+	// MessagingSystem is the value of the messaging.system span attribute: "nats", "redis".
+	MessagingSystem() string
+	// Destination is the broker's own name of a logical stream (a NATS subject, a Redis
+	// key): the messaging.destination.name span attribute, and the end of span names.
+	Destination(stream string) string
 }
 
 // Pinger is implemented by drivers that can tell whether the broker answers.

@@ -15,6 +15,7 @@ import (
 
 	goredis "github.com/redis/go-redis/v9"
 
+	"github.com/pulse-bus/pulse/transport"
 	"github.com/pulse-bus/pulse/transport/driver"
 )
 
@@ -358,14 +359,34 @@ func (rc *respConn) readFields(bodies *arena) (msg driver.Message, err error) {
 			}
 			continue
 		}
-		name := string(field)
-		value, err := rc.bulkInto(nil)
+		name := headerName(field)
+		// The value stays in the batch's arena, like the body: no copy per header (a traced
+		// message carries one to three).
+		value, err := rc.bulkInto(bodies)
 		if err != nil {
 			return msg, err
 		}
-		fields.header(name, string(value), n/2-1)
+		fields.header(name, unsafe.String(unsafe.SliceData(value), len(value)), n/2-1)
 	}
 	return fields.msg, nil
+}
+
+// knownHeaders are the entry fields Pulse writes beside `data`, whose names are shared
+// instead of copied for every entry.
+var knownHeaders = []string{
+	transport.HeaderTraceParent, transport.HeaderTraceState, transport.HeaderBaggage,
+	transport.DLQOriginalID, transport.DLQReason, transport.DLQError, transport.DLQAttempts,
+	transport.DLQFailedAt, transport.DLQStream, transport.DLQReplayOf, transport.DLQKeptIn,
+}
+
+// headerName is field as a string: a known header's shared name, else a copy.
+func headerName(field []byte) string {
+	for _, k := range knownHeaders {
+		if string(field) == k {
+			return k
+		}
+	}
+	return string(field)
 }
 
 // line reads one reply line, without its CRLF. The bytes are valid until the next read.

@@ -73,6 +73,13 @@ var cases = []testCase{
 	{name: "StreamAdmin", run: testStreamAdmin, tracks: []envelope.Track{envelope.TrackV2}, needs: needsAdmin},
 	{name: "KeyValue", run: testKeyValue, tracks: []envelope.Track{envelope.TrackV2}, needs: needsKeyValue},
 	{name: "PersistentAcrossDrivers", run: testPersistent, tracks: []envelope.Track{envelope.TrackV2}, needs: needsPersistent},
+	{name: "TracePublishProcessAck", run: testTracePublishProcessAck, tracks: bothTracks},
+	{name: "TraceBatchCreateSpans", run: testTraceBatch, tracks: []envelope.Track{envelope.TrackV2}},
+	{name: "TraceRedeliveryLinksFirstAttempt", run: testTraceRedelivery, tracks: []envelope.Track{envelope.TrackV2}},
+	{name: "TraceDeadLetterKeepsContext", run: testTraceDeadLetter, tracks: []envelope.Track{envelope.TrackV2}},
+	{name: "TraceNoContextNewTrace", run: testTraceNoContext, tracks: []envelope.Track{envelope.TrackV1}},
+	{name: "TracePassThroughWhenOff", run: testTracePassThrough, tracks: []envelope.Track{envelope.TrackV2}},
+	{name: "TraceUnsampledNoSpans", run: testTraceUnsampled, tracks: []envelope.Track{envelope.TrackV2}},
 	{name: "CloseIdempotentNoLeaks", run: testClose, tracks: []envelope.Track{envelope.TrackV2}},
 }
 

@@ -20,6 +20,8 @@ import (
 	"sync/atomic"
 	"time"
 
+	"go.opentelemetry.io/otel/trace"
+
 	"github.com/pulse-bus/pulse/envelope"
 	"github.com/pulse-bus/pulse/feedback"
 )
@@ -44,6 +46,9 @@ type Config struct {
 	Backend string
 	// Out receives a line per tick and the summary; nil writes nothing.
 	Out io.Writer
+	// TracerProvider makes the Store side's spans (the watermark level changes); nil means
+	// the global one.
+	TracerProvider trace.TracerProvider
 }
 
 // Run runs the loop for Params.Duration of simulated time, or until ctx is done (then it
@@ -83,6 +88,8 @@ func Run(ctx context.Context, cfg Config) (*Result, error) {
 		Publisher:     pub,
 		Stream:        cfg.Stream,
 		Now:           clock,
+
+		TracerProvider: cfg.TracerProvider,
 	})
 	if err != nil {
 		return nil, fmt.Errorf("demo: %w", err)
