@@ -9,6 +9,7 @@ import (
 	"fmt"
 	"log/slog"
 	"runtime/debug"
+	"slices"
 	"strconv"
 	"strings"
 	"sync"
@@ -331,6 +332,16 @@ type ackBatch struct {
 func (s *Subscription) process(batch []*driver.Delivery) {
 	acks := ackBatch{ds: make([]*driver.Delivery, 0, len(batch))}
 	dels := make([]Delivery, len(batch)) // one allocation for the batch's deliveries
+	var dcs []deferredContext            // and one for their contexts, if they carry any
+	if slices.ContainsFunc(batch, func(d *driver.Delivery) bool { return len(d.Headers) > 0 }) {
+		dcs = make([]deferredContext, len(batch))
+	}
+	dcOf := func(i int) *deferredContext {
+		if dcs == nil {
+			return nil
+		}
+		return &dcs[i]
+	}
 	received := time.Now()
 	if s.opts.Concurrency == 1 {
 		dec := newBatchDecoder(s.bus.codec, batch)
@@ -339,7 +350,7 @@ func (s *Subscription) process(batch []*driver.Delivery) {
 				break // past the drain deadline: leave the rest for redelivery
 			}
 			env, err := dec.get(i)
-			if ack, link, traced := s.handleOne(d, env, err, &dels[i], received); ack {
+			if ack, link, traced := s.handleOne(d, env, err, &dels[i], dcOf(i), received); ack {
 				acks.ds = append(acks.ds, d)
 				if traced {
 					acks.links = append(acks.links, link)
@@ -357,7 +368,7 @@ func (s *Subscription) process(batch []*driver.Delivery) {
 			}
 			g.Go(func() error {
 				env, err := s.bus.codec.Decode(d.Body)
-				if ack, link, traced := s.handleOne(d, env, err, &dels[i], received); ack {
+				if ack, link, traced := s.handleOne(d, env, err, &dels[i], dcOf(i), received); ack {
 					mu.Lock()
 					acks.ds = append(acks.ds, d)
 					if traced {
@@ -416,11 +427,12 @@ func (s *Subscription) settleCtx() (context.Context, context.CancelFunc) {
 }
 
 // handleOne runs the policies for one delivery, decoded as env (or failing to decode with
-// decodeErr), filling del (its slot in the batch) for the handler; received is when the batch
+// decodeErr), filling del (its slot in the batch) for the handler, with dc its context's slot
+// (nil: none deferred); received is when the batch
 // arrived. It reports whether the delivery is to be acked, with its process span as a link for
 // the ack span when traced; every other settlement (nak, dead-letter) is done here.
-func (s *Subscription) handleOne(d *driver.Delivery, env *envelope.Envelope, decodeErr error, del *Delivery, received time.Time) (ack bool, link trace.Link, traced bool) {
-	pt := s.startProcess(d, env)
+func (s *Subscription) handleOne(d *driver.Delivery, env *envelope.Envelope, decodeErr error, del *Delivery, dc *deferredContext, received time.Time) (ack bool, link trace.Link, traced bool) {
+	pt := s.startProcess(d, env, dc)
 	defer pt.end()
 	obs := s.bus.cfg.Observer
 	if d.Attempt > 1 {
