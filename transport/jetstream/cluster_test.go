@@ -2,11 +2,13 @@ package jetstream_test
 
 import (
 	"context"
+	"slices"
 	"sync"
 	"sync/atomic"
 	"testing"
 	"time"
 
+	"github.com/stretchr/testify/assert"
 	"github.com/stretchr/testify/require"
 
 	"github.com/pulse-bus/pulse/envelope"
@@ -140,8 +142,15 @@ func TestClusterLeaderFailover(t *testing.T) {
 	all := append([]string(nil), acked...)
 	failed := failedCalls
 	mu.Unlock()
-	require.Eventually(t, func() bool { return len(seen.missing(all)) == 0 }, 30*time.Second, 10*time.Millisecond,
-		"every acknowledged message is consumed")
+	if !assert.Eventually(t, func() bool { return len(seen.missing(all)) == 0 }, 30*time.Second, 10*time.Millisecond) {
+		missing := seen.missing(all)
+		st, err := js.Stream(ctx, jetstream.StreamName("mdp", stream))
+		require.NoError(t, err)
+		info, err := st.Info(ctx)
+		require.NoError(t, err)
+		t.Fatalf("%d of %d acknowledged messages never consumed (at %v of the acknowledged, the leader shut down after %d); the stream holds %d messages, seq %d..%d, sub err %v",
+			len(missing), len(all), positions(all, missing), killedAt, info.State.Msgs, info.State.FirstSeq, info.State.LastSeq, sub.Err())
+	}
 	require.Empty(t, seen.multiples(), "the handler saw each message once")
 	t.Logf("acknowledged %d messages; failed publish calls retried: %d; duplicates absorbed by idempotency: %d; new leader %s",
 		len(all), failed, obs.get(transport.OutcomeDuplicate), func() string {
@@ -151,4 +160,15 @@ func TestClusterLeaderFailover(t *testing.T) {
 			}
 			return st.CachedInfo().Cluster.Leader
 		}())
+}
+
+// positions are the indexes in all of the ids of some.
+func positions(all, some []string) []int {
+	var out []int
+	for i, id := range all {
+		if slices.Contains(some, id) {
+			out = append(out, i)
+		}
+	}
+	return out
 }

@@ -155,3 +155,40 @@ func TestAckFieldsMatchMetadata(t *testing.T) {
 		require.Equal(t, 3, n)
 	}
 }
+
+// TestShortCommitConfirmsOnlyWhatItStored proves how a fast batch's commit settles the Send
+// calls in it: a full commit confirms them all; a commit storing fewer than were sent (the
+// server's answer after a leader change mid-batch, see TestClusterLeaderFailover) confirms
+// only the calls it covers, and ends the others with errShortCommit and the count of their
+// leading messages that are stored, which Send publishes again after.
+func TestShortCommitConfirmsOnlyWhatItStored(t *testing.T) {
+	calls := func() []*laneReq { // two calls of 5 messages: batch sequences 1..5 and 6..10
+		var out []*laneReq
+		for first := uint64(1); first <= 10; first += 5 {
+			out = append(out, &laneReq{msgs: make([]*nats.Msg, 5), first: first, last: first + 4, done: make(chan laneResult, 1)})
+		}
+		return out
+	}
+	for _, tc := range []struct {
+		name   string
+		count  uint64
+		stored [2]int
+		short  [2]bool
+	}{
+		{"all stored", 10, [2]int{5, 5}, [2]bool{false, false}},
+		{"first call stored", 5, [2]int{5, 0}, [2]bool{false, true}},
+		{"only the start stored", 1, [2]int{1, 0}, [2]bool{true, true}},
+		{"none stored", 0, [2]int{0, 0}, [2]bool{true, true}},
+	} {
+		t.Run(tc.name, func(t *testing.T) {
+			l := &fastLane{d: &Driver{}, stream: "s"}
+			open := calls()
+			l.committed(open, 10, tc.count)
+			for i, r := range open {
+				res := <-r.done
+				require.Equal(t, tc.stored[i], res.stored, "call %d", i)
+				require.Equal(t, tc.short[i], errors.Is(res.err, errShortCommit), "call %d: %v", i, res.err)
+			}
+		})
+	}
+}
