@@ -21,12 +21,15 @@ import (
 // Measured on this 2-core machine against a nats-server process (211-byte messages, 100,000):
 // one batch of everything 168k–172k msgs/s, batches of 256 with 16 in flight ~155k, async
 // publishing with 4096 PubAcks outstanding ~141k. Hence one batch per stream that stays open
-// for as long as Send calls keep coming (a lane), rather than one per call.
+// for as long as Send calls keep coming (a lane), rather than one per call. The flow: with
+// 2 acks outstanding, 256 gave 0.90–0.91× of `nats bench js pub fast` (its default flow 500,
+// 1 outstanding) in the same runs of `make bench` (jetstream-external, 5 reps), 512 gave
+// 0.95–0.99×, 1024 0.93–0.99×, and 512 with 4 outstanding 0.92–1.05× with a worse p99.
 const (
 	// fastBatchFlow is the flow asked for: the server acks every this many messages (it may
 	// change it), and a Send waiting for its last message to be acked waits at most that many
 	// more messages or the commit.
-	fastBatchFlow = 256
+	fastBatchFlow = 512
 	// fastBatchOutstanding is how many flow acks may be outstanding before the lane waits for
 	// one: with fastBatchFlow, the window of unconfirmed messages of a lane.
 	fastBatchOutstanding = 2

@@ -10,7 +10,7 @@ import (
 // queued is one message waiting in a subscription's queue.
 type queued struct {
 	msg jetstream.Msg
-	at  time.Time // when it was queued
+	at  time.Duration // when it was queued, since the subscription started (monotonic)
 }
 
 // msgQueue is the bounded FIFO between the pull subscription's goroutine (push) and Receive

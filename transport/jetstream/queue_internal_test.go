@@ -13,7 +13,7 @@ import (
 func TestMsgQueue(t *testing.T) {
 	q := newMsgQueue(3)
 	stop := make(chan struct{})
-	at := func(i int) queued { return queued{at: time.Unix(int64(i), 0)} }
+	at := func(i int) queued { return queued{at: time.Duration(i) * time.Second} }
 	for i := range 3 {
 		require.True(t, q.push(at(i), stop))
 	}
