@@ -35,7 +35,10 @@
 // messages PULSE_STREAM_MAX_LEN, PULSE_STREAM_REPLICAS replicas and a duplicate window of
 // min(2m, max age). Consumers are created or updated on subscribe: deliver all, explicit ack,
 // AckWait from the subscription, no server-side delivery limit (the Bus dead-letters on its
-// last attempt, then terminates the message), MaxAckPending 4 × batch size.
+// last attempt, then terminates the message), MaxAckPending 4 × batch size. A subscription
+// whose consumer is gone from the server (deleted, or lost with a store the server came back
+// without) creates the stream and the consumer again by itself and goes on consuming; what it
+// then reads is the new stream's, from its first message.
 //
 // # Wire format
 //

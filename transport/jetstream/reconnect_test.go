@@ -144,3 +144,45 @@ func TestReconnect(t *testing.T) {
 	require.Eventually(t, func() bool { return sub.Err() == nil }, 10*time.Second, 10*time.Millisecond, "the subscription is healthy again")
 	require.Empty(t, seen.multiples(), "each message handled once")
 }
+
+// TestReconnectToAServerThatLostItsStore proves that a subscription recovers when the server
+// it reconnects to no longer has the stream or the consumer (its store was lost, or it keeps
+// JetStream in memory): no "consumer deleted" notice ever reaches the client then, only
+// missing heartbeats, and the subscription must notice the consumer is gone and create both
+// again rather than wait for heartbeats forever.
+func TestReconnectToAServerThatLostItsStore(t *testing.T) {
+	opts := natstest.Options(t.TempDir())
+	srv, err := embedded.Start(context.Background(), opts)
+	require.NoError(t, err)
+	t.Cleanup(func() { srv.Shutdown() })
+	opts.Listen = srv.Addr().String() // same port on restart
+
+	cfg := config(srv.ClientURL(), "lost")
+	cfg.Track = envelope.TrackV2
+	bus := openBus(t, cfg)
+	ctx := context.Background()
+	seen := newSeenSet()
+	sub, err := bus.Subscribe(ctx, "telemetry.feedback", seen.handler, transport.SubscribeOptions{})
+	require.NoError(t, err)
+	defer sub.Close()
+	before := feedback("before-", 5)
+	require.NoError(t, bus.Publish(ctx, "telemetry.feedback", before...))
+	require.Eventually(t, func() bool { return seen.has(idsOf(before)...) }, 10*time.Second, 5*time.Millisecond)
+
+	srv.Shutdown()
+	require.Eventually(t, func() bool { return errorsIs(bus.Ping(ctx), transport.ErrUnavailable) }, 10*time.Second, 5*time.Millisecond)
+	opts.DataDir = t.TempDir() // the store is gone
+	srv, err = embedded.Start(context.Background(), opts)
+	require.NoError(t, err)
+	t.Cleanup(func() { srv.Shutdown() })
+	require.Eventually(t, func() bool { return bus.Ping(ctx) == nil }, 15*time.Second, 10*time.Millisecond, "Ping recovers")
+
+	after := feedback("after-", 5)
+	require.Eventually(t, func() bool {
+		pctx, cancel := context.WithTimeout(ctx, time.Second)
+		defer cancel()
+		return bus.Publish(pctx, "telemetry.feedback", after...) == nil
+	}, 15*time.Second, 50*time.Millisecond, "publishing creates the stream again")
+	require.Eventually(t, func() bool { return seen.has(idsOf(after)...) }, 30*time.Second, 10*time.Millisecond,
+		"consuming resumes on the new stream by itself")
+}

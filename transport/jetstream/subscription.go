@@ -152,6 +152,7 @@ type subscription struct {
 
 	mu     sync.Mutex // guards the fields below
 	closed bool
+	cons   jetstream.Consumer
 	cc     jetstream.ConsumeContext
 	ccDone <-chan struct{}
 
@@ -174,7 +175,7 @@ func (s *subscription) startLocked(ctx context.Context) error {
 	if err != nil {
 		return s.d.wrap(ctx, "consume "+StreamName(s.d.cfg.Namespace, s.stream), err)
 	}
-	s.cc, s.ccDone = cc, cc.Closed()
+	s.cons, s.cc, s.ccDone = cons, cc, cc.Closed()
 	return nil
 }
 
@@ -192,12 +193,40 @@ func (s *subscription) onMsg(m jetstream.Msg) {
 	}
 }
 
-func (s *subscription) onConsumeErr(_ jetstream.ConsumeContext, err error) {
-	if errors.Is(err, jetstream.ErrNoHeartbeat) || errors.Is(err, jetstream.ErrConsumerLeadershipChanged) {
+func (s *subscription) onConsumeErr(cc jetstream.ConsumeContext, err error) {
+	if errors.Is(err, jetstream.ErrNoHeartbeat) {
+		s.log.Debug("pull consumer notice", "err", err)
+		s.stopIfConsumerGone(cc)
+		return
+	}
+	if errors.Is(err, jetstream.ErrConsumerLeadershipChanged) {
 		s.log.Debug("pull consumer notice", "err", err)
 		return
 	}
 	s.log.Warn("pull consumer error", "err", err)
+}
+
+// stopIfConsumerGone stops cc when the server no longer knows its consumer, so that the next
+// Receive creates the stream and consumer again (consuming). nats.go stops a Consume by
+// itself only on the server's "consumer deleted" notice, which a client never gets when the
+// consumer went while it was disconnected (a server that came back without its store, or
+// with JetStream in memory): it would pull from nothing, missing heartbeats, forever. It runs
+// on nats.go's goroutine of cc, after missed heartbeats (a pull expiry at most), so the lookup
+// costs nothing while messages flow.
+func (s *subscription) stopIfConsumerGone(cc jetstream.ConsumeContext) {
+	s.mu.Lock()
+	cons, current := s.cons, s.cc == cc && !s.closed
+	s.mu.Unlock()
+	if !current || cons == nil || !s.d.nc.IsConnected() {
+		return
+	}
+	ctx, cancel := context.WithTimeout(context.Background(), DefaultAPITimeout)
+	defer cancel()
+	_, err := cons.Info(ctx)
+	if errors.Is(err, jetstream.ErrConsumerNotFound) || errors.Is(err, jetstream.ErrStreamNotFound) {
+		s.log.Warn("the server no longer has the group's consumer; creating it again", "err", err)
+		cc.Stop()
+	}
 }
 
 // consuming returns the channel closed when the current Consume stops, restarting it if it
