@@ -85,36 +85,73 @@ func idsOf(envs []*envelope.Envelope) []string {
 	return out
 }
 
+// restartable is an embedded server (file store) that stops and starts again on the same
+// port, and a v2 Bus subscribed to telemetry.feedback through it.
+type restartable struct {
+	t    *testing.T
+	opts embedded.Options
+	srv  *embedded.Server
+	bus  *transport.Bus
+	sub  *transport.Subscription
+	seen *seenSet
+}
+
+// startRestartable starts the server and the Bus (namespace ns, its Config changed by edit if
+// not nil), subscribes, and returns once n envelopes published now are handled, with their
+// ids. The caller closes r.sub.
+func startRestartable(t *testing.T, ns string, edit func(*transport.Config), n int) (r *restartable, ids []string) {
+	r = &restartable{t: t, opts: natstest.Options(t.TempDir()), seen: newSeenSet()}
+	r.start()
+	r.opts.Listen = r.srv.Addr().String() // same port on restart
+	cfg := config(r.srv.ClientURL(), ns)
+	cfg.Track = envelope.TrackV2
+	if edit != nil {
+		edit(&cfg)
+	}
+	r.bus = openBus(t, cfg)
+	ctx := context.Background()
+	var err error
+	r.sub, err = r.bus.Subscribe(ctx, "telemetry.feedback", r.seen.handler, transport.SubscribeOptions{})
+	require.NoError(t, err)
+	before := feedback("before-", n)
+	require.NoError(t, r.bus.Publish(ctx, "telemetry.feedback", before...))
+	ids = idsOf(before)
+	require.Eventually(t, func() bool { return r.seen.has(ids...) }, 10*time.Second, 5*time.Millisecond)
+	return r, ids
+}
+
+func (r *restartable) start() {
+	srv, err := embedded.Start(context.Background(), r.opts)
+	require.NoError(r.t, err)
+	r.t.Cleanup(srv.Shutdown)
+	r.srv = srv
+}
+
+// stop shuts the server down and waits until Ping reports the outage.
+func (r *restartable) stop() {
+	r.srv.Shutdown()
+	require.Eventually(r.t, func() bool {
+		return errorsIs(r.bus.Ping(context.Background()), transport.ErrUnavailable)
+	}, 10*time.Second, 5*time.Millisecond, "Ping reports the outage")
+}
+
+// restart starts the server again (with r.opts) and waits until Ping recovers.
+func (r *restartable) restart() {
+	r.start()
+	require.Eventually(r.t, func() bool { return r.bus.Ping(context.Background()) == nil },
+		15*time.Second, 10*time.Millisecond, "Ping recovers")
+}
+
 // TestReconnect proves that a client whose embedded server (file store) stops and restarts
 // on the same port and store resumes by itself: while the server is away, Ping and the
 // subscription's Err report ErrUnavailable; a publish started during the outage completes once
 // the server is back; every message is handled exactly once.
 func TestReconnect(t *testing.T) {
-	dir := t.TempDir()
-	opts := natstest.Options(dir)
-	srv, err := embedded.Start(context.Background(), opts)
-	require.NoError(t, err)
-	t.Cleanup(func() { srv.Shutdown() })
-	opts.Listen = srv.Addr().String() // same port on restart
+	r, before := startRestartable(t, "reconn", func(c *transport.Config) { c.AckWait = 2 * time.Second }, 20)
+	defer r.sub.Close()
+	bus, sub, seen, ctx := r.bus, r.sub, r.seen, context.Background()
 
-	cfg := config(srv.ClientURL(), "reconn")
-	cfg.Track = envelope.TrackV2
-	cfg.AckWait = 2 * time.Second
-	bus := openBus(t, cfg)
-	ctx := context.Background()
-	seen := newSeenSet()
-	sub, err := bus.Subscribe(ctx, "telemetry.feedback", seen.handler, transport.SubscribeOptions{})
-	require.NoError(t, err)
-	defer sub.Close()
-
-	before := feedback("before-", 20)
-	require.NoError(t, bus.Publish(ctx, "telemetry.feedback", before...))
-	require.Eventually(t, func() bool { return seen.has(idsOf(before)...) }, 10*time.Second, 5*time.Millisecond)
-
-	srv.Shutdown()
-	require.Eventually(t, func() bool {
-		return errorsIs(bus.Ping(ctx), transport.ErrUnavailable)
-	}, 10*time.Second, 5*time.Millisecond, "Ping reports the outage")
+	r.stop()
 	require.Eventually(t, func() bool { return errorsIs(sub.Err(), transport.ErrUnavailable) }, 10*time.Second, 5*time.Millisecond,
 		"the subscription reports the outage")
 
@@ -126,10 +163,7 @@ func TestReconnect(t *testing.T) {
 		published <- bus.Publish(pctx, "telemetry.feedback", during...)
 	}()
 
-	srv, err = embedded.Start(context.Background(), opts)
-	require.NoError(t, err)
-	t.Cleanup(func() { srv.Shutdown() })
-	require.Eventually(t, func() bool { return bus.Ping(ctx) == nil }, 15*time.Second, 10*time.Millisecond, "Ping recovers")
+	r.restart()
 	select {
 	case err := <-published:
 		require.NoError(t, err, "the publish made during the outage completes")
@@ -138,7 +172,7 @@ func TestReconnect(t *testing.T) {
 	}
 	after := feedback("after-", 20)
 	require.NoError(t, bus.Publish(ctx, "telemetry.feedback", after...))
-	all := append(append(idsOf(before), idsOf(during)...), idsOf(after)...)
+	all := append(append(before, idsOf(during)...), idsOf(after)...)
 	require.Eventually(t, func() bool { return seen.has(all...) }, 20*time.Second, 10*time.Millisecond,
 		"consuming resumes by itself")
 	require.Eventually(t, func() bool { return sub.Err() == nil }, 10*time.Second, 10*time.Millisecond, "the subscription is healthy again")
@@ -151,38 +185,20 @@ func TestReconnect(t *testing.T) {
 // missing heartbeats, and the subscription must notice the consumer is gone and create both
 // again rather than wait for heartbeats forever.
 func TestReconnectToAServerThatLostItsStore(t *testing.T) {
-	opts := natstest.Options(t.TempDir())
-	srv, err := embedded.Start(context.Background(), opts)
-	require.NoError(t, err)
-	t.Cleanup(func() { srv.Shutdown() })
-	opts.Listen = srv.Addr().String() // same port on restart
-
-	cfg := config(srv.ClientURL(), "lost")
-	cfg.Track = envelope.TrackV2
-	bus := openBus(t, cfg)
+	r, _ := startRestartable(t, "lost", nil, 5)
+	defer r.sub.Close()
 	ctx := context.Background()
-	seen := newSeenSet()
-	sub, err := bus.Subscribe(ctx, "telemetry.feedback", seen.handler, transport.SubscribeOptions{})
-	require.NoError(t, err)
-	defer sub.Close()
-	before := feedback("before-", 5)
-	require.NoError(t, bus.Publish(ctx, "telemetry.feedback", before...))
-	require.Eventually(t, func() bool { return seen.has(idsOf(before)...) }, 10*time.Second, 5*time.Millisecond)
 
-	srv.Shutdown()
-	require.Eventually(t, func() bool { return errorsIs(bus.Ping(ctx), transport.ErrUnavailable) }, 10*time.Second, 5*time.Millisecond)
-	opts.DataDir = t.TempDir() // the store is gone
-	srv, err = embedded.Start(context.Background(), opts)
-	require.NoError(t, err)
-	t.Cleanup(func() { srv.Shutdown() })
-	require.Eventually(t, func() bool { return bus.Ping(ctx) == nil }, 15*time.Second, 10*time.Millisecond, "Ping recovers")
+	r.stop()
+	r.opts.DataDir = t.TempDir() // the store is gone
+	r.restart()
 
 	after := feedback("after-", 5)
 	require.Eventually(t, func() bool {
 		pctx, cancel := context.WithTimeout(ctx, time.Second)
 		defer cancel()
-		return bus.Publish(pctx, "telemetry.feedback", after...) == nil
+		return r.bus.Publish(pctx, "telemetry.feedback", after...) == nil
 	}, 15*time.Second, 50*time.Millisecond, "publishing creates the stream again")
-	require.Eventually(t, func() bool { return seen.has(idsOf(after)...) }, 30*time.Second, 10*time.Millisecond,
+	require.Eventually(t, func() bool { return r.seen.has(idsOf(after)...) }, 30*time.Second, 10*time.Millisecond,
 		"consuming resumes on the new stream by itself")
 }

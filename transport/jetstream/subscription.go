@@ -194,13 +194,11 @@ func (s *subscription) onMsg(m jetstream.Msg) {
 }
 
 func (s *subscription) onConsumeErr(cc jetstream.ConsumeContext, err error) {
-	if errors.Is(err, jetstream.ErrNoHeartbeat) {
+	if errors.Is(err, jetstream.ErrNoHeartbeat) || errors.Is(err, jetstream.ErrConsumerLeadershipChanged) {
 		s.log.Debug("pull consumer notice", "err", err)
-		s.stopIfConsumerGone(cc)
-		return
-	}
-	if errors.Is(err, jetstream.ErrConsumerLeadershipChanged) {
-		s.log.Debug("pull consumer notice", "err", err)
+		if errors.Is(err, jetstream.ErrNoHeartbeat) {
+			s.stopIfConsumerGone(cc)
+		}
 		return
 	}
 	s.log.Warn("pull consumer error", "err", err)
@@ -217,10 +215,10 @@ func (s *subscription) stopIfConsumerGone(cc jetstream.ConsumeContext) {
 	s.mu.Lock()
 	cons, current := s.cons, s.cc == cc && !s.closed
 	s.mu.Unlock()
-	if !current || cons == nil || !s.d.nc.IsConnected() {
+	if !current || !s.d.nc.IsConnected() {
 		return
 	}
-	ctx, cancel := context.WithTimeout(context.Background(), DefaultAPITimeout)
+	ctx, cancel := apiCtx(context.Background())
 	defer cancel()
 	_, err := cons.Info(ctx)
 	if errors.Is(err, jetstream.ErrConsumerNotFound) || errors.Is(err, jetstream.ErrStreamNotFound) {
