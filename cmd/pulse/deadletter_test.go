@@ -61,7 +61,7 @@ func TestOversizedPoisonOnJetStream(t *testing.T) {
 	})
 	s.waitMetric(t, `pulse_dlq_total{reason="invalid_payload",stream="telemetry.feedback"}`, 1)
 	require.Equal(t, -1.0, s.metric(t, `pulse_redeliveries_total{stream="telemetry.feedback"}`), "never redelivered")
-	require.Contains(t, s.logs.String(), "the dead letter points at the original")
+	s.waitLog(t, "the dead letter points at the original")
 
 	code, list, errOut := pulse(t, env, "dlq", "list")
 	require.Equal(t, 0, code, errOut)
@@ -146,7 +146,7 @@ func TestUnwritableDeadLetterSettled(t *testing.T) {
 	require.NoError(t, json.Unmarshal([]byte(raw), &st))
 	require.Equal(t, uint64(5), st.Consumer.Failures)
 	require.Contains(t, st.Consumer.Last, "stream name collision")
-	require.Contains(t, s.logs.String(), "settled without a dead letter and stays in its stream")
+	s.waitLog(t, "settled without a dead letter and stays in its stream")
 	kept, err := bus.Driver().(driver.StreamAdmin).Get(context.Background(), feedback.StreamFeedback, ids[0])
 	require.NoError(t, err)
 	require.Equal(t, "{not json", string(kept.Body), "the original is still there")

@@ -183,7 +183,7 @@ func TestRestartKeepsTheThrottle(t *testing.T) {
 				s2 := startRun(t, env)
 				requireThrottledAtOnce(t, s2)
 				require.Equal(t, "ok", state(t, s2).Coordinators["c2"].Level)
-				require.Contains(t, s2.logs.String(), `"msg":"loop state restored"`)
+				s2.waitLog(t, `"msg":"loop state restored"`)
 				require.Equal(t, s.start["group"], s2.start["group"], "the replica resumes its own group")
 				stoppedClean(t, s2, syscall.SIGTERM)
 			})
@@ -290,7 +290,7 @@ func TestClockStepBackAppliesTheNextEvent(t *testing.T) {
 			s.waitRate(t, 1)
 			publishAt(t, bus, "c1", feedback.LevelOK, now()-600)
 			s.waitRate(t, 60)
-			require.Contains(t, s.logs.String(), "the Store's clock stepped back")
+			s.waitLog(t, "the Store's clock stepped back")
 		})
 	}
 }
@@ -389,7 +389,7 @@ func TestCapturedSignedEventReplayedAfterRestart(t *testing.T) {
 			require.NoError(t, err)
 			s2.waitMetric(t, `pulse_consume_total{outcome="stale",stream="telemetry.feedback",track="v1"}`, 1)
 			require.Equal(t, 60.0, s2.rate(t), "the replayed hard changed nothing")
-			require.Contains(t, s2.logs.String(), "it repeats an event already applied")
+			s2.waitLog(t, "it repeats an event already applied")
 		})
 	}
 }

@@ -178,6 +178,14 @@ func startRun(t *testing.T, env map[string]string) *server {
 
 func (s *server) url(path string) string { return "http://" + s.start["http"].(string) + path }
 
+// waitLog waits until the process's logs hold text. They reach s.logs through exec's copying
+// goroutine, so a line the process wrote before what the test saw over HTTP may not be there
+// yet when the test looks once.
+func (s *server) waitLog(t *testing.T, text string) {
+	t.Helper()
+	eventually(t, "the log line "+strconv.Quote(text), func() bool { return strings.Contains(s.logs.String(), text) })
+}
+
 // stop sends sig and waits for the exit status.
 func (s *server) stop(sig os.Signal) int {
 	s.t.Helper()
