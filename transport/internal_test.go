@@ -81,12 +81,13 @@ func TestMemoryIdempotencyTTL(t *testing.T) {
 	ctx := context.Background()
 	now := time.Unix(1_700_000_000, 0)
 	m := NewMemoryIdempotency(10, time.Minute)
-	m.now = func() time.Time { return now }
+	start := now
+	m.elapsed = func() time.Duration { return now.Sub(start) }
 	require.NoError(t, m.Done(ctx, "k"))
-	now = now.Add(time.Minute - time.Nanosecond)
+	now = now.Add(time.Minute - time.Millisecond)
 	seen, _ := m.Seen(ctx, "k")
 	require.True(t, seen, "still within the TTL")
-	now = now.Add(2 * time.Nanosecond)
+	now = now.Add(2 * time.Millisecond)
 	seen, _ = m.Seen(ctx, "k")
 	require.False(t, seen, "expired")
 	require.Zero(t, m.Len(), "an expired key is dropped when read")
@@ -121,4 +122,19 @@ func TestLagByBrokerClockClamped(t *testing.T) {
 	} {
 		require.Equal(t, tc.want, lag(now, tc.storedAt, tc.ts), tc.name)
 	}
+}
+
+// TestMemoryIdempotencyKeyInParts proves a key the Subscription records as prefix and id is
+// the key a caller of Seen and Done names whole, and the other way round.
+func TestMemoryIdempotencyKeyInParts(t *testing.T) {
+	ctx := context.Background()
+	m := NewMemoryIdempotency(10, time.Hour)
+	m.done("telemetry.feedback/pipeline/", "42")
+	seen, err := m.Seen(ctx, "telemetry.feedback/pipeline/42")
+	require.NoError(t, err)
+	require.True(t, seen)
+	require.NoError(t, m.Done(ctx, "telemetry.feedback/pipeline/43"))
+	require.True(t, m.seen("telemetry.feedback/pipeline/", "43"))
+	require.False(t, m.seen("telemetry.feedback/pipeline/", "4"), "a prefix of a key is another key")
+	require.False(t, m.seen("telemetry.feedback/other/", "42"))
 }

@@ -452,14 +452,13 @@ func (s *Subscription) handleOne(d *driver.Delivery, env *envelope.Envelope, dec
 		Envelope: env, Stream: s.stream, TransportID: d.TransportID, Attempt: d.Attempt,
 		Position: d.Position, StoredAt: d.StoredAt, Replayed: d.Headers[DLQReplayOf] != "", Raw: d.Body,
 	}
-	key := s.keyPrefix + del.ID()
 	track := string(env.Meta.Track)
 	pt.identify(del.ID(), track)
 	// A message identified by its transport id (v1) on its first delivery to this group cannot
 	// have been handled by the group yet, so only later attempts and producer ids (which a
 	// retried publish repeats) are looked up.
 	if d.Attempt > 1 || env.ID != "" {
-		if seen, err := s.bus.idem.Seen(pt.ctx, key); err != nil {
+		if seen, err := s.handledBefore(pt.ctx, del.ID()); err != nil {
 			s.log.Warn("idempotency record unavailable; handling anyway (at least once)", "err", err)
 		} else if seen {
 			obs.Consumed(s.stream, track, OutcomeDuplicate)
@@ -479,7 +478,7 @@ func (s *Subscription) handleOne(d *driver.Delivery, env *envelope.Envelope, dec
 	err := s.callHandler(pt.ctx, del)
 	switch {
 	case err == nil, errors.Is(err, ErrStale):
-		if derr := s.bus.idem.Done(pt.ctx, key); derr != nil {
+		if derr := s.recordHandled(pt.ctx, del.ID()); derr != nil {
 			s.log.Warn("could not record handled id", "id", del.ID(), "err", derr)
 		}
 		outcome := OutcomeSuccess
@@ -510,6 +509,25 @@ func (s *Subscription) handleOne(d *driver.Delivery, env *envelope.Envelope, dec
 		s.nak(&pt, d, s.bus.backoff(d.Attempt))
 		return false, trace.Link{}, false
 	}
+}
+
+// handledBefore asks the Bus's idempotency record whether this group handled the message with this id.
+// The default record is given the key as prefix and id, which it hashes without joining them
+// (the joined string was an allocation per message); any other store gets the whole key.
+func (s *Subscription) handledBefore(ctx context.Context, id string) (bool, error) {
+	if m, ok := s.bus.idem.(*MemoryIdempotency); ok {
+		return m.seen(s.keyPrefix, id), nil
+	}
+	return s.bus.idem.Seen(ctx, s.keyPrefix+id)
+}
+
+// recordHandled records that this group handled the message with this id.
+func (s *Subscription) recordHandled(ctx context.Context, id string) error {
+	if m, ok := s.bus.idem.(*MemoryIdempotency); ok {
+		m.done(s.keyPrefix, id)
+		return nil
+	}
+	return s.bus.idem.Done(ctx, s.keyPrefix+id)
 }
 
 // lag is how long a message waited between being stored and received: by the broker's clock
