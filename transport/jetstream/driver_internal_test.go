@@ -4,6 +4,8 @@ import (
 	"context"
 	"errors"
 	"fmt"
+	"strconv"
+	"strings"
 	"testing"
 	"time"
 
@@ -105,6 +107,7 @@ func TestAckFields(t *testing.T) {
 		{"$JS.ACK.S.c.x.12.10.1764201600000000000.5", 0, 0, false},
 		{"$JS.ACK.S.c.0.12.10.1764201600000000000.5", 0, 0, false},
 		{"$JS.ACK.S.c.1.12", 0, 0, false},
+		{"$JS.ACK.S.c.1.012.10.1764201600000000000.5", 1, 12, true}, // spelt unusually: formatted anew
 		{"_INBOX.abc", 0, 0, false},
 		{"", 0, 0, false},
 	} {
@@ -114,6 +117,11 @@ func TestAckFields(t *testing.T) {
 		require.Equal(t, tc.sseq, m.streamSeq, tc.reply)
 		if ok {
 			require.Equal(t, int64(1764201600000000000), m.stored, tc.reply)
+			if want := strconv.FormatUint(tc.sseq, 10); strings.Contains(tc.reply, "."+want+".") {
+				require.Equal(t, want, m.seqText, "the transport id is the subject's own text")
+			} else {
+				require.Empty(t, m.seqText, "spelt otherwise than FormatUint would: not reused")
+			}
 		}
 	}
 }

@@ -310,9 +310,13 @@ func (s *subscription) appendDelivery(out []*driver.Delivery, rd *driver.Deliver
 	if now.Sub(s.born)-q.at > s.opts.AckWait/2 {
 		_ = q.msg.InProgress() // buffered long: give its handler a whole AckWait
 	}
+	id := am.seqText
+	if id == "" {
+		id = strconv.FormatUint(am.streamSeq, 10)
+	}
 	*rd = driver.Delivery{
 		Message:     driver.Message{Body: q.msg.Data()},
-		TransportID: strconv.FormatUint(am.streamSeq, 10),
+		TransportID: id,
 		Attempt:     int(am.delivered),
 		Position:    driver.Position{Epoch: s.epoch.Load(), Seq: am.streamSeq},
 		StoredAt:    time.Unix(0, am.stored),
@@ -328,6 +332,9 @@ func (s *subscription) appendDelivery(out []*driver.Delivery, rd *driver.Deliver
 type ackMeta struct {
 	delivered, streamSeq uint64
 	stored               int64 // when the server stored the message, unix nanoseconds
+	// seqText is the stream sequence in decimal as the subject spells it, a substring of the
+	// subject that the delivery's message keeps anyway: the TransportID without allocating.
+	seqText string
 }
 
 // ackFields reads a delivery's count, stream sequence and storage time from its ack subject,
@@ -362,7 +369,10 @@ func ackFields(reply string) (m ackMeta, ok bool) {
 	if err1 != nil || err2 != nil || err3 != nil || delivered == 0 || streamSeq == 0 {
 		return ackMeta{}, false
 	}
-	return ackMeta{delivered: delivered, streamSeq: streamSeq, stored: stored}, true
+	if sseq[0] == '0' { // not as FormatUint spells it (the server never writes one so)
+		sseq = ""
+	}
+	return ackMeta{delivered: delivered, streamSeq: streamSeq, stored: stored, seqText: sseq}, true
 }
 
 func handle(d *driver.Delivery) (jetstream.Msg, error) {
