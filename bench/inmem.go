@@ -36,7 +36,7 @@ type pulseInmemPipe struct {
 	bus  *transport.Bus
 	env  *Env
 	envs []*envelope.Envelope
-	tal  *tally
+	tallied
 }
 
 func newPulseInmemPipe(ctx context.Context, env *Env, id string) (Pipe, error) {
@@ -81,8 +81,6 @@ func (p *pulseInmemPipe) Run(ctx context.Context, n int) error {
 	return pulseAcked(ctx, p.bus, pulseStream)
 }
 
-func (p *pulseInmemPipe) Duplicates() int64 { return p.tal.duplicates() }
-
 func (p *pulseInmemPipe) Close() error { return p.bus.Close() }
 
 // goChannelPipe is Watermill's GoChannel in its default configuration (unbuffered output,
@@ -91,7 +89,7 @@ func (p *pulseInmemPipe) Close() error { return p.bus.Close() }
 type goChannelPipe struct {
 	gc  *gochannel.GoChannel
 	env *Env
-	tal *tally
+	tallied
 }
 
 func newGoChannelPipe(_ context.Context, env *Env, _ string) (Pipe, error) {
@@ -119,7 +117,5 @@ func (p *goChannelPipe) Run(ctx context.Context, n int) error {
 	cancel() // ends the subscription: its channel closes and the reader returns
 	return errors.Join(err, <-pubErr)
 }
-
-func (p *goChannelPipe) Duplicates() int64 { return p.tal.duplicates() }
 
 func (p *goChannelPipe) Close() error { return p.gc.Close() }

@@ -167,7 +167,7 @@ type rawNATSTrial struct {
 	subject string
 	pubErrs atomic.Int64
 	lastErr atomic.Value
-	tal     *tally
+	tallied
 }
 
 func newRawNATSTrial(ctx context.Context, env *Env, id string) (*rawNATSTrial, error) {
@@ -262,8 +262,6 @@ func (t *rawNATSTrial) Consume(ctx context.Context, n int) error {
 	return natsAllAcked(ctx, t.js, t.name)
 }
 
-func (t *rawNATSTrial) Duplicates() int64 { return t.tal.duplicates() }
-
 func (t *rawNATSTrial) Latency(ctx context.Context, warm, n int, rate float64) (Latencies, error) {
 	bodies, err := t.env.Bodies(warm + n)
 	if err != nil {
@@ -305,7 +303,7 @@ type watermillJSTrial struct {
 	sub     *wmjs.Subscriber
 	adminNC *nats.Conn
 	adminJS jetstream.JetStream
-	tal     *tally
+	tallied
 }
 
 func newWatermillJSTrial(_ context.Context, env *Env, id string, async bool) (*watermillJSTrial, error) {
@@ -358,8 +356,6 @@ func (t *watermillJSTrial) Consume(ctx context.Context, n int) error {
 	}
 	return natsAllAcked(ctx, t.adminJS, t.topic)
 }
-
-func (t *watermillJSTrial) Duplicates() int64 { return t.tal.duplicates() }
 
 func (t *watermillJSTrial) Latency(ctx context.Context, warm, n int, rate float64) (Latencies, error) {
 	bodies, err := t.env.Bodies(warm + n)

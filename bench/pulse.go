@@ -104,8 +104,8 @@ type pulseTrial struct {
 	inFlight int
 	env      *Env
 	envs     []*envelope.Envelope
-	tal      *tally
-	cleanup  func(context.Context) error
+	tallied
+	cleanup func(context.Context) error
 }
 
 func (t *pulseTrial) Prepare(_ context.Context, n int) error {
@@ -144,8 +144,6 @@ func (t *pulseTrial) Consume(ctx context.Context, n int) error {
 	t.tal = newTally(n)
 	return pulseConsume(ctx, t.bus, t.env, pulseStream, n, t.tal)
 }
-
-func (t *pulseTrial) Duplicates() int64 { return t.tal.duplicates() }
 
 func (t *pulseTrial) Latency(ctx context.Context, warm, n int, rate float64) (Latencies, error) {
 	return measureLatency(ctx, warm, n, rate, func(received func([]byte)) (func(), error) {

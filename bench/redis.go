@@ -111,7 +111,7 @@ type rawRedisTrial struct {
 	env        *Env
 	pub, sub   redis.UniversalClient
 	key, group string
-	tal        *tally
+	tallied
 }
 
 func newRawRedisTrial(_ context.Context, env *Env, id string) (Trial, error) {
@@ -178,8 +178,6 @@ func (t *rawRedisTrial) Consume(ctx context.Context, n int) error {
 	return redisPendingZero(ctx, t.sub, t.key, t.group)
 }
 
-func (t *rawRedisTrial) Duplicates() int64 { return t.tal.duplicates() }
-
 func (t *rawRedisTrial) Close() error {
 	ctx, cancel := context.WithTimeout(context.Background(), 30*time.Second)
 	defer cancel()
@@ -191,13 +189,13 @@ func (t *rawRedisTrial) Close() error {
 // reading from the start of the stream) with their defaults and a no-op logger. The payload
 // is the same envelope bytes; Watermill adds its uuid and metadata fields to each entry.
 type watermillRedisTrial struct {
-	env      *Env
-	pubC     *redis.Client
-	subC     *redis.Client
-	pub      *redisstream.Publisher
-	topic    string
-	group    string
-	tal      *tally
+	env   *Env
+	pubC  *redis.Client
+	subC  *redis.Client
+	pub   *redisstream.Publisher
+	topic string
+	group string
+	tallied
 	closeSub func() error
 }
 
@@ -244,8 +242,6 @@ func (t *watermillRedisTrial) Consume(ctx context.Context, n int) error {
 	}
 	return redisPendingZero(ctx, t.pubC, t.topic, t.group)
 }
-
-func (t *watermillRedisTrial) Duplicates() int64 { return t.tal.duplicates() }
 
 func (t *watermillRedisTrial) Close() error {
 	ctx, cancel := context.WithTimeout(context.Background(), 30*time.Second)

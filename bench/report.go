@@ -17,7 +17,8 @@ func (r *Report) WriteText(w io.Writer) error {
 		r.Start.UTC().Format("2006-01-02 15:04 UTC"), r.Go, r.Platform, r.CPUs, r.MaxProcs, r.Elapsed.Round(time.Second))
 	fmt.Fprintf(&b, "messages: %d-byte envelopes (track %s), batch %d, %d publisher(s); %d measured repetitions after %d warm-up(s) of ≤%s messages;\n",
 		r.MsgSize, o.Track, o.Batch, o.Publishers, o.Reps, o.Warmups, thousands(float64(o.WarmN)))
-	b.WriteString("figures are the median msgs/s ± half the spread (max−min) across repetitions; every trial on a fresh stream and group.\n")
+	b.WriteString("figures are the median msgs/s ± half the spread (max−min) across repetitions; every trial on a fresh stream and group;\n")
+	b.WriteString("consume+ack is timed from the first message handled until every message is handled and acked (the consumer's set-up left out, as nats bench leaves it out).\n")
 	if r.LoadStart != "" {
 		fmt.Fprintf(&b, "load average (1 min) at start %s, at end %s: figures from a machine busy with other work are noisy.\n", r.LoadStart, r.LoadEnd)
 	}

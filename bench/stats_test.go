@@ -156,3 +156,15 @@ func TestUnavailableContender(t *testing.T) {
 	_, err = openPulse(context.Background(), &Env{Work: w, Batch: 8}, transport.Config{Backend: "no-such-backend"})
 	require.True(t, errors.Is(err, ErrUnavailable), "got %v", err)
 }
+
+// TestConsumeTimeFromFirstHandled proves a consume phase is timed from the trial's first
+// handled message when it can tell, and from the call otherwise.
+func TestConsumeTimeFromFirstHandled(t *testing.T) {
+	start := time.Unix(1_700_000_000, 0)
+	end := start.Add(time.Second)
+	tr := &rawNATSTrial{tallied: tallied{tal: newTally(2)}}
+	require.Equal(t, time.Second, consumeTime(tr, start, end), "nothing handled yet: the whole call")
+	tr.tal.first.Store(start.Add(40 * time.Millisecond).UnixNano())
+	require.Equal(t, 960*time.Millisecond, consumeTime(tr, start, end), "set-up before the first message left out")
+	require.Equal(t, time.Second, consumeTime(&natsBenchCLI{}, start, end), "a trial without a tally")
+}

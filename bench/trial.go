@@ -105,6 +105,7 @@ type tally struct {
 	n      int64
 	done   chan struct{}
 	once   sync.Once
+	first  atomic.Int64 // when the first message was handled, unix nanoseconds; 0 before
 }
 
 func newTally(n int) *tally {
@@ -122,7 +123,11 @@ func (t *tally) add(b []byte) {
 		t.dups.Add(1)
 		return
 	}
-	if t.unique.Add(1) == t.n {
+	u := t.unique.Add(1)
+	if u == 1 {
+		t.first.Store(time.Now().UnixNano())
+	}
+	if u == t.n {
 		t.once.Do(func() { close(t.done) })
 	}
 }
@@ -135,6 +140,21 @@ func (t *tally) duplicates() int64 {
 	}
 	return t.dups.Load()
 }
+
+// firstHandled is when the first message was handled; zero before that, or on a nil tally.
+func (t *tally) firstHandled() time.Time {
+	if t == nil || t.first.Load() == 0 {
+		return time.Time{}
+	}
+	return time.Unix(0, t.first.Load())
+}
+
+// tallied is embedded by the trials and pipes that count what they handle in a tally: it
+// reports duplicates and the first message's time to the run (duplicatesOf, consumeTime).
+type tallied struct{ tal *tally }
+
+func (t tallied) Duplicates() int64       { return t.tal.duplicates() }
+func (t tallied) FirstHandled() time.Time { return t.tal.firstHandled() }
 
 // wait blocks until every message was seen, or ctx is done.
 func (t *tally) wait(ctx context.Context) error {
