@@ -82,19 +82,18 @@ func (m *MemoryIdempotency) seen(prefix, id string) bool {
 	slot, check := m.fingerprint(prefix, id)
 	m.mu.Lock()
 	defer m.mu.Unlock()
-	gen := m.cur
-	v, ok := gen[slot]
-	if !ok || v>>expiryBits != check {
-		gen = m.prev
-		if v, ok = gen[slot]; !ok || v>>expiryBits != check {
-			return false // the usual answer, given without reading the clock
+	for _, gen := range [...]map[uint64]uint64{m.cur, m.prev} {
+		v, ok := gen[slot]
+		if !ok || v>>expiryBits != check {
+			continue
 		}
+		if m.nowMS() > v&expiryMask {
+			delete(gen, slot)
+			return false
+		}
+		return true
 	}
-	if m.nowMS() > v&expiryMask {
-		delete(gen, slot)
-		return false
-	}
-	return true
+	return false // the usual answer, given without reading the clock
 }
 
 func (m *MemoryIdempotency) done(prefix, id string) {

@@ -310,13 +310,9 @@ func (s *subscription) appendDelivery(out []*driver.Delivery, rd *driver.Deliver
 	if now.Sub(s.born)-q.at > s.opts.AckWait/2 {
 		_ = q.msg.InProgress() // buffered long: give its handler a whole AckWait
 	}
-	id := am.seqText
-	if id == "" {
-		id = strconv.FormatUint(am.streamSeq, 10)
-	}
 	*rd = driver.Delivery{
 		Message:     driver.Message{Body: q.msg.Data()},
-		TransportID: id,
+		TransportID: am.transportID(),
 		Attempt:     int(am.delivered),
 		Position:    driver.Position{Epoch: s.epoch.Load(), Seq: am.streamSeq},
 		StoredAt:    time.Unix(0, am.stored),
@@ -335,6 +331,14 @@ type ackMeta struct {
 	// seqText is the stream sequence in decimal as the subject spells it, a substring of the
 	// subject that the delivery's message keeps anyway: the TransportID without allocating.
 	seqText string
+}
+
+// transportID is the stream sequence in decimal: the subject's own text where it has it.
+func (m ackMeta) transportID() string {
+	if m.seqText != "" {
+		return m.seqText
+	}
+	return strconv.FormatUint(m.streamSeq, 10)
 }
 
 // ackFields reads a delivery's count, stream sequence and storage time from its ack subject,
