@@ -333,7 +333,7 @@ func (s *Subscription) process(batch []*driver.Delivery) {
 	acks := ackBatch{ds: make([]*driver.Delivery, 0, len(batch))}
 	dels := make([]Delivery, len(batch)) // one allocation for the batch's deliveries
 	var dcs []deferredContext            // and one for their contexts, if they carry any
-	if slices.ContainsFunc(batch, func(d *driver.Delivery) bool { return len(d.Headers) > 0 }) {
+	if slices.ContainsFunc(batch, func(d *driver.Delivery) bool { return d.HasHeaders() }) {
 		dcs = make([]deferredContext, len(batch))
 	}
 	dcOf := func(i int) *deferredContext {
@@ -450,7 +450,7 @@ func (s *Subscription) handleOne(d *driver.Delivery, env *envelope.Envelope, dec
 	obs.Lag(s.stream, lag(received, d.StoredAt, env.TS))
 	*del = Delivery{
 		Envelope: env, Stream: s.stream, TransportID: d.TransportID, Attempt: d.Attempt,
-		Position: d.Position, StoredAt: d.StoredAt, Replayed: d.Headers[DLQReplayOf] != "", Raw: d.Body,
+		Position: d.Position, StoredAt: d.StoredAt, Replayed: d.Header(DLQReplayOf) != "", Raw: d.Body,
 	}
 	track := string(env.Meta.Track)
 	pt.identify(del.ID(), track)

@@ -131,6 +131,53 @@ func (t *busTracing) carries(headers map[string]string) bool {
 	return false
 }
 
+// carriesDelivery reports whether d's headers hold any of the propagator's fields.
+func (t *busTracing) carriesDelivery(d *driver.Delivery) bool {
+	for _, f := range t.fields {
+		if d.Header(f) != "" {
+			return true
+		}
+	}
+	return false
+}
+
+// receivedHeaders are the headers a delivery's trace context is extracted from: a map (a
+// driver's Headers, a v2 envelope's meta.headers), or name, value pairs (a driver's
+// HeaderFields). Kept as both rather than as a carrier, so that a delivery whose extraction
+// is deferred does not box its pairs into an interface, an allocation per message.
+type receivedHeaders struct {
+	m      map[string]string
+	fields []string
+}
+
+// carrier is h for extraction.
+func (h receivedHeaders) carrier() propagation.TextMapCarrier {
+	if h.m != nil {
+		return propagation.MapCarrier(h.m)
+	}
+	return fieldCarrier(h.fields)
+}
+
+// fieldCarrier is a read-only propagation.TextMapCarrier over name, value pairs (a later
+// pair of a name wins, as driver.Delivery.Header reads them).
+type fieldCarrier []string
+
+func (c fieldCarrier) Get(key string) string {
+	d := driver.Delivery{HeaderFields: c}
+	return d.Header(key)
+}
+
+// Set does nothing: extraction only reads.
+func (fieldCarrier) Set(string, string) {}
+
+func (c fieldCarrier) Keys() []string {
+	keys := make([]string, 0, len(c)/2)
+	for i := 0; i+1 < len(c); i += 2 {
+		keys = append(keys, c[i])
+	}
+	return keys
+}
+
 // headerCarrier is a propagation.TextMapCarrier over a message's headers that makes the map
 // on the first Set, so that injecting nothing allocates nothing.
 type headerCarrier struct{ h *map[string]string }
@@ -324,25 +371,26 @@ type processTrace struct {
 func (s *Subscription) startProcess(d *driver.Delivery, env *envelope.Envelope, dc *deferredContext) processTrace {
 	t := s.bus.tr
 	ctx := s.handleCtx
-	var carrier map[string]string
+	var carrier receivedHeaders
+	found := false
 	var tp string // the W3C traceparent, looked up once
 	if t.w3c {
-		tp = d.Headers[HeaderTraceParent]
+		tp = d.Header(HeaderTraceParent)
 	}
 	switch {
-	case tp != "", t.carries(d.Headers):
-		carrier = d.Headers
+	case tp != "", t.carriesDelivery(d):
+		carrier, found = receivedHeaders{m: d.Headers, fields: d.HeaderFields}, true
 	case env != nil && t.carries(env.Meta.Headers):
-		carrier, tp = env.Meta.Headers, env.Meta.Headers[HeaderTraceParent]
+		carrier, found, tp = receivedHeaders{m: env.Meta.Headers}, true, env.Meta.Headers[HeaderTraceParent]
 	}
 	tr := t.tracer.Get()
-	if carrier != nil && dc != nil && (tr == nil || t.w3c && unsampledW3C(tp)) {
+	if found && dc != nil && (tr == nil || t.w3c && unsampledW3C(tp)) {
 		// No span will be started: the producer's context is only passed on to the handler.
 		*dc = deferredContext{Context: ctx, prop: t.prop, headers: carrier}
 		return processTrace{ctx: dc}
 	}
-	if carrier != nil {
-		ctx = t.prop.Extract(ctx, propagation.MapCarrier(carrier))
+	if found {
+		ctx = t.prop.Extract(ctx, carrier.carrier())
 	}
 	if tr == nil {
 		return processTrace{ctx: ctx}
@@ -382,14 +430,14 @@ func (s *Subscription) startProcess(d *driver.Delivery, env *envelope.Envelope, 
 type deferredContext struct {
 	context.Context // the subscription's handle context: Deadline, Done and Err as it has them
 	prop            propagation.TextMapPropagator
-	headers         map[string]string
+	headers         receivedHeaders
 	once            sync.Once
 	extracted       context.Context
 }
 
 // Value is the extracted context's value for key.
 func (c *deferredContext) Value(key any) any {
-	c.once.Do(func() { c.extracted = c.prop.Extract(c.Context, propagation.MapCarrier(c.headers)) })
+	c.once.Do(func() { c.extracted = c.prop.Extract(c.Context, c.headers.carrier()) })
 	return c.extracted.Value(key)
 }
 

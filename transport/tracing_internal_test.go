@@ -59,32 +59,42 @@ func TestUnsampledW3CAgreesWithExtraction(t *testing.T) {
 }
 
 // TestDeferredContextExtractsOnFirstValue proves that a delivery's deferred context holds the
-// message's trace context and baggage as eager extraction would, keeps the subscription
-// context's cancellation, and can be read from several goroutines at once.
+// message's trace context and baggage as eager extraction would, from headers in either form
+// a driver gives them (a map, or name, value pairs), keeps the subscription context's
+// cancellation, and can be read from several goroutines at once.
 func TestDeferredContextExtractsOnFirstValue(t *testing.T) {
-	headers := map[string]string{
-		HeaderTraceParent: "00-4bf92f3577b34da6a3ce929d0e0e4736-00f067aa0ba902b7-00",
-		HeaderBaggage:     "tenant=acme",
-	}
-	type key struct{}
-	parent, cancel := context.WithCancel(context.WithValue(context.Background(), key{}, "parent's"))
-	dc := &deferredContext{Context: parent, prop: tracing.W3C, headers: headers}
-	want := tracing.W3C.Extract(parent, propagation.MapCarrier(headers))
+	const tp = "00-4bf92f3577b34da6a3ce929d0e0e4736-00f067aa0ba902b7-00"
+	headers := map[string]string{HeaderTraceParent: tp, HeaderBaggage: "tenant=acme"}
+	for _, tc := range []struct {
+		name     string
+		received receivedHeaders
+	}{
+		{"map", receivedHeaders{m: headers}},
+		// a later pair of a name wins, as in a map
+		{"fields", receivedHeaders{fields: []string{HeaderTraceParent, "00-ffffffffffffffffffffffffffffffff-00f067aa0ba902b7-00", HeaderBaggage, "tenant=acme", HeaderTraceParent, tp}}},
+	} {
+		t.Run(tc.name, func(t *testing.T) {
+			type key struct{}
+			parent, cancel := context.WithCancel(context.WithValue(context.Background(), key{}, "parent's"))
+			dc := &deferredContext{Context: parent, prop: tracing.W3C, headers: tc.received}
+			want := tracing.W3C.Extract(parent, propagation.MapCarrier(headers))
 
-	var wg sync.WaitGroup
-	for range 4 {
-		wg.Go(func() {
-			require.Equal(t, trace.SpanContextFromContext(want), trace.SpanContextFromContext(dc))
-			require.Equal(t, "acme", baggage.FromContext(dc).Member("tenant").Value())
-			require.Equal(t, "parent's", dc.Value(key{}))
+			var wg sync.WaitGroup
+			for range 4 {
+				wg.Go(func() {
+					require.Equal(t, trace.SpanContextFromContext(want), trace.SpanContextFromContext(dc))
+					require.Equal(t, "acme", baggage.FromContext(dc).Member("tenant").Value())
+					require.Equal(t, "parent's", dc.Value(key{}))
+				})
+			}
+			wg.Wait()
+
+			child, stop := context.WithCancel(dc)
+			defer stop()
+			require.NoError(t, child.Err())
+			cancel()
+			<-child.Done() // the subscription's cancellation reaches contexts derived from the delivery's
+			require.ErrorIs(t, dc.Err(), context.Canceled)
 		})
 	}
-	wg.Wait()
-
-	child, stop := context.WithCancel(dc)
-	defer stop()
-	require.NoError(t, child.Err())
-	cancel()
-	<-child.Done() // the subscription's cancellation reaches contexts derived from the delivery's
-	require.ErrorIs(t, dc.Err(), context.Canceled)
 }

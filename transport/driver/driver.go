@@ -122,6 +122,42 @@ type Delivery struct {
 	StoredAt time.Time
 	// Handle is the driver's own state for settling this delivery.
 	Handle any
+	// HeaderFields, when Message.Headers is nil, holds the headers as name, value pairs (a
+	// later pair of a name wins, as in a map). A driver that reads headers as a list may
+	// set these instead of a map: the Redis driver gives a read's deliveries sub-slices of
+	// one slice, where a map each was the largest cost of a traced message on the consume
+	// path (transport/redis/tracing_bench_test.go). Read headers with Header, HasHeaders
+	// and HeaderMap, which see either form.
+	HeaderFields []string
+}
+
+// Header is the value of the delivery's header named name, "" if it has none.
+func (d *Delivery) Header(name string) string {
+	if d.Headers != nil {
+		return d.Headers[name]
+	}
+	for i := len(d.HeaderFields) - 2; i >= 0; i -= 2 {
+		if d.HeaderFields[i] == name {
+			return d.HeaderFields[i+1]
+		}
+	}
+	return ""
+}
+
+// HasHeaders reports whether the delivery has any header.
+func (d *Delivery) HasHeaders() bool { return len(d.Headers) > 0 || len(d.HeaderFields) > 1 }
+
+// HeaderMap is the delivery's headers as a map: Headers itself, or a new map of
+// HeaderFields; nil when there are none.
+func (d *Delivery) HeaderMap() map[string]string {
+	if d.Headers != nil || len(d.HeaderFields) < 2 {
+		return d.Headers
+	}
+	m := make(map[string]string, len(d.HeaderFields)/2)
+	for i := 0; i+1 < len(d.HeaderFields); i += 2 {
+		m[d.HeaderFields[i]] = d.HeaderFields[i+1]
+	}
+	return m
 }
 
 // Describer is implemented by drivers that name their broker for traces, in the terms of the

@@ -6,7 +6,6 @@ import (
 	"fmt"
 	"strings"
 	"sync/atomic"
-	"syscall"
 	"testing"
 	"time"
 
@@ -16,6 +15,7 @@ import (
 	"github.com/pulse-bus/pulse/internal/redistest"
 	"github.com/pulse-bus/pulse/transport"
 	"github.com/pulse-bus/pulse/transport/driver"
+	"github.com/pulse-bus/pulse/transport/transporttest"
 )
 
 // The benchmarks compare Pulse on Redis with what a careful hand-written go-redis client does
@@ -63,20 +63,14 @@ func benchConfig(b *testing.B) transport.Config {
 // and the client process's CPU time per message (user+system, all goroutines; the Redis
 // server's own CPU is not in it). The CPU figure varies less than msgs/s on a shared machine.
 func startClock(b *testing.B) (report func(n int)) {
-	cpu0 := processCPU()
+	cpu0 := transporttest.ProcessCPU()
 	b.ResetTimer()
 	return func(n int) {
 		b.StopTimer()
 		b.ReportMetric(float64(n)/b.Elapsed().Seconds(), "msgs/s")
-		b.ReportMetric(float64((processCPU()-cpu0).Nanoseconds())/float64(n), "cpu-ns/msg")
+		b.ReportMetric(float64((transporttest.ProcessCPU()-cpu0).Nanoseconds())/float64(n), "cpu-ns/msg")
 		b.ReportMetric(0, "ns/op") // per-message time is what msgs/s already says
 	}
-}
-
-func processCPU() time.Duration {
-	var ru syscall.Rusage
-	_ = syscall.Getrusage(syscall.RUSAGE_SELF, &ru)
-	return time.Duration(ru.Utime.Nano() + ru.Stime.Nano())
 }
 
 // cleanupNS deletes the namespace's keys so that benchmarks do not fill the shared server.

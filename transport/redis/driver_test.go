@@ -119,7 +119,7 @@ func TestPublishLayoutAndReceive(t *testing.T) {
 		require.Equal(t, ids[i], dl.TransportID)
 		require.Equal(t, fmt.Sprintf(`{"n":%d}`, i), string(dl.Body))
 		require.Equal(t, 1, dl.Attempt)
-		require.Nil(t, dl.Headers)
+		require.False(t, dl.HasHeaders(), "%v", dl.HeaderMap())
 		require.EqualValues(t, 1, pendingCount(t, c, key, "g", dl.TransportID))
 	}
 	require.NoError(t, s.Ack(ctx, ds))
@@ -647,12 +647,12 @@ func TestDuplicateDataFieldLastWins(t *testing.T) {
 	got := receiveN(t, s, 1)[0]
 	require.Equal(t, id, got.TransportID)
 	require.Equal(t, `{"last":2}`, string(got.Body))
-	require.Equal(t, map[string]string{"note": "between"}, got.Headers)
+	require.Equal(t, map[string]string{"note": "between"}, got.HeaderMap())
 
 	// Not acked: another member claims it once idle, through go-redis's reply parsing.
 	s2 := sub(t, d, "dup", "g", "c2", 200*time.Millisecond)
 	claimed := receiveN(t, s2, 1)[0]
 	require.Equal(t, id, claimed.TransportID)
 	require.Equal(t, `{"last":2}`, string(claimed.Body))
-	require.Equal(t, "between", claimed.Headers["note"])
+	require.Equal(t, "between", claimed.Header("note"))
 }

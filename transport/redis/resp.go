@@ -314,6 +314,7 @@ func (rc *respConn) readEntries() ([]entry, error) {
 	// single entry does not allocate a batch's worth.
 	ids := arena{chunk: min(idBytes*n, maxChunk)}
 	bodies := arena{chunk: min(max(rc.meanBody, minMeanBody)*n*9/8, maxChunk)}
+	var headers []string // the entries' header pairs, one slice for the read
 	total := 0
 	for i := range out {
 		if m, err := rc.arrayLen(); err != nil {
@@ -329,7 +330,7 @@ func (rc *respConn) readEntries() ([]entry, error) {
 			return nil, fmt.Errorf("%w: an entry without id", errProtocol)
 		}
 		out[i].id = unsafe.String(&id[0], len(id))
-		if out[i].msg, err = rc.readFields(&bodies); err != nil {
+		if out[i].msg, out[i].fields, err = rc.readFields(&bodies, &headers, n-i); err != nil {
 			return nil, err
 		}
 		total += len(out[i].msg.Body)
@@ -338,24 +339,27 @@ func (rc *respConn) readEntries() ([]entry, error) {
 	return out, nil
 }
 
-// readFields reads an entry's field-value array (see entryFields).
-func (rc *respConn) readFields(bodies *arena) (msg driver.Message, err error) {
+// readFields reads an entry's field-value array as fromFields does: the body, and the other
+// fields as name, value pairs appended to headers, of which fields is the entry's part. left
+// counts the entries of the read from this one on, to size headers when its first header
+// comes.
+func (rc *respConn) readFields(bodies *arena, headers *[]string, left int) (msg driver.Message, fields []string, err error) {
 	n, err := rc.arrayLen()
 	if err != nil || n <= 0 {
-		return msg, err
+		return msg, nil, err
 	}
 	if n%2 != 0 {
-		return msg, fmt.Errorf("%w: an odd field list of %d elements", errProtocol, n)
+		return msg, nil, fmt.Errorf("%w: an odd field list of %d elements", errProtocol, n)
 	}
-	var fields entryFields
+	start := len(*headers)
 	for range n / 2 {
 		field, err := rc.bulkInto(nil)
 		if err != nil {
-			return msg, err
+			return msg, nil, err
 		}
-		if fields.isBody(field) {
-			if fields.msg.Body, err = rc.bulkInto(bodies); err != nil {
-				return msg, err
+		if string(field) == DataField {
+			if msg.Body, err = rc.bulkInto(bodies); err != nil {
+				return msg, nil, err
 			}
 			continue
 		}
@@ -364,11 +368,17 @@ func (rc *respConn) readFields(bodies *arena) (msg driver.Message, err error) {
 		// message carries one to three).
 		value, err := rc.bulkInto(bodies)
 		if err != nil {
-			return msg, err
+			return msg, nil, err
 		}
-		fields.header(name, unsafe.String(unsafe.SliceData(value), len(value)), n/2-1)
+		if *headers == nil {
+			*headers = make([]string, 0, (n-2)*left)
+		}
+		*headers = append(*headers, name, unsafe.String(unsafe.SliceData(value), len(value)))
 	}
-	return fields.msg, nil
+	if len(*headers) == start {
+		return msg, nil, nil
+	}
+	return msg, (*headers)[start:len(*headers):len(*headers)], nil
 }
 
 // knownHeaders are the entry fields Pulse writes beside `data`, whose names are shared

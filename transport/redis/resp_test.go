@@ -74,7 +74,17 @@ func TestReadStreams(t *testing.T) {
 		{
 			name:  "headers beside data, the last data wins (as redis-py reads it)",
 			reply: array(array(bulk("k"), array(replyEntry("2-0", "reason", "poison", "data", "d1", "data", "d2")))),
-			want:  []entry{{id: "2-0", msg: driver.Message{Body: []byte("d2"), Headers: map[string]string{"reason": "poison"}}}},
+			want:  []entry{{id: "2-0", msg: driver.Message{Body: []byte("d2")}, fields: []string{"reason", "poison"}}},
+		},
+		{
+			name: "each entry has its own headers, in the order listed",
+			reply: array(array(bulk("k"), array(replyEntry("2-1", "data", "a", "traceparent", "t1", "x", "1"),
+				replyEntry("2-2", "data", "b"), replyEntry("2-3", "traceparent", "t3", "data", "c")))),
+			want: []entry{
+				{id: "2-1", msg: driver.Message{Body: []byte("a")}, fields: []string{"traceparent", "t1", "x", "1"}},
+				{id: "2-2", msg: driver.Message{Body: []byte("b")}},
+				{id: "2-3", msg: driver.Message{Body: []byte("c")}, fields: []string{"traceparent", "t3"}},
+			},
 		},
 		{
 			name:  "an entry deleted since (no fields) reads as an empty body",
@@ -89,7 +99,7 @@ func TestReadStreams(t *testing.T) {
 		{
 			name:  "bodies and headers larger than the read buffer",
 			reply: array(array(bulk("k"), array(replyEntry("4-0", "h", big, "data", big)))),
-			want:  []entry{{id: "4-0", msg: driver.Message{Body: []byte(big), Headers: map[string]string{"h": big}}}},
+			want:  []entry{{id: "4-0", msg: driver.Message{Body: []byte(big)}, fields: []string{"h", big}}},
 		},
 		{
 			name:  "other streams are skipped",

@@ -310,7 +310,7 @@ func (s *subscription) deliveries(msgs []entry, attempts []int, at time.Time) []
 			attempt = attempts[i]
 		}
 		pos, stored := entryPosition(m.id)
-		slab[i] = driver.Delivery{Message: m.msg, TransportID: m.id, Attempt: attempt, Position: pos, StoredAt: stored, Handle: info}
+		slab[i] = driver.Delivery{Message: m.msg, HeaderFields: m.fields, TransportID: m.id, Attempt: attempt, Position: pos, StoredAt: stored, Handle: info}
 		out[i] = &slab[i]
 	}
 	return out
@@ -333,45 +333,35 @@ func entryPosition(id string) (driver.Position, time.Time) {
 	return pos, time.UnixMilli(int64(m))
 }
 
-// entry is one stream entry as read from a reply.
+// entry is one stream entry as read from a reply: its headers are in msg.Headers, or, as
+// the connection's reader gives them, as name, value pairs in fields (see
+// driver.Delivery.HeaderFields).
 type entry struct {
-	id  string
-	msg driver.Message
+	id     string
+	msg    driver.Message
+	fields []string
 }
 
-// entryFields builds a message from an entry's fields, in the order Redis lists them: a
+// fromFields reads a field-value list parsed by go-redis, in the order Redis lists it: a
 // `data` field is the body, every other field a header — dead letters carry their metadata
 // so. An entry with `data` more than once is read as redis-py (and so the Python core) reads
 // it, into a dict: the last one wins. An entry without `data` (not written by Pulse or the
 // Python core) gets an empty body, which the Bus dead-letters as malformed.
-type entryFields struct {
-	msg driver.Message
-}
-
-// isBody reports whether the field named name holds the body.
-func (f *entryFields) isBody(name []byte) bool { return string(name) == DataField }
-
-// header records a header field; others sizes the map for the fields yet to come.
-func (f *entryFields) header(name, value string, others int) {
-	if f.msg.Headers == nil {
-		f.msg.Headers = make(map[string]string, others)
-	}
-	f.msg.Headers[name] = value
-}
-
-// fromFields reads a field-value list parsed by go-redis (see entryFields).
 func fromFields(kv []any) driver.Message {
-	var fields entryFields
+	var msg driver.Message
 	for i := 0; i+1 < len(kv); i += 2 {
 		k, _ := kv[i].(string)
-		if fields.isBody([]byte(k)) {
+		if k == DataField {
 			data, _ := kv[i+1].(string)
-			fields.msg.Body = aliasBytes(data)
+			msg.Body = aliasBytes(data)
 			continue
 		}
-		fields.header(k, fmt.Sprint(kv[i+1]), len(kv)/2-1)
+		if msg.Headers == nil {
+			msg.Headers = make(map[string]string, len(kv)/2-1)
+		}
+		msg.Headers[k] = fmt.Sprint(kv[i+1])
 	}
-	return fields.msg
+	return msg
 }
 
 // fromValues is fromFields for go-redis's parsed entries (XRANGE).

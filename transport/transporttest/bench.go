@@ -3,7 +3,9 @@ package transporttest
 import (
 	"context"
 	"encoding/json"
+	"runtime/pprof"
 	"sync/atomic"
+	"syscall"
 	"testing"
 	"time"
 
@@ -19,7 +21,8 @@ import (
 //     messages published (in the same mode, so they carry what that mode writes) beforehand,
 //     timed from Subscribe until every one was handled and the subscription drained.
 //
-// Both report allocations; consume-ack also msgs/s.
+// Both report allocations; consume-ack also msgs/s and the client's CPU per message
+// (cpu-ns/msg, see ProcessCPU), which varies less than msgs/s on a machine the broker shares.
 func BenchTracing(b *testing.B, cfg transport.Config, open func(b *testing.B, cfg transport.Config) *transport.Bus) {
 	for _, mode := range TracingModes() {
 		b.Run("publish/"+mode.Name, func(b *testing.B) {
@@ -86,13 +89,20 @@ func benchConsumeAck(b *testing.B, bus *transport.Bus) {
 	all := make(chan struct{})
 	n := int64(b.N)
 	b.ReportAllocs()
+	cpu0 := ProcessCPU()
 	b.ResetTimer()
-	sub, err := bus.Subscribe(ctx, benchStream, func(context.Context, *transport.Delivery) error {
-		if handled.Add(1) == n {
-			close(all)
-		}
-		return nil
-	}, transport.SubscribeOptions{BatchSize: batch})
+	// The subscription's goroutines inherit the label: `pprof -tagfocus phase=consume` shows a
+	// CPU profile's consume phase without the publishing before it.
+	var sub *transport.Subscription
+	var err error
+	pprof.Do(ctx, pprof.Labels("phase", "consume"), func(ctx context.Context) {
+		sub, err = bus.Subscribe(ctx, benchStream, func(context.Context, *transport.Delivery) error {
+			if handled.Add(1) == n {
+				close(all)
+			}
+			return nil
+		}, transport.SubscribeOptions{BatchSize: batch})
+	})
 	if err != nil {
 		b.Fatal(err)
 	}
@@ -106,4 +116,13 @@ func benchConsumeAck(b *testing.B, bus *transport.Bus) {
 	}
 	b.StopTimer()
 	b.ReportMetric(float64(b.N)/b.Elapsed().Seconds(), "msgs/s")
+	b.ReportMetric(float64((ProcessCPU()-cpu0).Nanoseconds())/float64(b.N), "cpu-ns/msg")
+}
+
+// ProcessCPU is the CPU time this process has used so far (user+system, all goroutines). A
+// broker running as a child process is not in it.
+func ProcessCPU() time.Duration {
+	var ru syscall.Rusage
+	_ = syscall.Getrusage(syscall.RUSAGE_SELF, &ru)
+	return time.Duration(ru.Utime.Nano() + ru.Stime.Nano())
 }

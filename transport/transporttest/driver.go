@@ -167,9 +167,12 @@ func testDriverHeadersAndIDs(e *env) {
 	for i, d := range got {
 		require.Equal(e.t, ids[i], d.TransportID, "deliveries come in publish order")
 		require.Equal(e.t, string(want[i]), string(d.Body))
-		require.Equal(e.t, len(msgs[i].Headers), len(d.Headers), "headers of message %d: %v", i, d.Headers)
+		headers := d.HeaderMap()
+		require.Equal(e.t, len(msgs[i].Headers), len(headers), "headers of message %d: %v", i, headers)
+		require.Equal(e.t, len(msgs[i].Headers) > 0, d.HasHeaders(), "message %d has headers", i)
 		for k, v := range msgs[i].Headers {
-			require.Equal(e.t, v, d.Headers[k], "header %s of message %d", k, i)
+			require.Equal(e.t, v, headers[k], "header %s of message %d", k, i)
+			require.Equal(e.t, v, d.Header(k), "header %s of message %d", k, i)
 		}
 		require.Equal(e.t, 1, d.Attempt)
 	}

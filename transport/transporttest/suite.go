@@ -428,7 +428,7 @@ func (e *env) readDLQ(n int) []deadLetter {
 		batch, err := sub.Receive(ctx, n-len(out))
 		require.NoError(e.t, err, "reading the DLQ: %d of %d entries", len(out), n)
 		for _, d := range batch {
-			out = append(out, deadLetter{Body: slices.Clone(d.Body), Headers: maps.Clone(d.Headers), TransportID: d.TransportID})
+			out = append(out, deadLetter{Body: slices.Clone(d.Body), Headers: maps.Clone(d.HeaderMap()), TransportID: d.TransportID})
 		}
 		require.NoError(e.t, sub.Ack(ctx, batch))
 	}

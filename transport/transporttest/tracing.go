@@ -115,7 +115,7 @@ func (e *env) storedHeaders(n int) []map[string]string {
 	ds := e.receiveN(sub, n)
 	out := make([]map[string]string, len(ds))
 	for i, d := range ds {
-		out[i] = maps.Clone(d.Headers)
+		out[i] = maps.Clone(d.HeaderMap())
 	}
 	return out
 }
