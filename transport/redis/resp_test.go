@@ -343,3 +343,29 @@ func TestOpenWithClientOptions(t *testing.T) {
 	require.NoError(t, err)
 	require.EqualValues(t, 2, n, "in the database the options name")
 }
+
+// TestTracedEntriesAllocateNothingEach: the headers beside `data` (a traceparent on every
+// traced message) are read into the read's shared buffers, so a reply of 200 traced entries
+// allocates about as much as one of 20 — not a map per entry, which was most of what tracing
+// cost the consume path (transport/redis/tracing_bench_test.go).
+func TestTracedEntriesAllocateNothingEach(t *testing.T) {
+	reply := func(n int) string {
+		entries := make([]string, n)
+		for i := range entries {
+			entries[i] = replyEntry("1-"+strconv.Itoa(i), "data", `{"v":1,"payload":{"level":"ok"}}`,
+				"traceparent", "00-4bf92f3577b34da6a3ce929d0e0e4736-00f067aa0ba902b7-00")
+		}
+		return array(array(bulk("k"), array(entries...)))
+	}
+	allocs := func(n int) float64 {
+		r := reply(n)
+		return testing.AllocsPerRun(20, func() {
+			got, err := readerOf(r).readStreams("k")
+			if err != nil || len(got) != n || got[n-1].fields[1][:3] != "00-" {
+				t.Fatalf("read %d entries, err %v", len(got), err)
+			}
+		})
+	}
+	few, many := allocs(20), allocs(200)
+	require.LessOrEqual(t, many-few, 4.0, "allocations for 20 traced entries: %v, for 200: %v", few, many)
+}
