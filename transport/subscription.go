@@ -106,6 +106,7 @@ type Subscription struct {
 	fetchCtx     context.Context // cancelled to stop fetching: by Close, or with Subscribe's ctx
 	cancelFetch  context.CancelFunc
 	handleCtx    context.Context // cancelled when the drain deadline passes
+	deferred     *deferredBase   // handleCtx and the propagator, for deliveries' deferred contexts
 	cancelHandle context.CancelFunc
 	stopWatch    func() bool
 	done         chan struct{}
@@ -175,6 +176,7 @@ func (b *Bus) Subscribe(ctx context.Context, stream string, h Handler, opts Subs
 	}
 	s.fetchCtx, s.cancelFetch = context.WithCancel(ctx)
 	s.handleCtx, s.cancelHandle = context.WithCancel(context.WithoutCancel(ctx))
+	s.deferred = &deferredBase{Context: s.handleCtx, prop: b.tr.prop}
 	b.mu.Lock()
 	if b.closed {
 		b.mu.Unlock()
@@ -448,10 +450,11 @@ func (s *Subscription) handleOne(d *driver.Delivery, env *envelope.Envelope, dec
 		return false, trace.Link{}, false
 	}
 	obs.Lag(s.stream, lag(received, d.StoredAt, env.TS))
-	*del = Delivery{
-		Envelope: env, Stream: s.stream, TransportID: d.TransportID, Attempt: d.Attempt,
-		Position: d.Position, StoredAt: d.StoredAt, Replayed: d.Header(DLQReplayOf) != "", Raw: d.Body,
-	}
+	// del is zero, in its batch's allocation: its fields are written one by one rather than as
+	// one struct (see deferredContext).
+	del.Envelope, del.Stream, del.TransportID, del.Attempt = env, s.stream, d.TransportID, d.Attempt
+	del.Position, del.StoredAt, del.Raw = d.Position, d.StoredAt, d.Body
+	del.Replayed = d.Header(DLQReplayOf) != ""
 	track := string(env.Meta.Track)
 	pt.identify(del.ID(), track)
 	// A message identified by its transport id (v1) on its first delivery to this group cannot

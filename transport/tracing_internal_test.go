@@ -76,7 +76,7 @@ func TestDeferredContextExtractsOnFirstValue(t *testing.T) {
 		t.Run(tc.name, func(t *testing.T) {
 			type key struct{}
 			parent, cancel := context.WithCancel(context.WithValue(context.Background(), key{}, "parent's"))
-			dc := &deferredContext{Context: parent, prop: tracing.W3C, headers: tc.received}
+			dc := &deferredContext{deferredBase: &deferredBase{Context: parent, prop: tracing.W3C}, headers: tc.received}
 			want := tracing.W3C.Extract(parent, propagation.MapCarrier(headers))
 
 			var wg sync.WaitGroup

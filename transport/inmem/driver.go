@@ -204,7 +204,7 @@ func (d *Driver) Range(ctx context.Context, stream string, limit int, fn func(dr
 		seq = max(seq, st.first)
 		for ; seq < st.next && len(chunk) < min(limit, rangeChunk); seq++ {
 			if e := st.at(seq); !e.deleted {
-				chunk = append(chunk, driver.StoredMessage{Message: e.msg, TransportID: e.tid})
+				chunk = append(chunk, driver.StoredMessage{Message: e.message(), TransportID: e.tid})
 			}
 		}
 		st.mu.Unlock()
@@ -239,7 +239,7 @@ func (d *Driver) Get(_ context.Context, stream, transportID string) (driver.Stor
 		return driver.StoredMessage{}, notFound
 	}
 	e := st.at(seq)
-	return driver.StoredMessage{Message: e.msg, TransportID: e.tid}, nil
+	return driver.StoredMessage{Message: e.message(), TransportID: e.tid}, nil
 }
 
 // Delete implements driver.StreamAdmin. Deleted messages are no longer delivered to groups
@@ -457,7 +457,7 @@ func (s *subscription) take(now int64, max int) []*driver.Delivery {
 			if e.deleted {
 				continue
 			}
-			pes = append(pes, pendingEntry{g: g, msg: e.msg, tid: e.tid, seq: e.seq, stored: e.stored, attempts: 1, deadline: deadline})
+			pes = append(pes, pendingEntry{g: g, storedMsg: e.storedMsg, tid: e.tid, seq: e.seq, stored: e.stored, attempts: 1, deadline: deadline})
 			pe := &pes[len(pes)-1]
 			g.push(pe)
 			g.pending++
@@ -479,11 +479,12 @@ func (s *subscription) take(now int64, max int) []*driver.Delivery {
 // rawDelivery is the delivery of pe on its current attempt.
 func (pe *pendingEntry) rawDelivery() driver.Delivery {
 	return driver.Delivery{
-		Message:     pe.msg,
-		TransportID: pe.tid,
-		Attempt:     pe.attempts,
-		Position:    driver.Position{Seq: pe.seq},
-		StoredAt:    time.Unix(0, pe.stored),
+		Message:      pe.msg,
+		HeaderFields: pe.fields,
+		TransportID:  pe.tid,
+		Attempt:      pe.attempts,
+		Position:     driver.Position{Seq: pe.seq},
+		StoredAt:     time.Unix(0, pe.stored),
 	}
 }
 
