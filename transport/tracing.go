@@ -6,6 +6,7 @@ import (
 	"maps"
 	"slices"
 	"sync"
+	"sync/atomic"
 
 	"go.opentelemetry.io/otel/attribute"
 	"go.opentelemetry.io/otel/baggage"
@@ -141,21 +142,23 @@ func (t *busTracing) carriesDelivery(d *driver.Delivery) bool {
 	return false
 }
 
-// receivedHeaders are the headers a delivery's trace context is extracted from: a map (a
-// driver's Headers, a v2 envelope's meta.headers), or name, value pairs (a driver's
-// HeaderFields). Kept as both rather than as a carrier, so that a delivery whose extraction
-// is deferred does not box its pairs into an interface, an allocation per message.
+// receivedHeaders are the headers a delivery's trace context is extracted from: a v2
+// envelope's meta.headers, or else the delivery's own (either form: see
+// driver.Delivery.HeaderFields). Two pointers, so that a deferred context stays small.
 type receivedHeaders struct {
-	m      map[string]string
-	fields []string
+	d    *driver.Delivery
+	meta map[string]string
 }
 
 // carrier is h for extraction.
 func (h receivedHeaders) carrier() propagation.TextMapCarrier {
-	if h.m != nil {
-		return propagation.MapCarrier(h.m)
+	switch {
+	case h.meta != nil:
+		return propagation.MapCarrier(h.meta)
+	case h.d.Headers != nil:
+		return propagation.MapCarrier(h.d.Headers)
 	}
-	return fieldCarrier(h.fields)
+	return fieldCarrier(h.d.HeaderFields)
 }
 
 // fieldCarrier is a read-only propagation.TextMapCarrier over name, value pairs (a later
@@ -379,9 +382,9 @@ func (s *Subscription) startProcess(d *driver.Delivery, env *envelope.Envelope, 
 	}
 	switch {
 	case tp != "", t.carriesDelivery(d):
-		carrier, found = receivedHeaders{m: d.Headers, fields: d.HeaderFields}, true
+		carrier, found = receivedHeaders{d: d}, true
 	case env != nil && t.carries(env.Meta.Headers):
-		carrier, found, tp = receivedHeaders{m: env.Meta.Headers}, true, env.Meta.Headers[HeaderTraceParent]
+		carrier, found, tp = receivedHeaders{meta: env.Meta.Headers}, true, env.Meta.Headers[HeaderTraceParent]
 	}
 	tr := t.tracer.Get()
 	if found && dc != nil && (tr == nil || t.w3c && unsampledW3C(tp)) {
@@ -427,14 +430,14 @@ func (s *Subscription) startProcess(d *driver.Delivery, env *envelope.Envelope, 
 // extraction, two allocations and about 150 ns on every message (99 in 100 at a 1/100 ratio
 // carry an unsampled context): BenchmarkTracing in transport/redis/tracing_bench_test.go
 // measures consume+ack with and without it. The contexts of a batch share one allocation,
-// and what every one of a subscription's has alike is kept once (deferredBase): making one
-// is two pointer writes into memory allocated for the batch, where the whole struct written
-// at once measured ~140 ns a message on inmem (transport/tracing_bench_test.go).
+// and are kept small, a quarter of a cache line each: making one is writing three words into
+// memory newly allocated for the batch, which costs a cache miss per line touched (as a
+// 96-byte context written whole it measured ~140 ns a message on inmem:
+// transport/tracing_bench_test.go).
 type deferredContext struct {
 	*deferredBase // Deadline, Done and Err as the subscription's handle context has them
 	headers       receivedHeaders
-	once          sync.Once
-	extracted     context.Context
+	extracted     atomic.Pointer[extractedContext] // nil until the first Value
 }
 
 // deferredBase is what the deferred contexts of one subscription share.
@@ -443,10 +446,20 @@ type deferredBase struct {
 	prop            propagation.TextMapPropagator
 }
 
-// Value is the extracted context's value for key.
+// extractedContext is a deferred context's extraction, once made.
+type extractedContext struct{ context.Context }
+
+// Value is the extracted context's value for key. Goroutines reading it at once may each
+// extract; they get the same result, and the first stored is kept.
 func (c *deferredContext) Value(key any) any {
-	c.once.Do(func() { c.extracted = c.prop.Extract(c.Context, c.headers.carrier()) })
-	return c.extracted.Value(key)
+	x := c.extracted.Load()
+	if x == nil {
+		x = &extractedContext{c.prop.Extract(c.Context, c.headers.carrier())}
+		if !c.extracted.CompareAndSwap(nil, x) {
+			x = c.extracted.Load()
+		}
+	}
+	return x.Value(key)
 }
 
 // unsampledW3C reports whether tp is a traceparent that W3C Trace Context extraction

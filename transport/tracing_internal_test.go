@@ -12,6 +12,7 @@ import (
 	"go.opentelemetry.io/otel/trace"
 
 	"github.com/pulse-bus/pulse/internal/tracing"
+	"github.com/pulse-bus/pulse/transport/driver"
 )
 
 // TestUnsampledW3CAgreesWithExtraction proves that the shortcut deciding whether a delivery's
@@ -69,9 +70,10 @@ func TestDeferredContextExtractsOnFirstValue(t *testing.T) {
 		name     string
 		received receivedHeaders
 	}{
-		{"map", receivedHeaders{m: headers}},
+		{"meta.headers", receivedHeaders{meta: headers}},
+		{"a driver's map", receivedHeaders{d: &driver.Delivery{Message: driver.Message{Headers: headers}}}},
 		// a later pair of a name wins, as in a map
-		{"fields", receivedHeaders{fields: []string{HeaderTraceParent, "00-ffffffffffffffffffffffffffffffff-00f067aa0ba902b7-00", HeaderBaggage, "tenant=acme", HeaderTraceParent, tp}}},
+		{"a driver's pairs", receivedHeaders{d: &driver.Delivery{HeaderFields: []string{HeaderTraceParent, "00-ffffffffffffffffffffffffffffffff-00f067aa0ba902b7-00", HeaderBaggage, "tenant=acme", HeaderTraceParent, tp}}}},
 	} {
 		t.Run(tc.name, func(t *testing.T) {
 			type key struct{}

@@ -106,7 +106,9 @@ type Message struct {
 	Headers map[string]string
 }
 
-// Delivery is one delivery of a stored message to a group member.
+// Delivery is one delivery of a stored message to a group member. A driver must not change
+// a delivery, or what it references, once handed out: a handler's context may read its headers
+// after the handler returned.
 type Delivery struct {
 	Message
 	// TransportID is the broker's id of the stored message (Redis entry id, JetStream stream

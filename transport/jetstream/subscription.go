@@ -310,14 +310,15 @@ func (s *subscription) appendDelivery(out []*driver.Delivery, rd *driver.Deliver
 	if now.Sub(s.born)-q.at > s.opts.AckWait/2 {
 		_ = q.msg.InProgress() // buffered long: give its handler a whole AckWait
 	}
-	*rd = driver.Delivery{
-		Message:     driver.Message{Body: q.msg.Data()},
-		TransportID: am.transportID(),
-		Attempt:     int(am.delivered),
-		Position:    driver.Position{Epoch: s.epoch.Load(), Seq: am.streamSeq},
-		StoredAt:    time.Unix(0, am.stored),
-		Handle:      q.msg,
-	}
+	// rd is zero, in the batch's slab: its fields are written one by one, which measured
+	// cheaper than one struct write into heap memory (see deferredContext in
+	// transport/tracing.go).
+	rd.Body = q.msg.Data()
+	rd.TransportID = am.transportID()
+	rd.Attempt = int(am.delivered)
+	rd.Position = driver.Position{Epoch: s.epoch.Load(), Seq: am.streamSeq}
+	rd.StoredAt = time.Unix(0, am.stored)
+	rd.Handle = q.msg
 	if h := q.msg.Headers(); len(h) > 0 {
 		rd.ID, rd.Headers = fromHeader(h)
 	}

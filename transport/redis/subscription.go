@@ -310,8 +310,11 @@ func (s *subscription) deliveries(msgs []entry, attempts []int, at time.Time) []
 			attempt = attempts[i]
 		}
 		pos, stored := entryPosition(m.id)
-		slab[i] = driver.Delivery{Message: m.msg, HeaderFields: m.fields, TransportID: m.id, Attempt: attempt, Position: pos, StoredAt: stored, Handle: info}
-		out[i] = &slab[i]
+		// Field by field into the zeroed slab (see appendDelivery in transport/jetstream).
+		d := &slab[i]
+		d.Message, d.HeaderFields, d.TransportID, d.Attempt = m.msg, m.fields, m.id, attempt
+		d.Position, d.StoredAt, d.Handle = pos, stored, info
+		out[i] = d
 	}
 	return out
 }
