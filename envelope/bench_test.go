@@ -56,6 +56,26 @@ func BenchmarkEncodeV2(b *testing.B) { benchEncode(b, envelope.TrackV2) }
 func BenchmarkDecodeV1(b *testing.B) { benchDecode(b, envelope.TrackV1) }
 func BenchmarkDecodeV2(b *testing.B) { benchDecode(b, envelope.TrackV2) }
 
+// BenchmarkDecodeImmutable is what the Bus decodes deliveries with: strings alias the input.
+func BenchmarkDecodeImmutable(b *testing.B) {
+	for _, track := range []envelope.Track{envelope.TrackV1, envelope.TrackV2} {
+		b.Run(string(track), func(b *testing.B) {
+			in, err := (&envelope.Codec{Track: track}).Encode(benchEnvelope())
+			if err != nil {
+				b.Fatal(err)
+			}
+			c := &envelope.Codec{}
+			b.SetBytes(int64(len(in)))
+			b.ReportAllocs()
+			for b.Loop() {
+				if _, err := c.DecodeImmutable(in); err != nil {
+					b.Fatal(err)
+				}
+			}
+		})
+	}
+}
+
 // BenchmarkDecodeV2Signed is a v2 decode with PUBLISHER_TOKEN set (HMAC verification).
 func BenchmarkDecodeV2Signed(b *testing.B) {
 	signer := envelope.NewSigner(testToken)

@@ -337,13 +337,23 @@ func hexSum(dst []byte, sum *[sha256.Size]byte) {
 // and one of ErrMalformed, ErrUnknownTrack, ErrUnknownSchema, ErrInvalidPayload,
 // ErrHashMismatch or ErrUnauthenticated. The returned Payload aliases b. A v1 envelope's ID is
 // always empty (v1 has no producer id; an "id" field in it is ignored).
-func (c *Codec) Decode(b []byte) (*Envelope, error) {
-	e, err := decodeWire(b)
+func (c *Codec) Decode(b []byte) (*Envelope, error) { return c.decode(b, false) }
+
+// DecodeImmutable is Decode for bytes that never change once passed, such as a broker's
+// delivery: the envelope's strings (id, key, meta fields, headers) alias b wherever b holds
+// them unescaped, as Payload does, instead of being copied. That saves an allocation per
+// message: in a CPU profile of the JetStream consume path the copies were the Bus's third
+// largest allocation (transport/decode.go decodes deliveries with it). Changing b afterwards
+// would change the strings, and a string kept keeps all of b.
+func (c *Codec) DecodeImmutable(b []byte) (*Envelope, error) { return c.decode(b, true) }
+
+func (c *Codec) decode(b []byte, alias bool) (*Envelope, error) {
+	e, err := decodeWire(b, alias)
 	if err != nil {
 		return nil, err
 	}
 	if e.Meta.SchemaID == WrappedSchemaID {
-		inner, err := decodeWire(e.Payload)
+		inner, err := decodeWire(e.Payload, alias)
 		if err != nil {
 			if TrackOf(err) == "" {
 				err = withTrack(e.Meta.Track, err)

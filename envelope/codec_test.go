@@ -9,6 +9,7 @@ import (
 	"strings"
 	"testing"
 	"time"
+	"unsafe"
 
 	"github.com/stretchr/testify/require"
 
@@ -463,4 +464,62 @@ func TestEncodeHeadersSorted(t *testing.T) {
 			require.Contains(t, string(wire), want.String())
 		})
 	}
+}
+
+// TestDecodeImmutableAliasesItsInput: DecodeImmutable reads what Decode reads, with the
+// strings the input holds unescaped aliasing it (one allocation fewer per message on the
+// consume path) and escaped ones unescaped into memory of their own.
+func TestDecodeImmutableAliasesItsInput(t *testing.T) {
+	tests := []struct {
+		name    string
+		wire    string
+		aliased func(e *envelope.Envelope) []string // strings that must lie in the input
+		copied  func(e *envelope.Envelope) []string // strings that cannot (unescaped)
+	}{
+		{
+			name: "v1 as the Python core writes it",
+			wire: `{"ts": 1796409401.7271798, "key": "bars_1", "meta": {"schema_id": "bench.m", "track": "v1", "headers": {"reason": "high"}, "hash": "09ce2f0e5ad516b91a7797eb07301c7af7a804db612011778e6ab4a4dbe15c74"}, "payload": {"seq": "00000007"}}`,
+			aliased: func(e *envelope.Envelope) []string {
+				return []string{*e.Key, e.Meta.Hash, e.Meta.Headers["reason"]}
+			},
+		},
+		{
+			name:    "escaped strings are unescaped, not aliased",
+			wire:    `{"ts": 1, "key": "caf\u00e9", "meta": {"schema_id": "s", "track": "v1", "headers": {"r\u00e9": "a\nb"}, "hash": ""}, "payload": {}}`,
+			aliased: func(e *envelope.Envelope) []string { return nil },
+			copied: func(e *envelope.Envelope) []string {
+				return []string{*e.Key, e.Meta.Headers["ré"]}
+			},
+		},
+	}
+	inside := func(b []byte, s string) bool {
+		base, p := uintptr(unsafe.Pointer(unsafe.SliceData(b))), uintptr(unsafe.Pointer(unsafe.StringData(s)))
+		return p >= base && p+uintptr(len(s)) <= base+uintptr(len(b))
+	}
+	c := &envelope.Codec{}
+	for _, tc := range tests {
+		t.Run(tc.name, func(t *testing.T) {
+			b := []byte(tc.wire)
+			want, err := c.Decode(b)
+			require.NoError(t, err)
+			got, err := c.DecodeImmutable(b)
+			require.NoError(t, err)
+			require.Equal(t, want, got)
+			for _, s := range tc.aliased(got) {
+				require.True(t, inside(b, s), "%q aliases the input", s)
+			}
+			if tc.copied != nil {
+				for _, s := range tc.copied(got) {
+					require.False(t, inside(b, s), "%q is unescaped into memory of its own", s)
+				}
+			}
+			for _, s := range tc.aliased(want) {
+				require.False(t, inside(b, s), "Decode copies %q", s)
+			}
+		})
+	}
+	b := []byte(tests[0].wire)
+	copies := testing.AllocsPerRun(100, func() { _, _ = c.Decode(b) })
+	aliases := testing.AllocsPerRun(100, func() { _, _ = c.DecodeImmutable(b) })
+	require.Equal(t, copies-1, aliases, "allocations: Decode %v, DecodeImmutable %v", copies, aliases)
 }

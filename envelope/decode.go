@@ -58,6 +58,21 @@ type reader struct {
 	err     error  // the first syntax error
 	problem string // the first field of the wrong type (in valid JSON)
 	strs    strArena
+	alias   bool // b never changes: str may alias it (Codec.DecodeImmutable)
+}
+
+// str is s as a string: aliasing the input where allowed and s lies in it (a string read
+// without unescaping), else a copy in the arena.
+func (r *reader) str(s []byte) string {
+	if r.alias && len(s) > 0 {
+		base, p := uintptr(unsafe.Pointer(unsafe.SliceData(r.b))), uintptr(unsafe.Pointer(unsafe.SliceData(s)))
+		if p >= base && p+uintptr(len(s)) <= base+uintptr(len(r.b)) {
+			// Made from r.b, not from s, so that s (maybe a caller's stack buffer) does not
+			// escape.
+			return unsafe.String(&r.b[p-base], len(s))
+		}
+	}
+	return r.strs.str(s)
 }
 
 func (r *reader) fail(msg string) {
@@ -283,8 +298,8 @@ func (r *reader) skip(depth int) bool {
 }
 
 // decodeWire parses one envelope (no unwrapping, no schema or signature checks).
-func decodeWire(b []byte) (*Envelope, error) {
-	r := reader{b: b}
+func decodeWire(b []byte, alias bool) (*Envelope, error) {
+	r := reader{b: b, alias: alias}
 	// The envelope and its key string in one allocation.
 	ek := &struct {
 		e   Envelope
@@ -320,7 +335,7 @@ func decodeWire(b []byte) (*Envelope, error) {
 		case "id":
 			var s []byte
 			if s, _, ok = r.strBytes(); ok {
-				id = r.strs.str(s)
+				id = r.str(s)
 			}
 		case "ts":
 			switch c := r.peek(); {
@@ -347,7 +362,7 @@ func decodeWire(b []byte) (*Envelope, error) {
 				if null {
 					e.Key = nil
 				} else {
-					ek.key = r.strs.str(s)
+					ek.key = r.str(s)
 					e.Key = &ek.key
 				}
 			}
@@ -456,7 +471,7 @@ func (r *reader) meta(m *Meta) bool {
 		case "hash":
 			var s []byte
 			if s, _, ok = r.strBytes(); ok {
-				m.Hash = r.strs.str(s)
+				m.Hash = r.str(s)
 			}
 		case "headers":
 			switch r.peek() {
@@ -489,7 +504,7 @@ func (r *reader) headers(m *Meta) bool {
 		if !more {
 			return r.err == nil
 		}
-		key := r.strs.str(k)
+		key := r.str(k)
 		v, _, ok := r.strBytes()
 		if !ok {
 			return false
@@ -497,7 +512,7 @@ func (r *reader) headers(m *Meta) bool {
 		if m.Headers == nil {
 			m.Headers = make(map[string]string, 4)
 		}
-		m.Headers[key] = r.strs.str(v)
+		m.Headers[key] = r.str(v)
 	}
 }
 

@@ -29,6 +29,14 @@ func FuzzDecode(f *testing.F) {
 		if !bytes.Equal(b, original) {
 			t.Fatalf("Decode modified its input")
 		}
+		// DecodeImmutable reads the same envelope, or fails the same way.
+		shared, sharedErr := (&envelope.Codec{}).DecodeImmutable(bytes.Clone(b))
+		if (err == nil) != (sharedErr == nil) || err != nil && err.Error() != sharedErr.Error() {
+			t.Fatalf("Decode: %v; DecodeImmutable: %v", err, sharedErr)
+		}
+		if err == nil && !reflect.DeepEqual(e, shared) {
+			t.Fatalf("Decode: %+v; DecodeImmutable: %+v", e, shared)
+		}
 		if err != nil {
 			if envelope.Reason(err) == "" {
 				t.Fatalf("error without a poison reason: %v", err)

@@ -62,7 +62,7 @@ func (b *batchDecoder) get(i int) (*envelope.Envelope, error) {
 			return b.envs[i], b.errs[i]
 		}
 	}
-	return b.codec.Decode(b.batch[i].Body)
+	return b.codec.DecodeImmutable(b.batch[i].Body)
 }
 
 // help decodes unclaimed messages from the end of the batch until it meets the handler.
@@ -77,7 +77,7 @@ func (b *batchDecoder) help() {
 		b.hi--
 		j := b.hi
 		b.mu.Unlock()
-		b.envs[j], b.errs[j] = b.codec.Decode(b.batch[j].Body)
+		b.envs[j], b.errs[j] = b.codec.DecodeImmutable(b.batch[j].Body)
 	}
 }
 

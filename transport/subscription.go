@@ -369,7 +369,7 @@ func (s *Subscription) process(batch []*driver.Delivery) {
 				break
 			}
 			g.Go(func() error {
-				env, err := s.bus.codec.Decode(d.Body)
+				env, err := s.bus.codec.DecodeImmutable(d.Body) // a delivery never changes (driver.Delivery)
 				if ack, link, traced := s.handleOne(d, env, err, &dels[i], dcOf(i), received); ack {
 					mu.Lock()
 					acks.ds = append(acks.ds, d)
