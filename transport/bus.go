@@ -10,8 +10,9 @@ import (
 	"time"
 
 	"github.com/cenkalti/backoff/v5"
-	"github.com/pulse-bus/pulse/envelope"
+	"go.opentelemetry.io/otel/propagation"
 
+	"github.com/pulse-bus/pulse/envelope"
 	"github.com/pulse-bus/pulse/transport/driver"
 )
 
@@ -125,7 +126,7 @@ func (b *Bus) PublishRaw(ctx context.Context, stream string, msgs ...RawMessage)
 		msgs = slices.Clone(msgs)
 		own := make([]map[string]string, len(msgs)) // the caller's headers of messages to inject into
 		b.tr.startPublish(ctx, stream, &pt, len(msgs), func(i int) *map[string]string {
-			if b.tr.carries(msgs[i].Headers) {
+			if b.tr.carries(propagation.MapCarrier(msgs[i].Headers)) {
 				return nil
 			}
 			own[i], msgs[i].Headers = msgs[i].Headers, nil

@@ -122,20 +122,10 @@ func hasContext(ctx context.Context) bool {
 	return trace.SpanContextFromContext(ctx).IsValid() || baggage.FromContext(ctx).Len() > 0
 }
 
-// carries reports whether headers hold any of the propagator's fields.
-func (t *busTracing) carries(headers map[string]string) bool {
+// carries reports whether c holds any of the propagator's fields.
+func (t *busTracing) carries(c propagation.TextMapCarrier) bool {
 	for _, f := range t.fields {
-		if headers[f] != "" {
-			return true
-		}
-	}
-	return false
-}
-
-// carriesDelivery reports whether d's headers hold any of the propagator's fields.
-func (t *busTracing) carriesDelivery(d *driver.Delivery) bool {
-	for _, f := range t.fields {
-		if d.Header(f) != "" {
+		if c.Get(f) != "" {
 			return true
 		}
 	}
@@ -143,8 +133,8 @@ func (t *busTracing) carriesDelivery(d *driver.Delivery) bool {
 }
 
 // receivedHeaders are the headers a delivery's trace context is extracted from: a v2
-// envelope's meta.headers, or else the delivery's own (either form: see
-// driver.Delivery.HeaderFields). Two pointers, so that a deferred context stays small.
+// envelope's meta.headers, or else the delivery's own. Two pointers, so that a deferred
+// context stays small.
 type receivedHeaders struct {
 	d    *driver.Delivery
 	meta map[string]string
@@ -152,31 +142,29 @@ type receivedHeaders struct {
 
 // carrier is h for extraction.
 func (h receivedHeaders) carrier() propagation.TextMapCarrier {
-	switch {
-	case h.meta != nil:
+	if h.meta != nil {
 		return propagation.MapCarrier(h.meta)
-	case h.d.Headers != nil:
-		return propagation.MapCarrier(h.d.Headers)
 	}
-	return fieldCarrier(h.d.HeaderFields)
+	return deliveryCarrier{h.d}
 }
 
-// fieldCarrier is a read-only propagation.TextMapCarrier over name, value pairs (a later
-// pair of a name wins, as driver.Delivery.Header reads them).
-type fieldCarrier []string
+// deliveryCarrier is a read-only propagation.TextMapCarrier over a delivery's headers, in
+// either form a driver gives them (driver.Delivery.HeaderFields). One pointer: it goes into
+// the interface without an allocation.
+type deliveryCarrier struct{ d *driver.Delivery }
 
-func (c fieldCarrier) Get(key string) string {
-	d := driver.Delivery{HeaderFields: c}
-	return d.Header(key)
-}
+func (c deliveryCarrier) Get(key string) string { return c.d.Header(key) }
 
 // Set does nothing: extraction only reads.
-func (fieldCarrier) Set(string, string) {}
+func (deliveryCarrier) Set(string, string) {}
 
-func (c fieldCarrier) Keys() []string {
-	keys := make([]string, 0, len(c)/2)
-	for i := 0; i+1 < len(c); i += 2 {
-		keys = append(keys, c[i])
+func (c deliveryCarrier) Keys() []string {
+	if c.d.Headers != nil {
+		return slices.Collect(maps.Keys(c.d.Headers))
+	}
+	keys := make([]string, 0, len(c.d.HeaderFields)/2)
+	for i := 0; i+1 < len(c.d.HeaderFields); i += 2 {
+		keys = append(keys, c.d.HeaderFields[i])
 	}
 	return keys
 }
@@ -381,9 +369,9 @@ func (s *Subscription) startProcess(d *driver.Delivery, env *envelope.Envelope, 
 		tp = d.Header(HeaderTraceParent)
 	}
 	switch {
-	case tp != "", t.carriesDelivery(d):
+	case tp != "", t.carries(deliveryCarrier{d}):
 		carrier, found = receivedHeaders{d: d}, true
-	case env != nil && t.carries(env.Meta.Headers):
+	case env != nil && t.carries(propagation.MapCarrier(env.Meta.Headers)):
 		carrier, found, tp = receivedHeaders{meta: env.Meta.Headers}, true, env.Meta.Headers[HeaderTraceParent]
 	}
 	tr := t.tracer.Get()
@@ -634,7 +622,7 @@ func (s *Subscription) retrying(pt *processTrace, d *driver.Delivery) {
 // a dead letter's) carry, read with the Bus's propagator; ctx as it is when they carry none.
 // Publishing in it continues the message's trace: `pulse dlq replay` does so.
 func (b *Bus) TraceContext(ctx context.Context, headers map[string]string) context.Context {
-	if !b.tr.carries(headers) {
+	if !b.tr.carries(propagation.MapCarrier(headers)) {
 		return ctx
 	}
 	return b.tr.prop.Extract(ctx, propagation.MapCarrier(headers))
