@@ -37,6 +37,8 @@ type fakeDriver struct {
 	publishErr error
 	maxBody    int // > 0: a larger body fails with ErrTooLarge
 	closed     bool
+	// sequential is what its subscriptions' PositionsAreSequential reports.
+	sequential bool
 }
 
 func newFakeDriver() *fakeDriver {
@@ -174,6 +176,13 @@ func (s *fakeSub) Term(_ context.Context, d *driver.Delivery) error {
 func (s *fakeSub) Close() error {
 	s.closeOnce.Do(func() { close(s.done) })
 	return nil
+}
+
+// PositionsAreSequential implements driver.SequentialPositioner as the driver was set up.
+func (s *fakeSub) PositionsAreSequential() bool {
+	s.d.mu.Lock()
+	defer s.d.mu.Unlock()
+	return s.d.sequential
 }
 
 // deliver hands one batch to the subscription.

@@ -49,3 +49,33 @@ func BenchmarkMemoryIdempotencyFromEmpty(b *testing.B) {
 		m.Done(ctx, keys[i%size])
 	}
 }
+
+// BenchmarkHandledRecord measures recording one consumed v1 message, as the Bus does for
+// every one: as a hashed key of its transport id (any driver), or as a bit of the group's
+// position window (a driver with sequential positions: JetStream, inmem). Sequences come in
+// order from a fresh record, as on a consumer's first pass over a stream.
+func BenchmarkHandledRecord(b *testing.B) {
+	const size = DefaultIdempotencySize
+	const prefix = "telemetry.feedback/pipeline/"
+	ids := make([]string, size)
+	for i := range ids {
+		ids[i] = strconv.Itoa(i + 1)
+	}
+	b.Run("hashed", func(b *testing.B) {
+		var m *MemoryIdempotency
+		b.ReportAllocs()
+		for i := 0; b.Loop(); i++ {
+			if i%size == 0 {
+				m = NewMemoryIdempotency(size, time.Hour)
+			}
+			m.done(prefix, ids[i%size])
+		}
+	})
+	b.Run("positions", func(b *testing.B) {
+		w := NewMemoryIdempotency(size, time.Hour).positions(prefix)
+		b.ReportAllocs()
+		for i := 0; b.Loop(); i++ {
+			w.done(Position{Epoch: 1, Seq: uint64(i + 1)})
+		}
+	})
+}

@@ -138,3 +138,51 @@ func TestMemoryIdempotencyKeyInParts(t *testing.T) {
 	require.False(t, m.seen("telemetry.feedback/pipeline/", "4"), "a prefix of a key is another key")
 	require.False(t, m.seen("telemetry.feedback/other/", "42"))
 }
+
+// TestPositionWindow proves the window of handled positions: it holds the 2×size sequences
+// up to the greatest recorded, of the latest epoch; it refuses (for the caller to record as a
+// key) what it cannot hold, and forgets a position only once the window has slid past it or
+// its word's TTL has passed.
+func TestPositionWindow(t *testing.T) {
+	now := time.Duration(0)
+	m := NewMemoryIdempotency(64, time.Minute) // a window of 128 sequences: two words
+	m.elapsed = func() time.Duration { return now }
+	w := m.positions("s/g/")
+	require.Same(t, w, m.positions("s/g/"), "one window per group")
+	require.NotSame(t, w, m.positions("s/other/"))
+	at := func(epoch, seq uint64) Position { return Position{Epoch: epoch, Seq: seq} }
+
+	require.False(t, w.done(Position{}), "the zero position is not held")
+	require.False(t, w.seen(at(7, 1)), "nothing recorded yet")
+	for seq := uint64(1); seq <= 100; seq++ {
+		require.True(t, w.done(at(7, seq)))
+	}
+	for _, tc := range []struct {
+		seq  uint64
+		want bool
+	}{{1, true}, {63, true}, {64, true}, {100, true}, {101, false}, {0, false}, {1 << 40, false}} {
+		require.Equal(t, tc.want, w.seen(at(7, tc.seq)), "seq %d", tc.seq)
+	}
+	require.False(t, w.seen(at(6, 5)), "another epoch")
+	require.False(t, w.done(at(6, 5)), "an older epoch is refused")
+
+	require.True(t, w.done(at(7, 130)), "slides forward to the word of 130")
+	require.False(t, w.seen(at(7, 5)), "the word of 0..63 is forgotten")
+	require.True(t, w.seen(at(7, 64)), "the word of 64..127 is kept")
+	require.False(t, w.done(at(7, 20)), "below the window: refused")
+	require.True(t, w.done(at(7, 120)), "inside the window, out of order")
+	require.True(t, w.seen(at(7, 120)))
+
+	now = time.Minute - time.Millisecond
+	require.True(t, w.done(at(7, 131)), "renews the word of 128..191")
+	now = time.Minute + time.Millisecond
+	require.False(t, w.seen(at(7, 120)), "its word's TTL passed")
+	require.True(t, w.seen(at(7, 130)), "renewed with its word")
+	require.True(t, w.seen(at(7, 131)))
+
+	require.True(t, w.done(at(7, 130+64*10)), "a jump of more than the window clears it")
+	require.False(t, w.seen(at(7, 130)))
+	require.True(t, w.done(at(8, 3)), "a newer epoch starts over")
+	require.True(t, w.seen(at(8, 3)))
+	require.False(t, w.seen(at(7, 130+64*10)))
+}

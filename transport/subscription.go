@@ -102,6 +102,9 @@ type Subscription struct {
 	log    *slog.Logger
 	// keyPrefix is "stream/group/", the start of every idempotency key.
 	keyPrefix string
+	// positions, when set, records the handled deliveries without a producer id (see
+	// positionWindow); the others, and what it cannot hold, go to the Bus's record as keys.
+	positions *positionWindow
 
 	fetchCtx     context.Context // cancelled to stop fetching: by Close, or with Subscribe's ctx
 	cancelFetch  context.CancelFunc
@@ -173,6 +176,11 @@ func (b *Bus) Subscribe(ctx context.Context, stream string, h Handler, opts Subs
 	}
 	if la, ok := ds.(driver.LocalAcker); ok {
 		s.localAcks = la.AcksAreLocal()
+	}
+	if m, ok := b.idem.(*MemoryIdempotency); ok {
+		if sp, ok := ds.(driver.SequentialPositioner); ok && sp.PositionsAreSequential() {
+			s.positions = m.positions(s.keyPrefix)
+		}
 	}
 	s.fetchCtx, s.cancelFetch = context.WithCancel(ctx)
 	s.handleCtx, s.cancelHandle = context.WithCancel(context.WithoutCancel(ctx))
@@ -461,7 +469,7 @@ func (s *Subscription) handleOne(d *driver.Delivery, env *envelope.Envelope, dec
 	// have been handled by the group yet, so only later attempts and producer ids (which a
 	// retried publish repeats) are looked up.
 	if d.Attempt > 1 || env.ID != "" {
-		if seen, err := s.handledBefore(pt.ctx, del.ID()); err != nil {
+		if seen, err := s.handledBefore(pt.ctx, del); err != nil {
 			s.log.Warn("idempotency record unavailable; handling anyway (at least once)", "err", err)
 		} else if seen {
 			obs.Consumed(s.stream, track, OutcomeDuplicate)
@@ -481,7 +489,7 @@ func (s *Subscription) handleOne(d *driver.Delivery, env *envelope.Envelope, dec
 	err := s.callHandler(pt.ctx, del)
 	switch {
 	case err == nil, errors.Is(err, ErrStale):
-		if derr := s.recordHandled(pt.ctx, del.ID()); derr != nil {
+		if derr := s.recordHandled(pt.ctx, del); derr != nil {
 			s.log.Warn("could not record handled id", "id", del.ID(), "err", derr)
 		}
 		outcome := OutcomeSuccess
@@ -514,18 +522,29 @@ func (s *Subscription) handleOne(d *driver.Delivery, env *envelope.Envelope, dec
 	}
 }
 
-// handledBefore asks the Bus's idempotency record whether this group handled the message with this id.
-// The default record is given the key as prefix and id, which it hashes without joining them
-// (the joined string was an allocation per message); any other store gets the whole key.
-func (s *Subscription) handledBefore(ctx context.Context, id string) (bool, error) {
+// handledBefore asks the Bus's idempotency record whether this group handled d: by its
+// Position in the group's window when it has no producer id and the window holds it, else by
+// its id. The default record is given the key as prefix and id, which it hashes without
+// joining them (the joined string was an allocation per message); any other store gets the
+// whole key.
+func (s *Subscription) handledBefore(ctx context.Context, d *Delivery) (bool, error) {
+	if s.positions != nil && d.Envelope.ID == "" && s.positions.seen(d.Position) {
+		return true, nil
+	}
+	id := d.ID()
 	if m, ok := s.bus.idem.(*MemoryIdempotency); ok {
 		return m.seen(s.keyPrefix, id), nil
 	}
 	return s.bus.idem.Seen(ctx, s.keyPrefix+id)
 }
 
-// recordHandled records that this group handled the message with this id.
-func (s *Subscription) recordHandled(ctx context.Context, id string) error {
+// recordHandled records that this group handled d: in the group's window when it has no
+// producer id and the window can hold it, else by its id.
+func (s *Subscription) recordHandled(ctx context.Context, d *Delivery) error {
+	if s.positions != nil && d.Envelope.ID == "" && s.positions.done(d.Position) {
+		return nil
+	}
+	id := d.ID()
 	if m, ok := s.bus.idem.(*MemoryIdempotency); ok {
 		m.done(s.keyPrefix, id)
 		return nil

@@ -316,6 +316,54 @@ func TestDuplicateAckedWithoutHandling(t *testing.T) {
 	require.Equal(t, 1, rec.Outcome(stream, transport.OutcomeDuplicate))
 }
 
+// TestV1RedeliveryDeduplicated proves that a v1 message (no producer id) handled once is
+// acked without handling when the broker delivers it again (its ack was lost), on a driver
+// whose positions are sequential and on one whose are not. On the first, the record of it is
+// a bit of the group's position window, not a hashed key: the map of keys stays empty (it
+// held one key per message before the window, the largest cost of the Bus's own on
+// JetStream's consume path).
+func TestV1RedeliveryDeduplicated(t *testing.T) {
+	v1 := &envelope.Codec{Track: envelope.TrackV1}
+	for _, sequential := range []bool{true, false} {
+		t.Run(fmt.Sprintf("sequential=%v", sequential), func(t *testing.T) {
+			idem := transport.NewMemoryIdempotency(1000, time.Hour)
+			bus, drv, rec := newBus(t, func(c *transport.Config) { c.Idempotency = idem })
+			drv.sequential = sequential
+			calls := 0
+			_, fs := subscribe(t, bus, drv, func(context.Context, *transport.Delivery) error { calls++; return nil })
+			const n = 100
+			batch := make([]*driver.Delivery, n)
+			for i := range batch {
+				b, err := v1.Encode(&envelope.Envelope{Meta: envelope.Meta{SchemaID: "unit.Event"}, Payload: json.RawMessage(fmt.Sprintf(`{"n":%d}`, i))})
+				require.NoError(t, err)
+				batch[i] = raw(strconv.Itoa(i+1), 1, b)
+				batch[i].Position = transport.Position{Epoch: 42, Seq: uint64(i + 1)}
+			}
+			fs.deliver(batch...)
+			require.Len(t, drv.next(t).tids, n)
+			if sequential {
+				require.Zero(t, idem.Len(), "v1 deliveries are recorded by position, not as keys")
+			} else {
+				require.Equal(t, n, idem.Len(), "without sequential positions, each is a key")
+			}
+			again := *batch[6]
+			again.Attempt = 2
+			fs.deliver(&again)
+			require.Equal(t, call{kind: "ack", stream: stream, tids: []string{"7"}}, drv.next(t))
+			require.Equal(t, n, calls, "the redelivery is not handled again")
+			require.Equal(t, 1, rec.Outcome(stream, transport.OutcomeDuplicate))
+
+			other := *batch[6] // the same transport id in a stream created again: a new message
+			other.Attempt, other.Position.Epoch = 2, 43
+			if sequential {
+				fs.deliver(&other)
+				require.Equal(t, "ack", drv.next(t).kind)
+				require.Equal(t, n+1, calls, "a newer epoch's message is handled")
+			}
+		})
+	}
+}
+
 // TestIdempotencyUnavailableHandlesAnyway proves that a failing idempotency record does not
 // stop consumption: at least once wins over exactly once.
 func TestIdempotencyUnavailableHandlesAnyway(t *testing.T) {

@@ -93,6 +93,18 @@ type LocalAcker interface {
 	AcksAreLocal() bool
 }
 
+// SequentialPositioner is implemented by a Subscription whose deliveries' Positions count
+// the stream's messages one by one: within an Epoch, the broker gives each message stored
+// the next Seq, and a stream that starts over (deleted and created again) gets a greater
+// Epoch. JetStream and inmem do; Redis, whose Seq counts within a millisecond, does not.
+// The Bus then keeps the record of handled messages without a producer id (v1) as a window
+// of bits over Seq, not as hashed keys (see transport.MemoryIdempotency).
+type SequentialPositioner interface {
+	Subscription
+	// PositionsAreSequential reports whether Positions are sequential as described above.
+	PositionsAreSequential() bool
+}
+
 // Message is one message as a driver stores it.
 type Message struct {
 	// Body is the envelope's wire bytes (for dead letters: the original bytes, unchanged).

@@ -508,6 +508,10 @@ func (s *subscription) pendingOf(d *driver.Delivery) (*delivery, error) {
 // AcksAreLocal implements driver.LocalAcker: acks settle in memory.
 func (s *subscription) AcksAreLocal() bool { return true }
 
+// PositionsAreSequential implements driver.SequentialPositioner: Seq is the stream offset,
+// which never starts over in a Broker (Purge keeps counting).
+func (s *subscription) PositionsAreSequential() bool { return true }
+
 // Ack implements transport.Subscription. Acking a delivery that was since redelivered
 // still settles the message (its work is done); acking one already settled does nothing.
 func (s *subscription) Ack(_ context.Context, ds []*driver.Delivery) error {

@@ -391,6 +391,10 @@ func handle(d *driver.Delivery) (jetstream.Msg, error) {
 // AcksAreLocal implements driver.LocalAcker: Ack only queues +ACKs on the connection.
 func (s *subscription) AcksAreLocal() bool { return true }
 
+// PositionsAreSequential implements driver.SequentialPositioner: Seq is the stream sequence,
+// and Epoch the stream's creation time, which a stream created again makes greater.
+func (s *subscription) PositionsAreSequential() bool { return true }
+
 // Ack implements transport.Subscription with one fire-and-forget +ACK per delivery
 // (they share the connection's write buffer); Close flushes them.
 func (s *subscription) Ack(ctx context.Context, ds []*driver.Delivery) error {
