@@ -480,7 +480,7 @@ func TestDecodeImmutableAliasesItsInput(t *testing.T) {
 			name: "v1 as the Python core writes it",
 			wire: `{"ts": 1796409401.7271798, "key": "bars_1", "meta": {"schema_id": "bench.m", "track": "v1", "headers": {"reason": "high"}, "hash": "09ce2f0e5ad516b91a7797eb07301c7af7a804db612011778e6ab4a4dbe15c74"}, "payload": {"seq": "00000007"}}`,
 			aliased: func(e *envelope.Envelope) []string {
-				return []string{*e.Key, e.Meta.Hash, e.Meta.Headers["reason"]}
+				return []string{*e.Key, e.Meta.Hash, e.Meta.Headers["reason"], e.Meta.SchemaID}
 			},
 		},
 		{

@@ -461,7 +461,7 @@ func (r *reader) meta(m *Meta) bool {
 		case "schema_id":
 			var s []byte
 			if s, _, ok = r.strBytes(); ok {
-				m.SchemaID = internSchema(s)
+				m.SchemaID = r.internSchema(s)
 			}
 		case "track":
 			var s []byte
@@ -526,16 +526,18 @@ func internTrack(s []byte) Track {
 	return Track(s)
 }
 
-// knownSchemas are schema_ids read without allocating.
+// knownSchemas are schema_ids read without allocating, even by Decode.
 var knownSchemas = []string{"telemetry.FeedbackEvent", "telemetry.RateAdjustment", WrappedSchemaID}
 
-func internSchema(s []byte) string {
+// internSchema is s as a schema_id: a known one's constant, else as r.str gives it (aliasing
+// an immutable input: an application's own schema_id cost an allocation per message before).
+func (r *reader) internSchema(s []byte) string {
 	for _, k := range knownSchemas {
 		if string(s) == k {
 			return k
 		}
 	}
-	return string(s)
+	return r.str(s)
 }
 
 // hashMatches reports whether want is the lower-case hex SHA-256 of payload.
