@@ -110,6 +110,13 @@ func TestAckFields(t *testing.T) {
 		{"$JS.ACK.S.c.1.012.10.1764201600000000000.5", 1, 12, true}, // spelt unusually: formatted anew
 		{"_INBOX.abc", 0, 0, false},
 		{"", 0, 0, false},
+		{"$JS.ACK.S.c..12.10.1764201600000000000.5", 0, 0, false},                     // an empty token
+		{"$JS.ACK.S.c.1.12.10.17642016000000000000.5", 0, 0, false},                   // 20 digits
+		{"$JS.ACK.S.c.1.12.10.9999999999999999999.5", 0, 0, false},                    // past int64
+		{"$JS.ACK.S.c.1.12.10.176420160000000000x.5", 0, 0, false},                    // not a number
+		{"$JS.ACK.S.c.1.-12.10.1764201600000000000.5", 0, 0, false},                   // signed
+		{"$JS.ACK.a.b.c.d.e.S.c.1.12.10.1764201600000000000.5", 0, 0, false},          // too many tokens
+		{"$JS.ACK.S.c.18446744073709551615.12.10.1764201600000000000.5", 0, 0, false}, // 20 digits
 	} {
 		m, ok := ackFields(tc.reply)
 		require.Equal(t, tc.ok, ok, tc.reply)
@@ -198,5 +205,16 @@ func TestShortCommitConfirmsOnlyWhatItStored(t *testing.T) {
 				require.Equal(t, tc.short[i], errors.Is(res.err, errShortCommit), "call %d: %v", i, res.err)
 			}
 		})
+	}
+}
+
+// BenchmarkAckFields reads the fields of one ack subject as the Bus's consume path does for
+// every delivery.
+func BenchmarkAckFields(b *testing.B) {
+	reply := "$JS.ACK.PULSE_BENCH_EVENTS.pulse_bench.1.123456.123456.1796417178298590700.87655"
+	for b.Loop() {
+		if _, ok := ackFields(reply); !ok {
+			b.Fatal(reply)
+		}
 	}
 }
