@@ -1,6 +1,7 @@
 package jetstream_test
 
 import (
+	"bytes"
 	"context"
 	"errors"
 	"log/slog"
@@ -353,12 +354,12 @@ func TestStreamAndConsumerConfig(t *testing.T) {
 	require.Equal(t, natsjs.AckExplicitPolicy, cc.AckPolicy)
 	require.Equal(t, 7*time.Second, cc.AckWait)
 	require.Equal(t, -1, cc.MaxDeliver)
-	require.Equal(t, 64, cc.MaxAckPending)
+	require.Equal(t, 160, cc.MaxAckPending, "10 × the batch size (bufferSizes)")
 }
 
 // TestSlowHandlerNoAgedRedelivery proves the buffering bound: with AckWait 1 s and batch
-// size 2 (the client holds at most 4 × 2 messages), a handler taking 50 ms per message —
-// within AckWait / 8 — works through 40 messages (2 s in all, twice AckWait) without a
+// size 2 (the client holds at most 10 × 2 messages), a handler taking 40 ms per message —
+// within AckWait / 20 — works through 50 messages (2 s in all, twice AckWait) without a
 // single message aging past AckWait in the buffer and being delivered again.
 func TestSlowHandlerNoAgedRedelivery(t *testing.T) {
 	srv := natsSrv.Server(t)
@@ -370,12 +371,12 @@ func TestSlowHandlerNoAgedRedelivery(t *testing.T) {
 	cfg.Observer = obs
 	bus := openBus(t, cfg)
 	ctx := context.Background()
-	envs := feedback("slow-", 40)
+	envs := feedback("slow-", 50)
 	require.NoError(t, bus.Publish(ctx, "s", envs...))
 	seen := newSeenSet()
 	sub, err := bus.Subscribe(ctx, "s", func(ctx context.Context, d *transport.Delivery) error {
 		select {
-		case <-time.After(50 * time.Millisecond): // the slow work itself
+		case <-time.After(40 * time.Millisecond): // the slow work itself
 		case <-ctx.Done():
 			return ctx.Err()
 		}
@@ -480,4 +481,32 @@ func TestOpenWithAConnectionOfTheProgram(t *testing.T) {
 	require.Eventually(t, func() bool { return errors.Is(d.Ping(ctx), transport.ErrUnavailable) }, 10*time.Second, 10*time.Millisecond)
 	require.NoError(t, bus.Close())
 	require.False(t, nc.IsClosed(), "the driver leaves the program's connection open")
+}
+
+// TestLargeMessagesPastThePullByteLimit proves that the byte bound on pull requests
+// (pullBytes, 16 MiB) never stalls a subscription: 24 messages of 900 KB, 21.6 MB in all,
+// more than one pull may bring, all arrive.
+func TestLargeMessagesPastThePullByteLimit(t *testing.T) {
+	srv := natsSrv.Server(t)
+	d := open(t, config(srv.ClientURL(), uniqueNS("big")))
+	ctx := context.Background()
+	body := bytes.Repeat([]byte("x"), 900_000)
+	const n = 24
+	for range n {
+		_, err := d.Publish(ctx, "s.big", []driver.Message{{Body: body}})
+		require.NoError(t, err)
+	}
+	sub, err := d.Subscribe(ctx, "s.big", driver.SubscribeOptions{Group: "g", AckWait: 30 * time.Second, BatchSize: 256})
+	require.NoError(t, err)
+	defer sub.Close()
+	got := 0
+	for got < n {
+		rctx, cancel := context.WithTimeout(ctx, 10*time.Second)
+		batch, err := sub.Receive(rctx, 256)
+		cancel()
+		require.NoError(t, err, "after %d of %d messages", got, n)
+		require.NoError(t, sub.Ack(ctx, batch))
+		got += len(batch)
+	}
+	require.Equal(t, n, got)
 }

@@ -60,11 +60,11 @@ func TestMsgQueue(t *testing.T) {
 // size, including the cap on PullMaxMessages.
 func TestBufferSizes(t *testing.T) {
 	tests := []struct{ batch, pull, queue, maxAck int }{
-		{0, 2, 1, 4},
-		{1, 2, 1, 4},
-		{16, 32, 16, 64},
-		{256, 512, 256, 1024},
-		{1000, 1024, 1000, 3024},
+		{0, 8, 1, 10},
+		{1, 8, 1, 10},
+		{16, 128, 16, 160},
+		{256, 2048, 256, 2560},
+		{1000, 4096, 1000, 6096},
 	}
 	for _, tt := range tests {
 		pull, queue, maxAck := bufferSizes(tt.batch)
