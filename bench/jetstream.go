@@ -15,12 +15,14 @@ import (
 	"github.com/nats-io/nats.go/jetstream"
 
 	"github.com/pulse-bus/pulse/transport"
+	pulsejs "github.com/pulse-bus/pulse/transport/jetstream"
 )
 
 // Contender names of the JetStream section.
 const (
 	NamePulseJetStream          = "pulse jetstream"
 	NameRawNATS                 = "raw nats.go"
+	NameRawNATSPulsePull        = "raw nats.go, Pulse's pull"
 	NameWatermillJetStream      = "watermill jetstream"
 	NameWatermillJetStreamAsync = "watermill jetstream AckAsync"
 )
@@ -159,19 +161,23 @@ func newPulseJetStreamTrial(ctx context.Context, env *Env, id string) (*pulseTri
 // rawNATSMaxInFlight unacknowledged, every PubAck checked; a durable pull consumer with
 // explicit acks, consumed with Consume (PullMaxMessages rawNATSPullMax).
 type rawNATSTrial struct {
-	env     *Env
-	nc      *nats.Conn
-	js      jetstream.JetStream
-	stream  jetstream.Stream
-	name    string
-	subject string
-	pubErrs atomic.Int64
-	lastErr atomic.Value
+	env *Env
+	// pullMax and maxAckPending are the consumer's settings (rawNATSPullMax and
+	// rawNATSMaxAckPending, unless newRawNATSPulsePullTrial set Pulse's).
+	pullMax, maxAckPending int
+	nc                     *nats.Conn
+	js                     jetstream.JetStream
+	stream                 jetstream.Stream
+	name                   string
+	subject                string
+	pubErrs                atomic.Int64
+	lastErr                atomic.Value
 	tallied
 }
 
 func newRawNATSTrial(ctx context.Context, env *Env, id string) (*rawNATSTrial, error) {
-	t := &rawNATSTrial{env: env, name: "RAW_" + strings.ToUpper(id), subject: "raw." + id}
+	t := &rawNATSTrial{env: env, pullMax: rawNATSPullMax, maxAckPending: rawNATSMaxAckPending,
+		name: "RAW_" + strings.ToUpper(id), subject: "raw." + id}
 	nc, err := nats.Connect(env.NATSURL, nats.Name("pulsebench-raw"))
 	if err != nil {
 		return nil, fmt.Errorf("bench: connect: %w", err)
@@ -192,6 +198,19 @@ func newRawNATSTrial(ctx context.Context, env *Env, id string) (*rawNATSTrial, e
 		nc.Close()
 		return nil, fmt.Errorf("bench: create stream %s: %w", t.name, err)
 	}
+	return t, nil
+}
+
+// newRawNATSPulsePullTrial is the raw client consuming with the pull size and MaxAckPending
+// that Pulse's subscription asks for at the run's batch size, so that the report also
+// compares the clients at equal settings (the pull size moves the server's cost per message
+// as much as the client's).
+func newRawNATSPulsePullTrial(ctx context.Context, env *Env, id string) (*rawNATSTrial, error) {
+	t, err := newRawNATSTrial(ctx, env, id)
+	if err != nil {
+		return nil, err
+	}
+	t.pullMax, t.maxAckPending = pulsejs.PullSizes(env.Batch)
 	return t, nil
 }
 
@@ -234,7 +253,7 @@ func (t *rawNATSTrial) Publish(ctx context.Context, lo, hi int) error {
 
 func (t *rawNATSTrial) consume(ctx context.Context, fn func(b []byte)) (jetstream.ConsumeContext, error) {
 	cons, err := t.stream.CreateOrUpdateConsumer(ctx, jetstream.ConsumerConfig{
-		Durable: "bench", AckPolicy: jetstream.AckExplicitPolicy, MaxAckPending: rawNATSMaxAckPending,
+		Durable: "bench", AckPolicy: jetstream.AckExplicitPolicy, MaxAckPending: t.maxAckPending,
 	})
 	if err != nil {
 		return nil, fmt.Errorf("bench: create consumer: %w", err)
@@ -242,7 +261,7 @@ func (t *rawNATSTrial) consume(ctx context.Context, fn func(b []byte)) (jetstrea
 	cc, err := cons.Consume(func(m jetstream.Msg) {
 		fn(m.Data())
 		m.Ack()
-	}, jetstream.PullMaxMessages(rawNATSPullMax))
+	}, jetstream.PullMaxMessages(t.pullMax))
 	if err != nil {
 		return nil, fmt.Errorf("bench: consume: %w", err)
 	}

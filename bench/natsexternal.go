@@ -45,6 +45,7 @@ func jetstreamExternalSection() (*Section, []*Contender) {
 		{Name: NameRawNATS,
 			NewTrial:   asTrial(newRawNATSTrial),
 			NewLatency: asLatency(newRawNATSTrial)},
+		{Name: NameRawNATSPulsePull, NewTrial: asTrial(newRawNATSPulsePullTrial)},
 		{Name: NameNATSBenchAsync, NewTrial: natsBenchTrial("async", "--batch", strconv.Itoa(natsBenchAsyncBatch))},
 		{Name: NameNATSBenchFast, NewTrial: natsBenchTrial("fast")},
 	}

@@ -53,6 +53,14 @@ func bufferSizes(batch int) (pull, queue, maxAckPending int) {
 	return pull, queue, pull + queue + batch
 }
 
+// PullSizes is what a subscription of the given batch size asks of the server: up to pull
+// messages a pull request, and maxAckPending unacknowledged at once (see bufferSizes). It
+// lets a benchmark give a hand-written client the same settings.
+func PullSizes(batch int) (pull, maxAckPending int) {
+	pull, _, maxAckPending = bufferSizes(batch)
+	return pull, maxAckPending
+}
+
 // consumerConfig is the durable pull consumer of a group: every message of the retained
 // stream (a group created after publishing still gets the earlier messages), explicit acks,
 // the subscription's AckWait, and no delivery limit — the Bus dead-letters on the last attempt
