@@ -3,6 +3,8 @@ package bench
 import (
 	"fmt"
 	"io"
+	"math"
+	"slices"
 	"strings"
 	"text/tabwriter"
 	"time"
@@ -79,6 +81,7 @@ func writeSection(b *strings.Builder, s *Section) {
 			fmt.Fprintf(b, "   note: %s saw %d duplicate deliveries (at-least-once redeliveries)\n", row.Name, row.Dups)
 		}
 	}
+	writeCPU(b, s)
 	p := s.Pulse()
 	if p == nil {
 		return
@@ -179,4 +182,37 @@ func fmtRatio(r float64) string {
 		return fmt.Sprintf("%.0f×", r)
 	}
 	return fmt.Sprintf("%.2f×", r)
+}
+
+// writeCPU writes the medians of the trials' CPU per message, when the section measured any:
+// this process's (with the child programs it ran) and the server's, for publish and consume.
+func writeCPU(b *strings.Builder, s *Section) {
+	if !slices.ContainsFunc(s.Rows, func(r *Row) bool { return len(r.PublishCPU) > 0 }) {
+		return
+	}
+	fmt.Fprintln(b, "   CPU per message, median µs (this process, with nats bench when it is the contender / the server's processes):")
+	tw := tabwriter.NewWriter(b, 0, 0, 2, ' ', 0)
+	fmt.Fprintln(tw, "     contender\tpublish\tconsume+ack\t")
+	for _, row := range s.Rows {
+		if len(row.PublishCPU) == 0 {
+			continue
+		}
+		fmt.Fprintf(tw, "     %s\t%s\t%s\t\n", row.Name, fmtCPU(row.PublishCPU), fmtCPU(row.ConsumeCPU))
+	}
+	tw.Flush()
+}
+
+// fmtCPU is the medians of costs as "client / server", the server "-" where it was not read.
+func fmtCPU(costs []CPUCost) string {
+	client, server := make(Rate, 0, len(costs)), make(Rate, 0, len(costs))
+	for _, c := range costs {
+		client = append(client, c.Client)
+		if !math.IsNaN(c.Server) {
+			server = append(server, c.Server)
+		}
+	}
+	if len(server) < len(costs) {
+		return fmt.Sprintf("%.2f / -", client.Median())
+	}
+	return fmt.Sprintf("%.2f / %.2f", client.Median(), server.Median())
 }

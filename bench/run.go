@@ -164,6 +164,8 @@ type Row struct {
 	Lat Latencies
 	// Dups counts duplicate deliveries seen (at-least-once redeliveries).
 	Dups int64
+	// PublishCPU and ConsumeCPU are the phases' CPU per message, one per measured repetition.
+	PublishCPU, ConsumeCPU []CPUCost
 }
 
 func (r *Row) rate(m Metric) Rate {
@@ -332,6 +334,7 @@ func runSection(ctx context.Context, name string, env *Env, opts Options) (*Sect
 		}
 		stop = func() { srv.Stop() }
 		env.NATSURL = srv.URL
+		env.ServerPIDs = []int{srv.PID()}
 		sec, cs = jetstreamExternalSection()
 		sec.Server = fmt.Sprintf("nats-server %s process (built from the module graph), file store, %s; nats bench from natscli %s", srv.Version, srv.URL, NATSCLIVersion)
 		sec.N = pick(opts.N, DefaultBrokerN)
@@ -474,9 +477,11 @@ func runTrial(ctx context.Context, env *Env, c *Contender, row *Row, id string, 
 	pctx, cancel := phaseCtx(ctx, n)
 	defer cancel()
 	stopProf := prof.start("publish")
+	cpu0 := sampleCPU(env.ServerPIDs)
 	start := time.Now()
 	err = publishAll(pctx, t, n, publishers)
 	pub := selfTimed(t, time.Since(start))
+	pubCPU := sampleCPU(env.ServerPIDs).costSince(cpu0, n)
 	stopProf()
 	if err != nil {
 		return fmt.Errorf("publish: %w", err)
@@ -484,9 +489,11 @@ func runTrial(ctx context.Context, env *Env, c *Contender, row *Row, id string, 
 	cctx, cancel2 := phaseCtx(ctx, n)
 	defer cancel2()
 	stopProf = prof.start("consume")
+	cpu0 = sampleCPU(env.ServerPIDs)
 	start = time.Now()
 	err = t.Consume(cctx, n)
 	con := selfTimed(t, consumeTime(t, start, time.Now()))
+	conCPU := sampleCPU(env.ServerPIDs).costSince(cpu0, n)
 	stopProf()
 	if err != nil {
 		return fmt.Errorf("consume: %w", err)
@@ -496,6 +503,8 @@ func runTrial(ctx context.Context, env *Env, c *Contender, row *Row, id string, 
 	if record {
 		row.Publish = append(row.Publish, RateOf(n, pub))
 		row.Consume = append(row.Consume, RateOf(n, con))
+		row.PublishCPU = append(row.PublishCPU, pubCPU)
+		row.ConsumeCPU = append(row.ConsumeCPU, conCPU)
 		row.Dups += duplicatesOf(t)
 	}
 	return nil

@@ -117,6 +117,9 @@ func StartNATSProcess(ctx context.Context, tools *Tools) (*NATSProcess, error) {
 	return p, nil
 }
 
+// PID is the server's process id.
+func (p *NATSProcess) PID() int { return p.cmd.Process.Pid }
+
 // Stop ends the process and removes its store. It is idempotent.
 func (p *NATSProcess) Stop() error {
 	p.cmd.Process.Signal(syscall.SIGTERM)

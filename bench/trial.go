@@ -27,6 +27,9 @@ type Env struct {
 	RedisCluster *RedisCluster
 	// Tools builds the external programs of a run (nats-server, natscli).
 	Tools *Tools
+	// ServerPIDs are the broker's processes, whose CPU time each phase reports (none: the
+	// broker's CPU is not read).
+	ServerPIDs []int
 	// Log receives progress; nil discards it.
 	Log *slog.Logger
 
