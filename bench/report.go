@@ -190,7 +190,7 @@ func writeCPU(b *strings.Builder, s *Section) {
 	if !slices.ContainsFunc(s.Rows, func(r *Row) bool { return len(r.PublishCPU) > 0 }) {
 		return
 	}
-	fmt.Fprintln(b, "   CPU per message, median µs (this process, with nats bench when it is the contender / the server's processes):")
+	fmt.Fprintln(b, "   CPU per message, median µs: this process's (with nats bench when that is the contender) / the server's (-: not read, or it runs in this process):")
 	tw := tabwriter.NewWriter(b, 0, 0, 2, ' ', 0)
 	fmt.Fprintln(tw, "     contender\tpublish\tconsume+ack\t")
 	for _, row := range s.Rows {
