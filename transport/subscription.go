@@ -352,7 +352,10 @@ func (s *Subscription) process(batch []*driver.Delivery) {
 		}
 		return &dcs[i]
 	}
-	received := time.Now()
+	// What every delivery of the batch shares: when it arrived (its lag is measured against
+	// one reading of the clock), and the tracer, looked up once (~35 ns a message when it was
+	// looked up for each, while tracing is off).
+	at := batchInfo{received: time.Now(), tracer: s.bus.tr.tracer.Get()}
 	if s.opts.Concurrency == 1 {
 		dec := newBatchDecoder(s.bus.codec, batch)
 		for i, d := range batch {
@@ -360,7 +363,7 @@ func (s *Subscription) process(batch []*driver.Delivery) {
 				break // past the drain deadline: leave the rest for redelivery
 			}
 			env, err := dec.get(i)
-			if ack, link, traced := s.handleOne(d, env, err, &dels[i], dcOf(i), received); ack {
+			if ack, link, traced := s.handleOne(d, env, err, &dels[i], dcOf(i), &at); ack {
 				acks.ds = append(acks.ds, d)
 				if traced {
 					acks.links = append(acks.links, link)
@@ -378,7 +381,7 @@ func (s *Subscription) process(batch []*driver.Delivery) {
 			}
 			g.Go(func() error {
 				env, err := s.bus.codec.DecodeImmutable(d.Body) // a delivery never changes (driver.Delivery)
-				if ack, link, traced := s.handleOne(d, env, err, &dels[i], dcOf(i), received); ack {
+				if ack, link, traced := s.handleOne(d, env, err, &dels[i], dcOf(i), &at); ack {
 					mu.Lock()
 					acks.ds = append(acks.ds, d)
 					if traced {
@@ -436,13 +439,19 @@ func (s *Subscription) settleCtx() (context.Context, context.CancelFunc) {
 	return context.WithTimeout(context.WithoutCancel(s.handleCtx), settleTimeout)
 }
 
-// handleOne runs the policies for one delivery, decoded as env (or failing to decode with
-// decodeErr), filling del (its slot in the batch) for the handler, with dc its context's slot
-// (nil: none deferred); received is when the batch
-// arrived. It reports whether the delivery is to be acked, with its process span as a link for
-// the ack span when traced; every other settlement (nak, dead-letter) is done here.
-func (s *Subscription) handleOne(d *driver.Delivery, env *envelope.Envelope, decodeErr error, del *Delivery, dc *deferredContext, received time.Time) (ack bool, link trace.Link, traced bool) {
-	pt := s.startProcess(d, env, dc)
+// batchInfo is what the deliveries of one batch share.
+type batchInfo struct {
+	received time.Time    // when the batch arrived
+	tracer   trace.Tracer // the Bus's tracer for the batch (nil: tracing is off)
+}
+
+// handleOne runs the policies for one delivery of the batch at, decoded as env (or failing to
+// decode with decodeErr), filling del (its slot in the batch) for the handler, with dc its
+// context's slot (nil: none deferred). It reports whether the delivery is to be acked, with
+// its process span as a link for the ack span when traced; every other settlement (nak,
+// dead-letter) is done here.
+func (s *Subscription) handleOne(d *driver.Delivery, env *envelope.Envelope, decodeErr error, del *Delivery, dc *deferredContext, at *batchInfo) (ack bool, link trace.Link, traced bool) {
+	pt := s.startProcess(d, env, dc, at.tracer)
 	defer pt.end()
 	obs := s.bus.cfg.Observer
 	if d.Attempt > 1 {
@@ -457,7 +466,7 @@ func (s *Subscription) handleOne(d *driver.Delivery, env *envelope.Envelope, dec
 		s.deadLetter(&pt, d, poisonReason(decodeErr), decodeErr, track, OutcomeRejected)
 		return false, trace.Link{}, false
 	}
-	obs.Lag(s.stream, lag(received, d.StoredAt, env.TS))
+	obs.Lag(s.stream, lag(at.received, d.StoredAt, env.TS))
 	// del is zero, in its batch's allocation: its fields are written one by one rather than as
 	// one struct (see deferredContext).
 	del.Envelope, del.Stream, del.TransportID, del.Attempt = env, s.stream, d.TransportID, d.Attempt

@@ -358,8 +358,9 @@ type processTrace struct {
 // span of the earliest attempt this subscription handled (LinkFirstAttempt). A message whose
 // context is not sampled (W3C sampled flag 0) gets no span: see Config.TracerProvider. Where
 // no span is started the extraction is deferred into dc (the delivery's slot in its batch; nil
-// extracts now): see deferredContext.
-func (s *Subscription) startProcess(d *driver.Delivery, env *envelope.Envelope, dc *deferredContext) processTrace {
+// extracts now): see deferredContext. tr is the Bus's tracer for the batch (nil: tracing is
+// off).
+func (s *Subscription) startProcess(d *driver.Delivery, env *envelope.Envelope, dc *deferredContext, tr trace.Tracer) processTrace {
 	t := s.bus.tr
 	ctx := s.handleCtx
 	var carrier receivedHeaders
@@ -374,7 +375,6 @@ func (s *Subscription) startProcess(d *driver.Delivery, env *envelope.Envelope, 
 	case env != nil && t.carries(propagation.MapCarrier(env.Meta.Headers)):
 		carrier, found, tp = receivedHeaders{meta: env.Meta.Headers}, true, env.Meta.Headers[HeaderTraceParent]
 	}
-	tr := t.tracer.Get()
 	if found && dc != nil && (tr == nil || t.w3c && unsampledW3C(tp)) {
 		// No span will be started: the producer's context is only passed on to the handler.
 		dc.deferredBase, dc.headers = s.deferred, carrier // dc is zero: see deferredContext
