@@ -54,11 +54,12 @@ func procCPU(pid int) (time.Duration, bool) {
 	}
 	// The fields after the command name, which is in parentheses and may hold spaces: state
 	// is the first, utime and stime the 12th and 13th.
-	end := strings.LastIndexByte(string(b), ')')
+	stat := string(b)
+	end := strings.LastIndexByte(stat, ')')
 	if end < 0 {
 		return 0, false
 	}
-	f := strings.Fields(string(b[end+1:]))
+	f := strings.Fields(stat[end+1:])
 	if len(f) < 13 {
 		return 0, false
 	}

@@ -200,7 +200,7 @@ func (w *positionWindow) done(p Position) bool {
 			}
 		}
 		w.top = i
-	case !w.covers(p.Epoch, i):
+	case w.top-i >= uint64(len(w.ring)): // of the epoch, at or below the top, and below the window
 		return false
 	}
 	word := &w.ring[i%uint64(len(w.ring))]

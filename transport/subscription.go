@@ -102,6 +102,9 @@ type Subscription struct {
 	log    *slog.Logger
 	// keyPrefix is "stream/group/", the start of every idempotency key.
 	keyPrefix string
+	// mem is the Bus's record when it is the in-process one (which takes a key as prefix and
+	// id), nil for any other store.
+	mem *MemoryIdempotency
 	// positions, when set, records the handled deliveries without a producer id (see
 	// positionWindow); the others, and what it cannot hold, go to the Bus's record as keys.
 	positions *positionWindow
@@ -177,10 +180,9 @@ func (b *Bus) Subscribe(ctx context.Context, stream string, h Handler, opts Subs
 	if la, ok := ds.(driver.LocalAcker); ok {
 		s.localAcks = la.AcksAreLocal()
 	}
-	if m, ok := b.idem.(*MemoryIdempotency); ok {
-		if sp, ok := ds.(driver.SequentialPositioner); ok && sp.PositionsAreSequential() {
-			s.positions = m.positions(s.keyPrefix)
-		}
+	s.mem, _ = b.idem.(*MemoryIdempotency)
+	if sp, ok := ds.(driver.SequentialPositioner); ok && s.mem != nil && sp.PositionsAreSequential() {
+		s.positions = s.mem.positions(s.keyPrefix)
 	}
 	s.fetchCtx, s.cancelFetch = context.WithCancel(ctx)
 	s.handleCtx, s.cancelHandle = context.WithCancel(context.WithoutCancel(ctx))
@@ -537,28 +539,32 @@ func (s *Subscription) handleOne(d *driver.Delivery, env *envelope.Envelope, dec
 // joining them (the joined string was an allocation per message); any other store gets the
 // whole key.
 func (s *Subscription) handledBefore(ctx context.Context, d *Delivery) (bool, error) {
-	if s.positions != nil && d.Envelope.ID == "" && s.positions.seen(d.Position) {
+	if s.byPosition(d) && s.positions.seen(d.Position) {
 		return true, nil
 	}
-	id := d.ID()
-	if m, ok := s.bus.idem.(*MemoryIdempotency); ok {
-		return m.seen(s.keyPrefix, id), nil
+	if s.mem != nil {
+		return s.mem.seen(s.keyPrefix, d.ID()), nil
 	}
-	return s.bus.idem.Seen(ctx, s.keyPrefix+id)
+	return s.bus.idem.Seen(ctx, s.keyPrefix+d.ID())
 }
 
 // recordHandled records that this group handled d: in the group's window when it has no
 // producer id and the window can hold it, else by its id.
 func (s *Subscription) recordHandled(ctx context.Context, d *Delivery) error {
-	if s.positions != nil && d.Envelope.ID == "" && s.positions.done(d.Position) {
+	if s.byPosition(d) && s.positions.done(d.Position) {
 		return nil
 	}
-	id := d.ID()
-	if m, ok := s.bus.idem.(*MemoryIdempotency); ok {
-		m.done(s.keyPrefix, id)
+	if s.mem != nil {
+		s.mem.done(s.keyPrefix, d.ID())
 		return nil
 	}
-	return s.bus.idem.Done(ctx, s.keyPrefix+id)
+	return s.bus.idem.Done(ctx, s.keyPrefix+d.ID())
+}
+
+// byPosition reports whether d is recorded in the group's position window when the window
+// holds it: a delivery without a producer id, on a driver with sequential positions.
+func (s *Subscription) byPosition(d *Delivery) bool {
+	return s.positions != nil && d.Envelope.ID == ""
 }
 
 // lag is how long a message waited between being stored and received: by the broker's clock
